@@ -1,0 +1,460 @@
+"""The engine loop: heterogeneous continuous batching over adapter slots.
+
+One thread owns the model. Each turn of its loop::
+
+    take new requests and cancellations ─► finish adapter loads (host cache) ─► admit waiting
+    requests whose adapter has (or can take) a device slot ─► prefill them together ─► join the
+    running batch ─► one decode step for every running row ─► sample per row ─► stream text ─►
+    retire finished rows (slot references dropped, KV rows removed)
+
+Rows of one batch may use different adapters (or none): each row carries its slot index into
+the LoRA stacks (``engine.lora``), so the batch shares every base matmul — the heterogeneous
+batching of S-LoRA (arXiv 2311.03285) and Punica (arXiv 2310.18547), scheduled at iteration
+level as in Orca (OSDI 2022). Adapter loads (blockstore → verify → host cache) run on a thread
+pool, never on this loop; a request whose adapter is loading waits while the others decode,
+and a failed load fails only the requests for that adapter.
+
+Events go to each request's ``emit`` callback from the engine thread; it must not block.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+
+from ..adapters.peft_format import LoraAdapter
+from .kv import KVBatch, left_padded
+from .model import ResidentModel
+from .sampling import Detokenizer, SamplingParams, sample_next
+from .slots import HostCache, NoFreeSlot, SlotManager
+
+log = logging.getLogger(__name__)
+
+
+class FinishReason(str, Enum):
+    """Why a completion ended."""
+
+    STOP = "stop"  # EOS token or a stop string
+    LENGTH = "length"  # max_new_tokens or the context limit
+    CANCELLED = "cancelled"  # the client went away or cancelled
+
+
+class QueueFull(RuntimeError):
+    """The waiting queue is at ``max_waiting``; the caller should answer RESOURCE_EXHAUSTED."""
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New completion text, safe to show (no partial stop string, no split UTF-8)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of a request that ran.
+
+    Attributes:
+        reason: why it ended.
+        prompt_tokens / completion_tokens: token counts (completion includes a final EOS).
+        ttft_ms: submit → first token, ms (``None`` if cancelled before one).
+        itl_ms: gaps between consecutive tokens, ms.
+    """
+
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float | None = None
+    itl_ms: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The last event of a request that could not run; ``error`` says why."""
+
+    error: Exception
+
+
+@dataclass(eq=False)
+class GenerationRequest:
+    """One completion to compute.
+
+    Attributes:
+        prompt_ids: prompt token ids (≥ 1).
+        sampling: validated sampling parameters.
+        emit: called from the engine thread with TextDelta*, then one Finished or Failed.
+        adapter: adapter CID, or ``None`` for the base model.
+        request_id: unique id for :meth:`Engine.cancel`.
+    """
+
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    emit: Callable[[object], None]
+    adapter: str | None = None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+class _Row:
+    """Engine-side state of a running request."""
+
+    __slots__ = ("req", "slot", "detok", "gen", "count", "last", "t_first", "t_prev", "itl", "done")
+
+    def __init__(self, req: GenerationRequest, slot: int, tokenizer) -> None:
+        self.req = req
+        self.slot = slot
+        self.detok = Detokenizer(tokenizer, req.sampling.stop)
+        self.gen = None if req.sampling.greedy else req.sampling.generator()
+        self.count = 0
+        self.last = 0
+        self.t_first: float | None = None
+        self.t_prev = 0.0
+        self.itl: list[float] = []
+        self.done: FinishReason | None = None
+
+
+class Engine:
+    """Continuous-batching generation over one resident base and its adapter slots.
+
+    Args:
+        rm: the resident model.
+        slots: device tier.
+        host: host tier.
+        load_adapter: ``cid -> LoraAdapter`` (reads the blockstore, verifies, parses); runs on
+            a worker thread; its exception fails the requests for that CID.
+        max_batch: rows decoded together at most.
+        max_waiting: requests queued (not yet running) at most; beyond it :class:`QueueFull`.
+        max_prefill_tokens: prompt tokens admitted in one prefill at most (bounds the pause a
+            prefill causes to running rows).
+    """
+
+    def __init__(
+        self,
+        rm: ResidentModel,
+        slots: SlotManager,
+        host: HostCache,
+        load_adapter: Callable[[str], LoraAdapter],
+        max_batch: int = 16,
+        max_waiting: int = 256,
+        max_prefill_tokens: int = 4096,
+    ) -> None:
+        self.rm = rm
+        self.slots = slots
+        self.host = host
+        self._load_adapter = load_adapter
+        self.max_batch = max_batch
+        self.max_waiting = max_waiting
+        self.max_prefill_tokens = max_prefill_tokens
+        tok = rm.tokenizer
+        self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(rm.eos_ids, default=0)
+        self._cv = threading.Condition()
+        self._inbox: list[GenerationRequest] = []
+        self._cancels: set[str] = set()
+        self._wake = False
+        self._stopping = False
+        self._waiting: deque[GenerationRequest] = deque()
+        self._rows: list[_Row] = []
+        self._kv: KVBatch | None = None
+        self._loads: dict[str, Future] = {}
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="adapter-load")
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+
+    # ----- API side (any thread) -----
+
+    def start(self) -> None:
+        """Start the engine thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop; running and waiting requests get ``Finished(CANCELLED)``."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join(timeout=30)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def submit(self, req: GenerationRequest) -> None:
+        """Queue a request.
+
+        Raises:
+            ValueError: empty prompt, or prompt + max_new_tokens beyond the context limit.
+            QueueFull: ``max_waiting`` requests are already queued.
+        """
+        n = len(req.prompt_ids)
+        if n == 0:
+            raise ValueError("the prompt is empty")
+        if n + req.sampling.max_new_tokens > self.rm.max_context:
+            raise ValueError(
+                f"prompt ({n} tokens) + max_new_tokens ({req.sampling.max_new_tokens}) exceeds the "
+                f"model's context of {self.rm.max_context} tokens"
+            )
+        with self._cv:
+            if self._stopping:
+                raise QueueFull("the engine is shutting down")
+            if len(self._inbox) + len(self._waiting) >= self.max_waiting:
+                raise QueueFull(f"{self.max_waiting} requests already waiting; retry later")
+            self._inbox.append(req)
+            self._cv.notify()
+
+    def cancel(self, request_id: str) -> None:
+        """Cancel a queued or running request; its row is freed before the next step."""
+        with self._cv:
+            self._cancels.add(request_id)
+            self._cv.notify()
+
+    def load_state(self, cid: str) -> str | None:
+        """``"loading"`` while ``cid`` is being loaded to the host tier, else ``None``."""
+        fut = self._loads.get(cid)
+        return "loading" if fut is not None and not fut.done() else None
+
+    def stats(self) -> dict:
+        """Running rows, waiting requests, loads in flight (a snapshot, for node info)."""
+        return {"running": len(self._rows), "waiting": len(self._waiting) + len(self._inbox), "loading": len(self._loads)}
+
+    # ----- engine thread -----
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not (self._stopping or self._inbox or self._rows or self._wake or self._cancels):
+                        self._cv.wait()
+                    if self._stopping:
+                        break
+                    self._waiting.extend(self._inbox)
+                    self._inbox.clear()
+                    cancels, self._cancels = self._cancels, set()
+                    self._wake = False
+                if cancels:
+                    self._apply_cancels(cancels)
+                self._finish_loads()
+                admitted = self._admit()
+                if admitted:
+                    self._prefill(admitted)
+                if self._rows:
+                    self._decode()
+        for row in self._rows:
+            row.done = FinishReason.CANCELLED
+        self._retire()
+        for req in list(self._waiting) + self._inbox:
+            self._emit(req, Finished(FinishReason.CANCELLED, len(req.prompt_ids), 0))
+
+    def _emit(self, req: GenerationRequest, event: object) -> None:
+        try:
+            req.emit(event)
+        except Exception:  # a dead consumer must not take the engine down
+            log.exception("emit failed for request %s; cancelling it", req.request_id)
+            with self._cv:
+                self._cancels.add(req.request_id)
+
+    def _apply_cancels(self, ids: set[str]) -> None:
+        keep = deque()
+        for req in self._waiting:
+            if req.request_id in ids:
+                self._emit(req, Finished(FinishReason.CANCELLED, len(req.prompt_ids), 0))
+            else:
+                keep.append(req)
+        self._waiting = keep
+        hit = False
+        for row in self._rows:
+            if row.req.request_id in ids and row.done is None:
+                row.done = FinishReason.CANCELLED
+                hit = True
+        if hit:
+            self._retire()
+
+    def _start_load(self, cid: str) -> None:
+        fut = self._pool.submit(self._load_adapter, cid)
+        self._loads[cid] = fut
+
+        def wake(_: Future) -> None:
+            with self._cv:
+                self._wake = True
+                self._cv.notify()
+
+        fut.add_done_callback(wake)
+
+    def _finish_loads(self) -> None:
+        for cid, fut in list(self._loads.items()):
+            if not fut.done():
+                continue
+            del self._loads[cid]
+            exc = fut.exception()
+            if exc is None:
+                self.host.put(cid, fut.result())
+                continue
+            log.info("adapter %s failed to load: %s", cid, exc)
+            keep = deque()
+            for req in self._waiting:
+                if req.adapter == cid:
+                    self._emit(req, Failed(exc))
+                else:
+                    keep.append(req)
+            self._waiting = keep
+
+    def _admit(self) -> list[tuple[GenerationRequest, int]]:
+        room = self.max_batch - len(self._rows)
+        budget = self.max_prefill_tokens
+        admitted: list[tuple[GenerationRequest, int]] = []
+        keep: deque[GenerationRequest] = deque()
+        while self._waiting:
+            req = self._waiting.popleft()
+            n = len(req.prompt_ids)
+            if len(admitted) >= room or (admitted and n > budget):
+                self._prefetch(req.adapter)
+                keep.append(req)
+                continue
+            slot = self._slot_for(req, busy=bool(self._rows or admitted))
+            if slot is None:
+                keep.append(req)
+                continue
+            if slot < 0:  # failed and already answered
+                continue
+            admitted.append((req, slot))
+            budget -= n
+        self._waiting = keep
+        return admitted
+
+    def _prefetch(self, cid: str | None) -> None:
+        """Start loading ``cid`` to the host tier early, so it is ready when a row frees up."""
+        if cid and cid not in self._loads and self.slots.slot_of(cid) is None and self.host.get(cid) is None:
+            self._start_load(cid)
+
+    def _slot_for(self, req: GenerationRequest, busy: bool) -> int | None:
+        """Slot for ``req``: 0 for the base, ≥1 if resident or installable, ``None`` to wait, -1 failed."""
+        cid = req.adapter
+        if cid is None:
+            return 0
+        slot = self.slots.acquire(cid)
+        if slot is not None:
+            return slot
+        adapter = self.host.get(cid)
+        if adapter is None:
+            self._prefetch(cid)
+            return None
+        try:
+            return self.slots.install(cid, adapter)
+        except NoFreeSlot as e:
+            if busy:
+                return None  # a running row will free a slot
+            self._emit(req, Failed(e))
+            return -1
+        except ValueError as e:
+            self._emit(req, Failed(e))
+            return -1
+
+    def _forward(self, rows_slots: list[int], **inputs) -> torch.Tensor | None:
+        self.rm.routing.set(rows_slots)
+        try:
+            return self.rm.model(**inputs, use_cache=True).logits[:, -1]
+        finally:
+            self.rm.routing.clear()
+
+    def _prefill(self, admitted: list[tuple[GenerationRequest, int]]) -> None:
+        from transformers import DynamicCache
+
+        new_rows = [_Row(req, slot, self.rm.tokenizer) for req, slot in admitted]
+        ids, mask, pos = left_padded([r.req.prompt_ids for r in new_rows], self._pad_id)
+        cache = DynamicCache(config=self.rm.model.config)
+        try:
+            logits = self._forward(
+                [r.slot for r in new_rows],
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                cache=cache,
+                logits_to_keep=1,
+            )
+        except Exception as e:  # keep serving: only these requests fail
+            log.exception("prefill failed")
+            for row in new_rows:
+                self.slots.release(row.slot)
+                self._emit(row.req, Failed(e))
+            return
+        batch = KVBatch(cache, mask)
+        if self._kv is None:
+            self._kv = batch
+        else:
+            self._kv.join(batch)
+        self._rows.extend(new_rows)
+        self._sample(logits, new_rows)
+        self._retire()
+
+    def _decode(self) -> None:
+        kv = self._kv
+        pos = kv.next_positions()
+        mask = kv.grow()
+        ids = torch.tensor([[r.last] for r in self._rows], dtype=torch.long)
+        try:
+            logits = self._forward(
+                [r.slot for r in self._rows], input_ids=ids, attention_mask=mask, position_ids=pos, cache=kv.cache
+            )
+        except Exception as e:  # the shared cache may be inconsistent now: fail the batch, keep serving
+            log.exception("decode step failed")
+            for row in self._rows:
+                self.slots.release(row.slot)
+                self._emit(row.req, Failed(e))
+            self._rows, self._kv = [], None
+            return
+        self._sample(logits, self._rows)
+        self._retire()
+
+    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> None:
+        tokens = sample_next(logits, [r.req.sampling for r in rows], [r.gen for r in rows])
+        now = time.perf_counter()
+        for row, tok in zip(rows, tokens):
+            if row.done is not None:
+                continue
+            if row.t_first is None:
+                row.t_first = now
+            else:
+                row.itl.append((now - row.t_prev) * 1000.0)
+            row.t_prev = now
+            row.count += 1
+            row.last = tok
+            if tok in self.rm.eos_ids:
+                row.done = FinishReason.STOP
+                continue
+            text = row.detok.push(tok)
+            if text:
+                self._emit(row.req, TextDelta(text))
+            if row.detok.stopped:
+                row.done = FinishReason.STOP
+            elif row.count >= row.req.sampling.max_new_tokens:
+                row.done = FinishReason.LENGTH
+
+    def _retire(self) -> None:
+        if not any(r.done is not None for r in self._rows):
+            return
+        keep = []
+        for i, row in enumerate(self._rows):
+            if row.done is None:
+                keep.append(i)
+                continue
+            self.slots.release(row.slot)
+            if row.done is not FinishReason.CANCELLED:
+                tail = row.detok.flush()
+                if tail:
+                    self._emit(row.req, TextDelta(tail))
+            ttft = (row.t_first - row.req.submitted) * 1000.0 if row.t_first is not None else None
+            self._emit(
+                row.req,
+                Finished(row.done, len(row.req.prompt_ids), row.count, ttft, tuple(row.itl)),
+            )
+        self._rows = [self._rows[i] for i in keep]
+        if keep:
+            self._kv.keep(keep)
+        else:
+            self._kv = None
+        if self._waiting:  # freed rows and slots may admit a waiting request: look again
+            with self._cv:
+                self._wake = True

@@ -1,0 +1,173 @@
+"""Where adapters live: device slots (in the LoRA stacks) above a host cache above the blockstore.
+
+    blockstore (disk, verified blocks) ──load+verify, off the step loop──► host cache (LRU, --max-cpu-loras)
+    host cache ──copy into preallocated stacks, between steps──► device slot (LRU, --max-loras)
+
+A device slot is taken by a request for its whole life (refcount), so an adapter in use is
+never evicted or overwritten; eviction picks the least recently used slot with no references
+and no pin. vLLM's ``max_loras`` / ``max_cpu_loras`` and LoRAX's tiered cache are the models.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+
+from ..adapters.peft_format import LoraAdapter
+from .lora import BatchSlots, LoRALinear
+
+
+class NoFreeSlot(RuntimeError):
+    """Every device slot is referenced by a running request or pinned; retry after one finishes."""
+
+
+class SlotManager:
+    """The device tier: ``n_adapters`` slots of the model's LoRA stacks (slot 0 is the base).
+
+    Thread-safe: the engine thread writes, API threads read ``resident()``/``slot_of``.
+
+    Args:
+        layers: every :class:`LoRALinear` of the model, by base module name.
+        routing: the model's routing object (its per-slot ranks are kept here).
+        n_adapters: device slots for adapters (``--max-loras``).
+    """
+
+    def __init__(self, layers: dict[str, LoRALinear], routing: BatchSlots, n_adapters: int) -> None:
+        self._layers = layers
+        self._routing = routing
+        self._lock = threading.Lock()
+        self._cid: list[str | None] = [None] * (n_adapters + 1)
+        self._refs = [0] * (n_adapters + 1)
+        self._used = [0.0] * (n_adapters + 1)
+        self._pinned: set[str] = set()
+
+    @property
+    def capacity(self) -> int:
+        """Adapter slots on the device."""
+        return len(self._cid) - 1
+
+    def slot_of(self, cid: str) -> int | None:
+        """The slot holding ``cid``, or ``None``."""
+        with self._lock:
+            return self._find(cid)
+
+    def _find(self, cid: str) -> int | None:
+        try:
+            return self._cid.index(cid, 1)
+        except ValueError:
+            return None
+
+    def resident(self) -> list[str]:
+        """CIDs currently in device slots."""
+        with self._lock:
+            return [c for c in self._cid[1:] if c is not None]
+
+    def acquire(self, cid: str) -> int | None:
+        """Take a reference on ``cid``'s slot if it is resident; ``None`` if it is not."""
+        with self._lock:
+            slot = self._find(cid)
+            if slot is not None:
+                self._refs[slot] += 1
+                self._used[slot] = time.monotonic()
+            return slot
+
+    def release(self, slot: int) -> None:
+        """Drop one reference taken by :meth:`acquire` or :meth:`install`."""
+        if slot == 0:
+            return
+        with self._lock:
+            if self._refs[slot] <= 0:
+                raise RuntimeError(f"slot {slot} released more often than acquired")
+            self._refs[slot] -= 1
+
+    def install(self, cid: str, adapter: LoraAdapter) -> int:
+        """Copy ``adapter`` into a free or evictable slot and take one reference on it.
+
+        Modules the adapter does not target are cleared in that slot, so nothing of the
+        slot's previous tenant survives.
+
+        Raises:
+            NoFreeSlot: every slot is referenced or pinned.
+        """
+        with self._lock:
+            slot = self._find(cid)
+            if slot is None:
+                free = [s for s in range(1, len(self._cid)) if self._cid[s] is None]
+                if free:
+                    slot = free[0]
+                else:
+                    idle = [
+                        s for s in range(1, len(self._cid)) if self._refs[s] == 0 and self._cid[s] not in self._pinned
+                    ]
+                    if not idle:
+                        raise NoFreeSlot(f"all {self.capacity} adapter slots are in use or pinned")
+                    slot = min(idle, key=lambda s: self._used[s])
+                # mark the slot empty while writing: a failed copy must not leave a half adapter named
+                self._cid[slot] = None
+                self._routing.slot_rank[slot] = 0
+                for name, layer in self._layers.items():
+                    m = adapter.modules.get(name)
+                    layer.write_slot(slot, m.a if m else None, m.b if m else None, m.scaling if m else 0.0)
+                self._routing.slot_rank[slot] = adapter.max_rank
+                self._cid[slot] = cid
+            self._refs[slot] += 1
+            self._used[slot] = time.monotonic()
+            return slot
+
+    def evict(self, cid: str) -> bool:
+        """Clear ``cid``'s slot if no request holds it. Returns whether it was evicted."""
+        with self._lock:
+            slot = self._find(cid)
+            if slot is None or self._refs[slot] > 0:
+                return False
+            for layer in self._layers.values():
+                layer.write_slot(slot, None, None, 0.0)
+            self._routing.slot_rank[slot] = 0
+            self._cid[slot] = None
+            self._pinned.discard(cid)
+            return True
+
+    def pin(self, cid: str) -> None:
+        """Keep ``cid`` resident once installed (exempt from LRU eviction)."""
+        with self._lock:
+            self._pinned.add(cid)
+
+    def unpin(self, cid: str) -> None:
+        """Make ``cid`` evictable again."""
+        with self._lock:
+            self._pinned.discard(cid)
+
+
+class HostCache:
+    """The host tier: parsed adapters in RAM, LRU by count (``--max-cpu-loras``). Thread-safe."""
+
+    def __init__(self, max_items: int) -> None:
+        self._max = max(1, max_items)
+        self._items: OrderedDict[str, LoraAdapter] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, cid: str) -> LoraAdapter | None:
+        """The cached adapter (marked most recently used), or ``None``."""
+        with self._lock:
+            a = self._items.get(cid)
+            if a is not None:
+                self._items.move_to_end(cid)
+            return a
+
+    def put(self, cid: str, adapter: LoraAdapter) -> None:
+        """Insert, evicting the least recently used beyond capacity."""
+        with self._lock:
+            self._items[cid] = adapter
+            self._items.move_to_end(cid)
+            while len(self._items) > self._max:
+                self._items.popitem(last=False)
+
+    def drop(self, cid: str) -> None:
+        """Forget ``cid`` (unload)."""
+        with self._lock:
+            self._items.pop(cid, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
