@@ -1,0 +1,142 @@
+"""The node's durable list of adapters it knows, each with an explicit lifecycle state.
+
+    (unknown) ──► FETCHING ──► VERIFYING ──► READY ──(in a device slot)──► RESIDENT*
+                     │             │           │
+                     └─────────────┴───────────┴──► REJECTED (reason, detail)
+
+``RESIDENT`` is not stored: it is READY plus "the slot manager holds it now". A rejection is
+remembered by CID with its typed reason so the same bad adapter is refused at once next time
+and ``GetAdapter`` can say why. SQLite in WAL mode; every method is one short transaction and
+safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+
+class AdapterState(str, Enum):
+    """Stored lifecycle state of an adapter on this node."""
+
+    FETCHING = "fetching"
+    VERIFYING = "verifying"
+    READY = "ready"
+    REJECTED = "rejected"
+
+
+_ALLOWED = {
+    None: {AdapterState.FETCHING, AdapterState.VERIFYING, AdapterState.READY, AdapterState.REJECTED},
+    AdapterState.FETCHING: {AdapterState.FETCHING, AdapterState.VERIFYING, AdapterState.REJECTED},
+    AdapterState.VERIFYING: {AdapterState.READY, AdapterState.REJECTED},
+    AdapterState.READY: {AdapterState.READY, AdapterState.REJECTED},
+    AdapterState.REJECTED: {AdapterState.REJECTED},
+}
+
+
+class BadTransition(RuntimeError):
+    """A state change the lifecycle does not allow (a programming error, not bad input)."""
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One adapter as the catalog knows it.
+
+    Attributes:
+        cid: adapter ID (manifest CID).
+        state: lifecycle state.
+        reason / detail: rejection reason code and explanation (empty otherwise).
+        name: the publisher's adapter name (from the manifest, if known).
+        manifest: canonical manifest bytes once verified, else ``None``.
+        updated_at: unix seconds of the last change.
+    """
+
+    cid: str
+    state: AdapterState
+    reason: str
+    detail: str
+    name: str
+    manifest: bytes | None
+    updated_at: float
+
+
+class Catalog:
+    """Adapter lifecycle states persisted in ``<data dir>/catalog.sqlite``."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            """CREATE TABLE IF NOT EXISTS adapters (
+                 cid TEXT PRIMARY KEY, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+                 detail TEXT NOT NULL DEFAULT '', name TEXT NOT NULL DEFAULT '', manifest BLOB,
+                 updated_at REAL NOT NULL)"""
+        )
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def get(self, cid: str) -> CatalogEntry | None:
+        """The entry for ``cid`` or ``None``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT cid, state, reason, detail, name, manifest, updated_at FROM adapters WHERE cid = ?", (cid,)
+            ).fetchone()
+        return _entry(row) if row else None
+
+    def list(self) -> list[CatalogEntry]:
+        """Every entry, most recently changed first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT cid, state, reason, detail, name, manifest, updated_at FROM adapters ORDER BY updated_at DESC"
+            ).fetchall()
+        return [_entry(r) for r in rows]
+
+    def set_state(
+        self,
+        cid: str,
+        state: AdapterState,
+        *,
+        reason: str = "",
+        detail: str = "",
+        name: str | None = None,
+        manifest: bytes | None = None,
+    ) -> CatalogEntry:
+        """Move ``cid`` to ``state`` (creating the entry if new).
+
+        Raises:
+            BadTransition: the lifecycle forbids the move (e.g. leaving REJECTED).
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT state, name, manifest FROM adapters WHERE cid = ?", (cid,)).fetchone()
+                current = AdapterState(row[0]) if row else None
+                if state not in _ALLOWED[current]:
+                    raise BadTransition(f"{cid}: {current} -> {state} is not allowed")
+                keep_name = name if name is not None else (row[1] if row else "")
+                keep_manifest = manifest if manifest is not None else (row[2] if row else None)
+                now = time.time()
+                self._db.execute(
+                    "INSERT OR REPLACE INTO adapters (cid, state, reason, detail, name, manifest, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (cid, state.value, reason, detail, keep_name, keep_manifest, now),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return CatalogEntry(cid, state, reason, detail, keep_name, keep_manifest, now)
+
+
+def _entry(row) -> CatalogEntry:
+    return CatalogEntry(row[0], AdapterState(row[1]), row[2], row[3], row[4], row[5], row[6])

@@ -1,0 +1,270 @@
+"""The PEFT LoRA adapter format: read, check against the base, and turn into per-module weights.
+
+    adapter_config.json ──► LoraConfig (peft) ──► which base modules, which rank/alpha each
+    adapter_model.safetensors ──► {base_model.model.<module>.lora_{A,B}.weight}
+                        both ──► LoraAdapter {module: (A [r, in], B [out, r], scaling)}
+
+The checks are strict because a permissionless node must never half-apply an adapter: the
+set of modules the config targets must equal the set of modules that have weights (no module
+silently dropped, none silently extra), every shape must fit the base, and every feature that
+would change the arithmetic and that the engine does not implement (DoRA, LoRA bias, trained
+``modules_to_save``, embedding / lm_head targets, …) is refused with a reason instead of
+ignored. Target matching, ``rank_pattern``/``alpha_pattern`` resolution and
+``layers_to_transform`` are PEFT's own helpers, so we agree with PEFT by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .reasons import AdapterRejected, RejectReason
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_KEY_PREFIX = "base_model.model."
+_FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32}
+
+# LoraConfig fields whose non-default value changes inference arithmetic in a way this engine
+# does not implement. Initialisation-only fields (init_lora_weights, loftq/eva/corda configs)
+# are harmless: the weights are what they are.
+_UNSUPPORTED = {
+    "use_dora": (False, "DoRA (weight-decomposed LoRA)"),
+    "bias": ("none", "trained bias terms"),
+    "lora_bias": (False, "LoRA bias on lora_B"),
+    "modules_to_save": (None, "modules_to_save (fully trained copies of base modules)"),
+    "trainable_token_indices": (None, "trainable token embeddings"),
+    "fan_in_fan_out": (False, "fan_in_fan_out (Conv1D weight layout)"),
+    "target_parameters": (None, "target_parameters (LoRA on raw parameters)"),
+    "layer_replication": (None, "layer_replication"),
+    "alora_invocation_tokens": (None, "activated LoRA (aLoRA)"),
+    "use_qalora": (False, "QA-LoRA"),
+    "use_bdlora": (None, "BD-LoRA"),
+    "arrow_config": (None, "Arrow routing"),
+    "kasa_config": (None, "KaSA"),
+    "monteclora_config": (None, "MonteCLoRA"),
+    "velora_config": (None, "VeLoRA"),
+    "megatron_config": (None, "Megatron parallel layers"),
+}
+
+
+@dataclass(frozen=True)
+class ModuleLoRA:
+    """One target module's adapter weights.
+
+    Attributes:
+        a: LoRA A, ``[r, in_features]``.
+        b: LoRA B, ``[out_features, r]``.
+        scaling: ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with rsLoRA), as PEFT computes it.
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+    scaling: float
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A parsed, checked LoRA adapter ready to copy into a slot.
+
+    Attributes:
+        config: the adapter_config.json object as published.
+        modules: base module name (``model.layers.0.self_attn.q_proj``) → weights.
+    """
+
+    config: dict
+    modules: dict[str, ModuleLoRA] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the weight tensors."""
+        return sum(m.a.nbytes + m.b.nbytes for m in self.modules.values())
+
+    @property
+    def max_rank(self) -> int:
+        """Largest rank over modules."""
+        return max((m.a.shape[0] for m in self.modules.values()), default=0)
+
+    def summary(self) -> dict:
+        """The PEFT summary the manifest records: r, lora_alpha, targets, patterns, rsLoRA."""
+        c = self.config
+        targets = c.get("target_modules")
+        return {
+            "r": c.get("r"),
+            "lora_alpha": c.get("lora_alpha"),
+            "target_modules": sorted(targets) if isinstance(targets, list) else targets,
+            "rank_pattern": c.get("rank_pattern") or {},
+            "alpha_pattern": c.get("alpha_pattern") or {},
+            "use_rslora": bool(c.get("use_rslora", False)),
+            "layers_to_transform": c.get("layers_to_transform"),
+            "modules": len(self.modules),
+        }
+
+
+def check_file_names(names: list[str]) -> None:
+    """Refuse an adapter file list that is not exactly the two standard PEFT files.
+
+    Raises:
+        AdapterRejected: PICKLE_REFUSED for pickle weights (never unpickled), MISSING_FILE,
+            UNEXPECTED_FILE.
+    """
+    pickles = [n for n in names if n.endswith(_PICKLE_SUFFIXES)]
+    if pickles:
+        raise AdapterRejected(
+            RejectReason.PICKLE_REFUSED,
+            f"{', '.join(sorted(pickles))}: pickle weights can run code when loaded and are refused; "
+            f"save with safetensors (save_pretrained(safe_serialization=True)) as {WEIGHTS_FILE}",
+        )
+    for required in ADAPTER_FILES:
+        if required not in names:
+            raise AdapterRejected(RejectReason.MISSING_FILE, f"{required} is missing; a PEFT LoRA folder has {' and '.join(ADAPTER_FILES)}")
+    extra = sorted(set(names) - set(ADAPTER_FILES))
+    if extra:
+        raise AdapterRejected(RejectReason.UNEXPECTED_FILE, f"unexpected file(s) {', '.join(extra)}; only {' and '.join(ADAPTER_FILES)} are published")
+
+
+def parse_config(raw: bytes):
+    """Parse ``adapter_config.json`` into a PEFT ``LoraConfig``, refusing what we cannot apply.
+
+    Returns:
+        ``(config_dict, peft.LoraConfig)``.
+
+    Raises:
+        AdapterRejected: BAD_CONFIG (not JSON, not LoRA, unknown or invalid fields),
+            UNSUPPORTED_PEFT (a feature listed in ``_UNSUPPORTED``).
+    """
+    import dataclasses
+
+    from peft import LoraConfig
+
+    try:
+        cfg = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AdapterRejected(RejectReason.BAD_CONFIG, f"{CONFIG_FILE} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise AdapterRejected(RejectReason.BAD_CONFIG, f"{CONFIG_FILE} must be a JSON object")
+    if cfg.get("peft_type") != "LORA":
+        raise AdapterRejected(RejectReason.BAD_CONFIG, f"peft_type is {cfg.get('peft_type')!r}; only LORA adapters are served")
+    known = {f.name for f in dataclasses.fields(LoraConfig)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise AdapterRejected(
+            RejectReason.BAD_CONFIG,
+            f"unknown adapter_config fields {unknown} (saved by a newer PEFT?); this node runs peft 0.21 and "
+            "refuses fields it cannot interpret rather than ignore them",
+        )
+    for name, (default, what) in _UNSUPPORTED.items():
+        value = cfg.get(name)
+        if value is not None and value != default and value not in (False, [], {}):
+            raise AdapterRejected(RejectReason.UNSUPPORTED_PEFT, f"{what} ({name}={value!r}) is not supported by this node")
+    if not cfg.get("target_modules"):
+        raise AdapterRejected(RejectReason.BAD_CONFIG, "target_modules is empty")
+    try:
+        lc = LoraConfig(**{k: v for k, v in cfg.items() if k not in ("peft_type", "auto_mapping", "peft_version")})
+    except (TypeError, ValueError) as e:
+        raise AdapterRejected(RejectReason.BAD_CONFIG, f"invalid LoRA config: {e}") from None
+    if not isinstance(lc.r, int) or lc.r <= 0:
+        raise AdapterRejected(RejectReason.BAD_CONFIG, f"r must be a positive integer, got {lc.r!r}")
+    return cfg, lc
+
+
+def _expected_modules(lc, base_modules: dict[str, tuple[int, int]]) -> dict[str, tuple[int, float]]:
+    """Base modules this config targets, each with its resolved (rank, lora_alpha)."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from peft.utils.other import get_pattern_key
+
+    all_linear = isinstance(lc.target_modules, str) and lc.target_modules.lower() == "all-linear"
+    out: dict[str, tuple[int, float]] = {}
+    for name in base_modules:
+        if all_linear:
+            hit = True
+        else:
+            hit = check_target_module_exists(lc, name)
+        if not hit:  # _ExcludedModule is falsy too
+            continue
+        r = lc.rank_pattern.get(get_pattern_key(lc.rank_pattern.keys(), name), lc.r)
+        alpha = lc.alpha_pattern.get(get_pattern_key(lc.alpha_pattern.keys(), name), lc.lora_alpha)
+        out[name] = (r, alpha)
+    return out
+
+
+def load_adapter(
+    config_raw: bytes,
+    weights_raw: bytes,
+    base_modules: dict[str, tuple[int, int]],
+    max_rank: int,
+    dtype: torch.dtype = torch.float32,
+) -> LoraAdapter:
+    """Parse and check a PEFT LoRA adapter against a base model.
+
+    Args:
+        config_raw: bytes of ``adapter_config.json``.
+        weights_raw: bytes of ``adapter_model.safetensors``.
+        base_modules: base module name → ``(in_features, out_features)`` of every linear the
+            engine can adapt (``engine.lora.inject_lora`` names).
+        max_rank: the node's largest servable rank.
+        dtype: dtype the tensors are converted to (the engine's compute dtype).
+
+    Raises:
+        AdapterRejected: with the first failing check's reason (see module docstring).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    cfg, lc = parse_config(config_raw)
+    if isinstance(lc.target_modules, (list, set)):
+        for t in lc.target_modules:
+            if t in ("lm_head", "embed_tokens") or t.endswith((".lm_head", ".embed_tokens")):
+                raise AdapterRejected(RejectReason.UNSUPPORTED_PEFT, f"LoRA on {t} (embedding/output head) is not supported")
+    expected = _expected_modules(lc, base_modules)
+    if not expected:
+        raise AdapterRejected(
+            RejectReason.UNKNOWN_MODULE,
+            f"target_modules {lc.target_modules!r} match no linear module of the base "
+            f"(it has e.g. {', '.join(sorted({n.rsplit('.', 1)[-1] for n in base_modules}))})",
+        )
+    too_big = {n: r for n, (r, _) in expected.items() if r > max_rank}
+    if too_big:
+        name, r = next(iter(sorted(too_big.items())))
+        raise AdapterRejected(RejectReason.RANK_LIMIT, f"rank {r} (module {name}) exceeds this node's max LoRA rank {max_rank}")
+    try:
+        tensors = st_load(weights_raw)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
+        raise AdapterRejected(RejectReason.BAD_SAFETENSORS, f"{WEIGHTS_FILE} cannot be read: {e}") from None
+
+    modules: dict[str, ModuleLoRA] = {}
+    seen: set[str] = set()
+    for name, (r, alpha) in sorted(expected.items()):
+        in_f, out_f = base_modules[name]
+        ka, kb = f"{_KEY_PREFIX}{name}.lora_A.weight", f"{_KEY_PREFIX}{name}.lora_B.weight"
+        if ka not in tensors or kb not in tensors:
+            raise AdapterRejected(
+                RejectReason.MISSING_WEIGHTS, f"the config targets {name} but {WEIGHTS_FILE} lacks {ka if ka not in tensors else kb}"
+            )
+        a, b = tensors[ka], tensors[kb]
+        seen.update((ka, kb))
+        for key, t in ((ka, a), (kb, b)):
+            if t.dtype not in _FLOAT_DTYPES:
+                raise AdapterRejected(RejectReason.BAD_DTYPE, f"{key} has dtype {t.dtype}; use float16, bfloat16 or float32")
+        if tuple(a.shape) != (r, in_f) or tuple(b.shape) != (out_f, r):
+            raise AdapterRejected(
+                RejectReason.SHAPE_MISMATCH,
+                f"{name}: A{tuple(a.shape)} B{tuple(b.shape)}, expected A({r}, {in_f}) B({out_f}, {r}) for this base and rank",
+            )
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise AdapterRejected(RejectReason.NON_FINITE, f"{name} has NaN or Inf weights")
+        scaling = alpha / math.sqrt(r) if lc.use_rslora else alpha / r
+        modules[name] = ModuleLoRA(a.to(dtype).contiguous(), b.to(dtype).contiguous(), float(scaling))
+    extra = sorted(set(tensors) - seen)
+    if extra:
+        raise AdapterRejected(
+            RejectReason.UNKNOWN_MODULE,
+            f"{WEIGHTS_FILE} has tensors the config does not target or the base does not have: {', '.join(extra[:5])}"
+            + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""),
+        )
+    return LoraAdapter(config=cfg, modules=modules)
