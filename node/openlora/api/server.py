@@ -1,0 +1,49 @@
+"""The node's gRPC server: ``openlora.v1.Node`` plus ``grpc.health.v1`` and server reflection."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..v1 import node_pb2, node_pb2_grpc
+from .servicer import NodeServicer
+
+SERVICE = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+async def start_server(servicer: NodeServicer, host: str, port: int) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Bind and start the server.
+
+    Args:
+        servicer: the Node implementation.
+        host: interface to listen on (the node defaults to 127.0.0.1).
+        port: TCP port; 0 picks a free one.
+
+    Returns:
+        ``(server, bound port, health servicer)``; health reports SERVING for the Node service.
+
+    Raises:
+        RuntimeError: the address cannot be bound.
+    """
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    node_pb2_grpc.add_NodeServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise RuntimeError(f"cannot listen on {host}:{port} (in use?)")
+    await server.start()
+    await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    return server, bound, health_servicer

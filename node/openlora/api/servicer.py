@@ -1,0 +1,267 @@
+"""gRPC servicer for ``openlora.v1.Node``: turns requests into engine work and errors into statuses.
+
+Every bad input ends in a status code with a message that says what to fix, and nothing about
+one request can stop the node from serving the others:
+
+    unknown adapter CID          NOT_FOUND
+    malformed CID / prompt / sampling / adapter folder     INVALID_ARGUMENT
+    adapter rejected (now or earlier)                      FAILED_PRECONDITION + reason
+    queue full / every slot busy                           RESOURCE_EXHAUSTED
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import grpc
+
+from .. import __version__
+from ..adapters.catalog import AdapterState, CatalogEntry
+from ..adapters.manifest import parse_manifest
+from ..adapters.reasons import AdapterRejected
+from ..adapters.store import AdapterNotFound, AdapterStore
+from ..content.cid import cid_text
+from ..content.errors import InvalidCID
+from ..engine.sampling import SamplingError, SamplingParams
+from ..engine.scheduler import Engine, Failed, FinishReason, Finished, GenerationRequest, QueueFull, TextDelta
+from ..engine.slots import NoFreeSlot
+from ..v1 import node_pb2 as pb
+from ..v1 import node_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_FINISH = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+_STATE = {
+    AdapterState.FETCHING: pb.ADAPTER_STATUS_FETCHING,
+    AdapterState.VERIFYING: pb.ADAPTER_STATUS_VERIFYING,
+    AdapterState.READY: pb.ADAPTER_STATUS_READY,
+    AdapterState.REJECTED: pb.ADAPTER_STATUS_REJECTED,
+}
+_ROLES = {"system", "user", "assistant"}
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+PUBLISH_CHUNK = 1 << 20  # bytes per FileChunk the clients send
+
+
+class ServingLimits:
+    """Per-request bounds the servicer enforces before work reaches the engine.
+
+    Attributes:
+        max_prompt_tokens: longest prompt accepted, tokens.
+        max_new_tokens: largest ``max_new_tokens`` accepted, tokens.
+        default_new_tokens: used when the request leaves it 0.
+        max_prompt_chars: longest raw prompt / chat text accepted before tokenising, characters.
+    """
+
+    def __init__(self, max_prompt_tokens: int = 4096, max_new_tokens: int = 1024, default_new_tokens: int = 128) -> None:
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.default_new_tokens = default_new_tokens
+        self.max_prompt_chars = max_prompt_tokens * 16
+
+
+class NodeServicer(node_pb2_grpc.NodeServicer):
+    """Implements the Node service over an :class:`Engine` and an :class:`AdapterStore`."""
+
+    def __init__(self, engine: Engine, store: AdapterStore, limits: ServingLimits, device: str) -> None:
+        self.engine = engine
+        self.store = store
+        self.limits = limits
+        self.device = device
+
+    # ----- helpers -----
+
+    @staticmethod
+    async def _abort(context, code: grpc.StatusCode, message: str):
+        await context.abort(code, message)
+
+    async def _known_cid(self, raw: str, context) -> CatalogEntry:
+        try:
+            cid = cid_text(raw)
+        except InvalidCID as e:
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        entry = self.store.catalog.get(cid)
+        if entry is None:
+            await self._abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"adapter {cid} is not known to this node; publish it (openlora-node publish) or check the CID",
+            )
+        return entry
+
+    def _sampling(self, s: pb.SamplingParams) -> SamplingParams:
+        params = SamplingParams(
+            max_new_tokens=s.max_new_tokens or self.limits.default_new_tokens,
+            temperature=s.temperature if s.HasField("temperature") else 1.0,
+            top_p=s.top_p if s.HasField("top_p") else 1.0,
+            top_k=s.top_k,
+            seed=s.seed if s.HasField("seed") else None,
+            stop=tuple(s.stop),
+        )
+        params.validate(self.limits.max_new_tokens)
+        return params
+
+    def _prompt_ids(self, request: pb.GenerateRequest) -> list[int]:
+        rm = self.engine.rm
+        kind = request.WhichOneof("input")
+        if kind is None:
+            raise ValueError("set either prompt or chat")
+        if kind == "prompt":
+            if not request.prompt:
+                raise ValueError("prompt is empty")
+            if len(request.prompt) > self.limits.max_prompt_chars:
+                raise ValueError(f"prompt is longer than {self.limits.max_prompt_chars} characters")
+            ids = rm.encode_prompt(request.prompt)
+        else:
+            msgs = request.chat.messages
+            if not msgs:
+                raise ValueError("chat has no messages")
+            bad = [m.role for m in msgs if m.role not in _ROLES]
+            if bad:
+                raise ValueError(f"chat role {bad[0]!r} is not one of {sorted(_ROLES)}")
+            if sum(len(m.content) for m in msgs) > self.limits.max_prompt_chars:
+                raise ValueError(f"chat is longer than {self.limits.max_prompt_chars} characters")
+            ids = rm.encode_chat([{"role": m.role, "content": m.content} for m in msgs])
+        if len(ids) > self.limits.max_prompt_tokens:
+            raise ValueError(f"prompt is {len(ids)} tokens; this node accepts up to {self.limits.max_prompt_tokens}")
+        return ids
+
+    def _info(self, e: CatalogEntry) -> pb.AdapterInfo:
+        status = _STATE[e.state]
+        if e.state is AdapterState.READY and self.engine.slots.slot_of(e.cid) is not None:
+            status = pb.ADAPTER_STATUS_RESIDENT
+        info = pb.AdapterInfo(cid=e.cid, status=status, reason=e.reason, detail=e.detail, name=e.name)
+        if e.manifest:
+            m = parse_manifest(e.manifest)
+            targets = m.peft.target_modules
+            info.base_model = m.base.name
+            info.base_fingerprint = m.base.fingerprint
+            info.r = m.peft.r
+            info.lora_alpha = float(m.peft.lora_alpha)
+            info.target_modules.extend([targets] if isinstance(targets, str) else targets)
+            info.files.extend(pb.AdapterFile(name=f.name, cid=f.cid, size=f.size) for f in m.files)
+            info.manifest_json = e.manifest.decode()
+        return info
+
+    # ----- RPCs -----
+
+    async def Generate(self, request: pb.GenerateRequest, context):
+        adapter = None
+        if request.adapter:
+            entry = await self._known_cid(request.adapter, context)
+            if entry.state is AdapterState.REJECTED:
+                await self._abort(
+                    context,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"adapter {entry.cid} was rejected ({entry.reason}): {entry.detail}",
+                )
+            adapter = entry.cid
+        try:
+            sampling = self._sampling(request.sampling)
+            ids = self._prompt_ids(request)
+        except (SamplingError, ValueError) as e:
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        req = GenerationRequest(ids, sampling, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev), adapter)
+        try:
+            self.engine.submit(req)
+        except QueueFull as e:
+            await self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except ValueError as e:
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        try:
+            while True:
+                ev = await events.get()
+                if isinstance(ev, TextDelta):
+                    yield pb.GenerateResponse(text=ev.text)
+                elif isinstance(ev, Finished):
+                    done = pb.GenerateDone(
+                        usage=pb.Usage(prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens),
+                        finish_reason=_FINISH[ev.reason],
+                        adapter=adapter or "",
+                        ttft_ms=ev.ttft_ms or 0.0,
+                    )
+                    yield pb.GenerateResponse(done=done)
+                    return
+                elif isinstance(ev, Failed):
+                    code, msg = _failure_status(ev.error, adapter)
+                    await self._abort(context, code, msg)
+        except asyncio.CancelledError:
+            self.engine.cancel(req.request_id)
+            raise
+
+    async def PublishAdapter(self, request_iterator, context):
+        files: dict[str, bytearray] = {}
+        name = ""
+        total = 0
+        limit = self.store.base.max_adapter_bytes
+        first = True
+        async for part in request_iterator:
+            kind = part.WhichOneof("part")
+            if kind == "header":
+                if not first:
+                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the header must be the first message")
+                name = part.header.name
+                if len(name) > 200:
+                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "adapter name is longer than 200 characters")
+            elif kind == "chunk":
+                path = part.chunk.path
+                if not _PLAIN_NAME.match(path) or path in (".", ".."):
+                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"file name {path!r} must be a plain file name")
+                total += len(part.chunk.data)
+                if total > limit:
+                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"size_limit: adapter exceeds {limit} bytes")
+                files.setdefault(path, bytearray()).extend(part.chunk.data)
+            first = False
+        try:
+            cid = await asyncio.to_thread(self.store.publish, {k: bytes(v) for k, v in files.items()}, name)
+        except AdapterRejected as e:
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"adapter rejected: {e}")
+        log.info("published adapter %s (%s)", cid, name or "unnamed")
+        return pb.PublishAdapterResponse(cid=cid, adapter=self._info(self.store.catalog.get(cid)))
+
+    async def GetAdapter(self, request: pb.GetAdapterRequest, context):
+        return self._info(await self._known_cid(request.cid, context))
+
+    async def ListAdapters(self, request, context):
+        return pb.ListAdaptersResponse(adapters=[self._info(e) for e in self.store.catalog.list()])
+
+    async def GetNodeInfo(self, request, context):
+        eng = self.engine
+        stats = eng.stats()
+        base = self.store.base
+        return pb.NodeInfo(
+            version=__version__,
+            base_model=base.name,
+            base_fingerprint=base.fingerprint,
+            dtype=str(base.dtype).removeprefix("torch."),
+            device=self.device,
+            slots=pb.SlotInfo(
+                capacity=eng.slots.capacity,
+                resident=eng.slots.resident(),
+                host_cached=len(eng.host),
+                max_rank=base.max_rank,
+            ),
+            running=stats["running"],
+            waiting=stats["waiting"],
+            adapters_known=len(self.store.catalog.list()),
+        )
+
+
+def _failure_status(error: Exception, adapter: str | None) -> tuple[grpc.StatusCode, str]:
+    """Map an engine-side failure to a status code and message."""
+    if isinstance(error, AdapterRejected):
+        return grpc.StatusCode.FAILED_PRECONDITION, f"adapter {adapter} was rejected at load ({error})"
+    if isinstance(error, AdapterNotFound):
+        return grpc.StatusCode.NOT_FOUND, f"adapter {adapter} is not available on this node: {error}"
+    if isinstance(error, NoFreeSlot):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+    log.error("generation failed: %r", error)
+    return grpc.StatusCode.INTERNAL, f"generation failed: {type(error).__name__}: {error}"

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for protos/openlora/v1 (scripts/gen_protos.py); do not edit."""
