@@ -1,0 +1,32 @@
+"""Pay per call, attribute per adapter: the node's chain layer.
+
+    client                                  node                                        chain
+    ──────                                  ────                                        ─────
+    Payer.deposit ── signed raw tx ────────────────────────────────────────────────►  PaymentChannels.deposit
+    GetQuote ─────────────────────────────► NodePayments.quote ── AdapterRegistry ──►  publisher price + royalty
+    Payer.pay(max cost) → EIP-712 voucher ► NodePayments.authorize
+                                              vouchers.check_voucher + Ledger (SQLite,
+                                              WAL, fsync) ── persisted before tokens ──
+                                            … stream tokens …
+    Payer.accept(receipt) ◄──────────────── NodePayments.finalize → node-signed receipt
+                                            Settler: every N calls / T s, one tx ─────►  PaymentChannels.settle
+                                              (exactly once across kill -9)              royalty → publisher,
+                                                                                         rest → node,
+                                                                                         AdapterUsage events
+    openlora usage ─────────────────────────────────────── attribution.usage_report ─►  per-adapter totals
+
+Modules, one job each:
+
+    backends      where the chain is: embedded (eth-tester + py-evm) or any JSON-RPC URL (anvil, a network)
+    rpc_server    the embedded chain over HTTP on 127.0.0.1, for clients in other processes (raw txs only)
+    contracts     artifacts, deployment, typed wrappers, local signing, decoded custom-error reverts
+    records       the plain data types (vouchers, receipts, channel state, usage)
+    vouchers      EIP-712 vouchers and receipts; the node's voucher check
+    pricing       quotes and costs (wei per 1k tokens, rounded up)
+    ledger        the node's durable record of vouchers, receipts and settlement batches
+    settlement    batched, crash-safe settlement
+    payments      the node-side gate the API calls (quote, authorize, finalize, void)
+    payer         the client side (deposit, vouchers, receipt checks)
+    attribution   reading the on-chain usage record
+    errors        typed errors; PaymentError subclasses name the gRPC status to answer with
+"""

@@ -1,0 +1,104 @@
+"""Typed errors of the chain layer, in two families.
+
+    ChainError                      the chain or the ledger cannot do what was asked
+    ├── ContractRevert              a contract call reverted; carries the Solidity custom error's name and args
+    ├── SettlementError             a settlement batch could not be built, sent or reconciled
+    ├── LedgerError                 the receipts ledger refuses an operation (wrong state, other chain)
+    ├── InvalidReceipt              a client rejects a node receipt (bad signature, overcharge)
+    └── PaymentError                a call is not paid for: the node must refuse it and stream no tokens
+        ├── AdapterNotPayable       unknown or revoked adapter
+        ├── InvalidVoucher          malformed voucher, or the signature is not the client's
+        ├── WrongNode               the voucher pays another node
+        ├── WrongEpoch              the voucher is for another epoch of the channel
+        ├── ChannelClosing          the client asked to withdraw: no new calls on this channel
+        ├── StaleVoucher            cumulative amount not above the latest one accepted (replays land here)
+        ├── InsufficientAuthorization   the voucher's unused authorisation is below the call's max cost
+        └── InsufficientDeposit     the channel's deposit does not cover what the node would claim
+
+Every ``PaymentError`` has ``status``, the name of the gRPC status code the API layer should answer with,
+and a message that says what the client has to do.
+"""
+
+from __future__ import annotations
+
+
+class ChainError(RuntimeError):
+    """Base of every error raised by ``openlora.chain``."""
+
+
+class ContractRevert(ChainError):
+    """A contract call or transaction reverted.
+
+    Attributes:
+        error: the Solidity custom error's name (e.g. ``"NothingToRedeem"``), ``"Error"`` for a
+            ``require`` message, ``"Panic"`` for an assertion/overflow, ``""`` when the revert carried no data.
+        args: the decoded error arguments, in ABI order (ints for uint, checksummed str for address,
+            bytes for bytes32).
+    """
+
+    def __init__(self, error: str, args: tuple = (), detail: str = "") -> None:
+        self.error = error
+        self.args_ = tuple(args)
+        shown = f"{error}({', '.join(map(_show, self.args_))})" if error else "revert without data"
+        super().__init__(f"contract reverted: {shown}" + (f" ({detail})" if detail else ""))
+
+
+def _show(value: object) -> str:
+    return "0x" + value.hex() if isinstance(value, bytes) else str(value)
+
+
+class SettlementError(ChainError):
+    """Settlement could not proceed (e.g. the ledger disagrees with the chain); the message says why."""
+
+
+class LedgerError(ChainError):
+    """The ledger refuses: the receipt is not in the state the operation needs, or the file belongs to another
+    node, chain or deployment."""
+
+
+class InvalidReceipt(ChainError):
+    """A node receipt is not signed by the node, is for another call, or charges more than authorised."""
+
+
+class PaymentError(ChainError):
+    """A call is not (sufficiently) paid for. ``status`` names the gRPC code to answer with."""
+
+    status = "FAILED_PRECONDITION"
+
+
+class AdapterNotPayable(PaymentError):
+    """The adapter is not registered on chain, or its publisher revoked it."""
+
+    status = "NOT_FOUND"
+
+
+class InvalidVoucher(PaymentError):
+    """The voucher is malformed, or its signature does not recover to the client it names."""
+
+    status = "PERMISSION_DENIED"
+
+
+class WrongNode(PaymentError):
+    """The voucher names another node."""
+
+    status = "PERMISSION_DENIED"
+
+
+class WrongEpoch(PaymentError):
+    """The voucher is for an epoch of the channel other than the current one."""
+
+
+class ChannelClosing(PaymentError):
+    """The client requested a withdrawal from the channel; it must deposit on a new epoch to call again."""
+
+
+class StaleVoucher(PaymentError):
+    """The voucher's cumulative amount is not above the latest one the node accepted for the channel."""
+
+
+class InsufficientAuthorization(PaymentError):
+    """The voucher authorises less than what the node already committed plus this call's max cost."""
+
+
+class InsufficientDeposit(PaymentError):
+    """The channel's deposit does not cover what the node committed plus this call's max cost."""

@@ -1,0 +1,216 @@
+"""EIP-712 vouchers (client → node) and receipts (node → client), and the node's check of a voucher.
+
+Both are EIP-712 typed data (https://eips.ethereum.org/EIPS/eip-712) in the domain
+``{name: "OpenLoRA", version: "1", chainId, verifyingContract: PaymentChannels}``:
+
+    Voucher(address client,address node,uint64 epoch,uint256 cumulativeAmount)
+    Receipt(address node,address client,uint64 epoch,uint64 sequence,bytes32 adapter,address publisher,
+            uint64 tokens,uint256 cost,uint256 chargedTotal)
+
+A voucher is cumulative: it authorises the node to claim up to ``cumulativeAmount`` in total from the channel's
+epoch, so only the latest one matters and losing one costs nothing. The node accepts a call when
+
+    signature recovers to voucher.client          (else InvalidVoucher)
+    voucher.node == this node                      (else WrongNode)
+    voucher.epoch == the channel's epoch on chain  (else WrongEpoch)
+    no withdrawal requested on the channel         (else ChannelClosing)
+    cumulativeAmount > latest accepted amount      (else StaleVoucher: replays and reorderings land here)
+    cumulativeAmount - committed >= max cost       (else InsufficientAuthorization)
+    committed + max cost <= deposited on chain     (else InsufficientDeposit)
+
+where ``committed`` is what the node already charged on the epoch plus the max cost of its calls in flight.
+Requiring a strictly larger amount per call makes a voucher single-use, so one seen on the wire cannot be
+replayed to spend the client's unused authorisation; the unused part still carries over, because the client
+computes its next amount from ``chargedTotal`` (the node-signed receipt), not from its previous voucher.
+"""
+
+from __future__ import annotations
+
+from eth_account import Account
+from eth_account.messages import SignableMessage, encode_typed_data
+from eth_account.signers.local import LocalAccount
+from eth_utils import is_checksum_address
+
+from .errors import (
+    ChannelClosing,
+    InsufficientAuthorization,
+    InsufficientDeposit,
+    InvalidVoucher,
+    StaleVoucher,
+    WrongEpoch,
+    WrongNode,
+)
+from .records import ChannelState, Eip712Domain, Receipt, SignedReceipt, SignedVoucher, Voucher
+
+UINT64_MAX = 2**64 - 1
+UINT256_MAX = 2**256 - 1
+
+_DOMAIN_TYPE = [
+    {"name": "name", "type": "string"},
+    {"name": "version", "type": "string"},
+    {"name": "chainId", "type": "uint256"},
+    {"name": "verifyingContract", "type": "address"},
+]
+_VOUCHER_TYPE = [
+    {"name": "client", "type": "address"},
+    {"name": "node", "type": "address"},
+    {"name": "epoch", "type": "uint64"},
+    {"name": "cumulativeAmount", "type": "uint256"},
+]
+_RECEIPT_TYPE = [
+    {"name": "node", "type": "address"},
+    {"name": "client", "type": "address"},
+    {"name": "epoch", "type": "uint64"},
+    {"name": "sequence", "type": "uint64"},
+    {"name": "adapter", "type": "bytes32"},
+    {"name": "publisher", "type": "address"},
+    {"name": "tokens", "type": "uint64"},
+    {"name": "cost", "type": "uint256"},
+    {"name": "chargedTotal", "type": "uint256"},
+]
+
+
+def voucher_message(voucher: Voucher, domain: Eip712Domain) -> SignableMessage:
+    """The EIP-712 message of ``voucher``; its hash equals ``PaymentChannels.voucherDigest``.
+
+    Raises:
+        InvalidVoucher: an address is not checksummed hex, or epoch/amount is out of range.
+    """
+    for name in ("client", "node"):
+        if not is_checksum_address(getattr(voucher, name)):
+            raise InvalidVoucher(f"voucher.{name} must be a checksummed address, got {getattr(voucher, name)!r}")
+    if not 0 <= voucher.epoch <= UINT64_MAX or not 0 <= voucher.cumulative_amount <= UINT256_MAX:
+        raise InvalidVoucher("voucher.epoch must fit uint64 and voucher.cumulative_amount uint256")
+    return encode_typed_data(
+        full_message={
+            "types": {"EIP712Domain": _DOMAIN_TYPE, "Voucher": _VOUCHER_TYPE},
+            "primaryType": "Voucher",
+            "domain": domain.as_dict(),
+            "message": {
+                "client": voucher.client,
+                "node": voucher.node,
+                "epoch": voucher.epoch,
+                "cumulativeAmount": voucher.cumulative_amount,
+            },
+        }
+    )
+
+
+def sign_voucher(account: LocalAccount, voucher: Voucher, domain: Eip712Domain) -> SignedVoucher:
+    """Signs ``voucher`` with the client's key (``account.address`` must be ``voucher.client``).
+
+    Raises:
+        ValueError: ``account`` is not the voucher's client.
+    """
+    if account.address != voucher.client:
+        raise ValueError(f"voucher.client is {voucher.client} but the signing account is {account.address}")
+    signed = account.sign_message(voucher_message(voucher, domain))
+    return SignedVoucher(voucher, bytes(signed.signature))
+
+
+def recover_voucher_signer(signed: SignedVoucher, domain: Eip712Domain) -> str:
+    """The checksummed address whose key signed ``signed.voucher``.
+
+    Raises:
+        InvalidVoucher: the signature is not 65 bytes or recovers to no key.
+    """
+    if len(signed.signature) != 65:
+        raise InvalidVoucher(f"voucher signature must be 65 bytes (r, s, v), got {len(signed.signature)}")
+    try:
+        return Account.recover_message(voucher_message(signed.voucher, domain), signature=signed.signature)
+    except InvalidVoucher:
+        raise
+    except Exception as exc:  # eth-keys raises several types for a malformed (r, s, v)
+        raise InvalidVoucher(f"voucher signature does not recover: {exc}") from exc
+
+
+def check_voucher(
+    signed: SignedVoucher,
+    *,
+    domain: Eip712Domain,
+    node: str,
+    channel: ChannelState,
+    latest_amount: int,
+    committed: int,
+    max_cost: int,
+) -> None:
+    """Raises unless the node may serve a call of max cost ``max_cost`` wei on ``signed`` (rules: module doc).
+
+    Args:
+        node: this node's address.
+        channel: the channel's on-chain state (``PaymentChannels.channel(client, node)``).
+        latest_amount: the largest cumulative amount the node accepted on this channel epoch (0 if none).
+        committed: wei the node charged on this epoch plus the max cost of its calls in flight.
+        max_cost: wei this call costs at most (quote × max tokens).
+
+    Raises:
+        InvalidVoucher, WrongNode, WrongEpoch, ChannelClosing, StaleVoucher, InsufficientAuthorization,
+        InsufficientDeposit: see the module doc; each message says what the client must do.
+    """
+    v = signed.voucher
+    signer = recover_voucher_signer(signed, domain)
+    if signer != v.client:
+        raise InvalidVoucher(f"voucher signature is by {signer}, not by the client {v.client}")
+    if v.node != node:
+        raise WrongNode(f"voucher pays node {v.node}; this node is {node}")
+    if v.epoch != channel.epoch:
+        raise WrongEpoch(f"voucher is for epoch {v.epoch}; the channel is at epoch {channel.epoch}")
+    if channel.withdraw_at:
+        raise ChannelClosing(
+            f"client {v.client} requested a withdrawal (possible at {channel.withdraw_at}); "
+            "withdraw, then deposit again to open the next epoch"
+        )
+    if v.cumulative_amount <= latest_amount:
+        raise StaleVoucher(
+            f"voucher amount {v.cumulative_amount} wei is not above the latest accepted {latest_amount} wei; "
+            f"sign a new voucher for more than {latest_amount} wei"
+        )
+    needed = committed + max_cost
+    if v.cumulative_amount < needed:
+        raise InsufficientAuthorization(
+            f"voucher authorises {v.cumulative_amount} wei but this call needs {needed} wei "
+            f"({committed} committed + {max_cost} max cost); sign a voucher for at least {needed} wei"
+        )
+    if needed > channel.deposited:
+        raise InsufficientDeposit(
+            f"channel deposit is {channel.deposited} wei but {needed} wei are needed; "
+            f"deposit at least {needed - channel.deposited} wei more"
+        )
+
+
+def receipt_message(receipt: Receipt, domain: Eip712Domain) -> SignableMessage:
+    """The EIP-712 message of a node receipt."""
+    return encode_typed_data(
+        full_message={
+            "types": {"EIP712Domain": _DOMAIN_TYPE, "Receipt": _RECEIPT_TYPE},
+            "primaryType": "Receipt",
+            "domain": domain.as_dict(),
+            "message": {
+                "node": receipt.node,
+                "client": receipt.client,
+                "epoch": receipt.epoch,
+                "sequence": receipt.sequence,
+                "adapter": receipt.adapter,
+                "publisher": receipt.publisher,
+                "tokens": receipt.tokens,
+                "cost": receipt.cost,
+                "chargedTotal": receipt.charged_total,
+            },
+        }
+    )
+
+
+def sign_receipt(account: LocalAccount, receipt: Receipt, domain: Eip712Domain) -> SignedReceipt:
+    """Signs ``receipt`` with the node's key (``account.address`` must be ``receipt.node``).
+
+    Raises:
+        ValueError: ``account`` is not the receipt's node.
+    """
+    if account.address != receipt.node:
+        raise ValueError(f"receipt.node is {receipt.node} but the signing account is {account.address}")
+    return SignedReceipt(receipt, bytes(account.sign_message(receipt_message(receipt, domain)).signature))
+
+
+def recover_receipt_signer(signed: SignedReceipt, domain: Eip712Domain) -> str:
+    """The checksummed address whose key signed ``signed.receipt`` (a client compares it with the node's)."""
+    return Account.recover_message(receipt_message(signed.receipt, domain), signature=signed.signature)
