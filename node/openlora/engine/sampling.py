@@ -35,6 +35,7 @@ class SamplingParams:
         top_k: keep the k most likely tokens (0 = off).
         seed: RNG seed; ``None`` draws a fresh one.
         stop: strings that end the completion when they appear (excluded from the output).
+        ignore_eos: keep generating past EOS tokens (benchmarks with a fixed output length).
     """
 
     max_new_tokens: int = 128
@@ -43,6 +44,7 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False
 
     def validate(self, max_new_tokens_limit: int) -> None:
         """Check every field; raise :class:`SamplingError` naming the first bad one."""

@@ -421,7 +421,7 @@ class Engine:
             row.t_prev = now
             row.count += 1
             row.last = tok
-            if tok in self.rm.eos_ids:
+            if tok in self.rm.eos_ids and not row.req.sampling.ignore_eos:
                 row.done = FinishReason.STOP
                 continue
             text = row.detok.push(tok)

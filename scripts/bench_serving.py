@@ -1,0 +1,350 @@
+"""Side-by-side serving benchmark: this engine vs the base-only limit vs PEFT, in ONE process.
+
+Workload: N requests; each picks one of K adapters by Zipf(alpha) (rank 1 most popular);
+fixed prompt length P and output length O (EOS ignored); a closed loop of C clients (each sends
+its next request when the previous one finishes) or Poisson arrivals at --rate req/s.
+
+Systems, same workload, same model, same dtype and threads:
+  base        this engine, every row without adapter          (the physical limit)
+  engine      this engine, K adapters in device slots          (BGMV over slots, continuous batching)
+  peft_mixed  PEFT PeftModel.generate(adapter_names=...) on static batches of C requests
+  peft_swap   PEFT set_adapter(name) + generate, one request at a time
+
+Reported per system: tokens/s (generated tokens / wall time), TTFT p50/p99 and ITL p50/p99 in
+ms (from the moment the request was issued, queueing included), peak RSS in MiB; and the
+throughput ratios engine/base, engine/peft_mixed, engine/peft_swap. Machines here are noisy:
+compare ratios from one run, not absolute numbers across runs.
+
+    .venv/bin/python scripts/bench_serving.py --quick --json bench.json --plot bench.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import torch
+
+from openlora.adapters.peft_format import load_adapter
+from openlora.engine.base import resolve_base_model
+from openlora.engine.model import load_resident
+from openlora.engine.sampling import SamplingParams
+from openlora.engine.scheduler import Engine, Failed, Finished, GenerationRequest
+from openlora.engine.slots import HostCache, SlotManager
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SYSTEMS = ("base", "engine", "peft_mixed", "peft_swap")
+
+
+@dataclass
+class Result:
+    """Per-system measurements (ms, tokens/s, MiB)."""
+
+    tokens: int = 0
+    wall_s: float = 0.0
+    ttft_ms: list[float] = field(default_factory=list)
+    itl_ms: list[float] = field(default_factory=list)
+    peak_rss_mib: float = 0.0
+
+    def summary(self) -> dict:
+        def pct(xs, p):
+            if not xs:
+                return 0.0
+            xs = sorted(xs)
+            return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+        return {
+            "tokens_per_s": self.tokens / self.wall_s if self.wall_s else 0.0,
+            "ttft_p50_ms": pct(self.ttft_ms, 50),
+            "ttft_p99_ms": pct(self.ttft_ms, 99),
+            "itl_p50_ms": pct(self.itl_ms, 50),
+            "itl_p99_ms": pct(self.itl_ms, 99),
+            "peak_rss_mib": self.peak_rss_mib,
+            "tokens": self.tokens,
+            "wall_s": self.wall_s,
+        }
+
+
+class RssPeak:
+    """Samples this process's RSS every 20 ms while active; ``peak`` in MiB."""
+
+    def __init__(self) -> None:
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._proc = psutil.Process()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss / 2**20)
+            self._stop.wait(0.02)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def zipf_choices(k: int, alpha: float, n: int, rng: random.Random) -> list[int]:
+    """``n`` adapter indices in ``0..k-1`` with P(i) ∝ 1/(i+1)^alpha."""
+    weights = [1.0 / (i + 1) ** alpha for i in range(k)]
+    return rng.choices(range(k), weights=weights, k=n)
+
+
+def make_adapters(base_fp32, k: int, rank: int, folder: Path) -> list[Path]:
+    """K random rank-``rank`` LoRAs on q/k/v/o saved with PEFT (one folder each)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    model = get_peft_model(copy.deepcopy(base_fp32), cfg, adapter_name="a0")
+    for i in range(1, k):
+        model.add_adapter(f"a{i}", cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    model.save_pretrained(str(folder), selected_adapters=[f"a{i}" for i in range(k)])
+    return [folder / f"a{i}" for i in range(k)]
+
+
+def run_engine(rm, slots, host, adapters, workload, args, use_adapters: bool) -> Result:
+    """Drive the engine with the closed loop (or Poisson arrivals)."""
+    paths = {f"a{i}": p for i, p in enumerate(adapters)}
+
+    def loader(cid):
+        p = paths[cid]
+        return load_adapter(
+            (p / "adapter_config.json").read_bytes(), (p / "adapter_model.safetensors").read_bytes(),
+            rm.base_modules, rm.max_rank, rm.adapter_dtype,
+        )  # fmt: skip
+
+    engine = Engine(rm, slots, host, loader, max_batch=args.concurrency, max_waiting=len(workload) + 1)
+    # warm the device slots like a server that has been running: every adapter resident once
+    if use_adapters:
+        for cid in paths:
+            host.put(cid, loader(cid))
+            slots.release(slots.install(cid, host.get(cid)))
+    engine.start()
+    res = Result()
+    lock = threading.Lock()
+    done = threading.Semaphore(0)
+    params = SamplingParams(max_new_tokens=args.output_len, temperature=0.0, ignore_eos=True)
+
+    def submit(prompt, adapter_idx):
+        t0 = time.perf_counter()
+
+        def emit(ev):
+            if isinstance(ev, Finished):
+                with lock:
+                    res.tokens += ev.completion_tokens
+                    res.ttft_ms.append(ev.ttft_ms)
+                    res.itl_ms.extend(ev.itl_ms)
+                done.release()
+                if args.rate is None:
+                    next_request()
+            elif isinstance(ev, Failed):
+                raise ev.error
+
+        engine.submit(GenerationRequest(prompt, params, emit, f"a{adapter_idx}" if use_adapters else None, submitted=t0))
+
+    queue = list(workload)
+    qlock = threading.Lock()
+
+    def next_request():
+        with qlock:
+            if not queue:
+                return
+            prompt, idx = queue.pop(0)
+        submit(prompt, idx)
+
+    with RssPeak() as rss:
+        t0 = time.perf_counter()
+        if args.rate is None:
+            for _ in range(min(args.concurrency, len(queue))):
+                next_request()
+        else:
+            rng = random.Random(7)
+            for prompt, idx in workload:
+                submit(prompt, idx)
+                time.sleep(rng.expovariate(args.rate))
+        for _ in workload:
+            done.acquire()
+        res.wall_s = time.perf_counter() - t0
+    engine.stop()
+    res.peak_rss_mib = rss.peak
+    return res
+
+
+class StepClock:
+    """A logits processor that timestamps every generation step (PEFT baselines' TTFT/ITL)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+def run_peft(peft_model, workload, args, mixed: bool) -> Result:
+    """PEFT baselines: static batches of C with adapter_names, or one request at a time with set_adapter."""
+    from transformers import LogitsProcessorList
+
+    res = Result()
+    batch = args.concurrency if mixed else 1
+    issued = [0.0] * len(workload)
+    with RssPeak() as rss, torch.inference_mode():
+        t0 = time.perf_counter()
+        # closed loop of C clients: the first C requests are issued at t0; each later one when
+        # the request C places before it finished
+        finish: list[float] = []
+        for start in range(0, len(workload), batch):
+            chunk = workload[start : start + batch]
+            for j in range(len(chunk)):
+                i = start + j
+                issued[i] = t0 if i < args.concurrency else finish[i - args.concurrency]
+            ids = torch.tensor([p for p, _ in chunk])
+            clock = StepClock()
+            kwargs = dict(max_new_tokens=args.output_len, min_new_tokens=args.output_len, do_sample=False,
+                          logits_processor=LogitsProcessorList([clock]), pad_token_id=0)  # fmt: skip
+            if mixed:
+                kwargs["adapter_names"] = [f"a{idx}" for _, idx in chunk]
+            else:
+                peft_model.set_adapter(f"a{chunk[0][1]}")
+            peft_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+            end = time.perf_counter()
+            for j in range(len(chunk)):
+                res.ttft_ms.append((clock.stamps[0] - issued[start + j]) * 1000)
+                res.itl_ms.extend((b - a) * 1000 for a, b in zip(clock.stamps, clock.stamps[1:]))
+                finish.append(end)
+            res.tokens += len(chunk) * args.output_len
+        res.wall_s = time.perf_counter() - t0
+    res.peak_rss_mib = rss.peak
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", "-n", type=int, default=96)
+    ap.add_argument("--adapters", "-k", type=int, default=32)
+    ap.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent alpha of adapter popularity")
+    ap.add_argument("--concurrency", "-c", type=int, default=16)
+    ap.add_argument("--rate", type=float, default=None, help="Poisson arrivals (req/s) instead of the closed loop")
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--base-model", default=None, help="HF folder or .gguf (default SmolLM2-135M-Instruct)")
+    ap.add_argument("--model-cache", type=Path, default=Path(os.environ.get("OPENLORA_MODEL_CACHE", ROOT / ".cache" / "models")))
+    ap.add_argument("--quick", action="store_true", help="small workload: finishes in under 3 minutes on 2 cores")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--plot", type=Path, help="write a PNG bar chart here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.requests, args.prompt_len, args.output_len = 32, 32, 24
+    torch.set_num_threads(args.threads)
+    systems = [s for s in args.systems.split(",") if s]
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_base_model(args.base_model, args.model_cache)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    base_fp32 = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=torch.float32)
+    rng = random.Random(1234)
+    vocab = base_fp32.config.vocab_size
+    workload = [
+        ([rng.randrange(100, vocab - 100) for _ in range(args.prompt_len)], idx)
+        for idx in zipf_choices(args.adapters, args.zipf, args.requests, rng)
+    ]
+    print(
+        f"workload: {args.requests} requests, K={args.adapters} adapters (r={args.rank}, Zipf {args.zipf}), "
+        f"C={args.concurrency}{'' if args.rate is None else f', Poisson {args.rate}/s'}, prompt {args.prompt_len}, "
+        f"output {args.output_len}, {args.dtype}, {args.threads} threads; distinct adapters used: "
+        f"{len({i for _, i in workload})}",
+        flush=True,
+    )
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        adapters = make_adapters(base_fp32, args.adapters, args.rank, Path(tmp))
+        if {"base", "engine"} & set(systems):
+            rm = load_resident(source, args.dtype, n_slots=args.adapters, max_rank=args.rank)
+            for name, use in (("base", False), ("engine", True)):
+                if name in systems:
+                    slots = SlotManager(rm.lora_layers, rm.routing, args.adapters)
+                    results[name] = run_engine(rm, slots, HostCache(args.adapters), adapters, workload, args, use).summary()
+                    print(f"  {name:10s} done: {results[name]['tokens_per_s']:.1f} tok/s", flush=True)
+            del rm
+        if {"peft_mixed", "peft_swap"} & set(systems):
+            base = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=dtype)
+            peft_model = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name="a0", autocast_adapter_dtype=False)
+            for i, p in enumerate(adapters[1:], start=1):
+                peft_model.load_adapter(str(p), adapter_name=f"a{i}", autocast_adapter_dtype=False)
+            peft_model.eval()
+            for name, mixed in (("peft_mixed", True), ("peft_swap", False)):
+                if name in systems:
+                    results[name] = run_peft(peft_model, workload, args, mixed).summary()
+                    print(f"  {name:10s} done: {results[name]['tokens_per_s']:.1f} tok/s", flush=True)
+
+    def ratio(a, b):
+        return results[a]["tokens_per_s"] / results[b]["tokens_per_s"] if a in results and b in results else None
+
+    results["ratios"] = {
+        "engine_vs_base": ratio("engine", "base"),
+        "engine_vs_peft_mixed": ratio("engine", "peft_mixed"),
+        "engine_vs_peft_swap": ratio("engine", "peft_swap"),
+    }
+    results["workload"] = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "model_cache")}
+    print(f"\n{'system':12s}{'tok/s':>9s}{'TTFT p50':>10s}{'TTFT p99':>10s}{'ITL p50':>9s}{'ITL p99':>9s}{'RSS MiB':>9s}")
+    for name in SYSTEMS:
+        if name in results:
+            r = results[name]
+            print(
+                f"{name:12s}{r['tokens_per_s']:9.1f}{r['ttft_p50_ms']:10.0f}{r['ttft_p99_ms']:10.0f}"
+                f"{r['itl_p50_ms']:9.1f}{r['itl_p99_ms']:9.1f}{r['peak_rss_mib']:9.0f}"
+            )
+    print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in results["ratios"].items() if v is not None))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
+def plot(results: dict, path: Path) -> None:
+    """Bar charts of tokens/s and TTFT/ITL p50 per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s for s in SYSTEMS if s in results]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, key, title in zip(axes, ("tokens_per_s", "ttft_p50_ms", "itl_p50_ms"), ("throughput (tok/s)", "TTFT p50 (ms)", "ITL p50 (ms)")):
+        ax.bar(names, [results[n][key] for n in names], color=["#888", "#2a7", "#c73", "#a35"][: len(names)])
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=20)
+    w = results["workload"]
+    fig.suptitle(f"K={w['adapters']} adapters, C={w['concurrency']}, prompt {w['prompt_len']}, output {w['output_len']}, {w['dtype']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
