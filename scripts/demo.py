@@ -1,7 +1,8 @@
 """Demo: one node, one resident base model, three domain adapters addressed by CID.
 
 Starts ``openlora-node`` on a free loopback port (data in .data/demo), publishes the medical,
-legal and finance adapters from tests/fixtures/adapters, asks the same question of the base
+legal and finance adapters from tests/fixtures/adapters (signed by a throwaway publisher key;
+real publishers make theirs with `openlora-node keys new`), asks the same question of the base
 model and of each adapter (greedy, streamed), then stops the node.
 """
 
@@ -12,6 +13,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from eth_account import Account
 
 from openlora.client import NodeClient
 from openlora.local import NodeProcess
@@ -34,9 +37,10 @@ def main() -> int:
     print(node.ready_line.strip(), f"({time.monotonic() - t0:.1f} s)\n", flush=True)
     try:
         with NodeClient(node.address, timeout=300) as client:
+            publisher = Account.create()
             cids = {}
             for domain in DOMAINS:
-                cids[domain] = client.publish(ADAPTERS / domain, name=domain).cid
+                cids[domain] = client.publish(ADAPTERS / domain, publisher, name=domain).cid
                 print(f"published {domain:8s} {cids[domain]}")
             print(f"\nQuestion: {args.question}\n")
             for label, cid in [("base model", None)] + [(f"{d} adapter", cids[d]) for d in DOMAINS]:

@@ -18,6 +18,8 @@ DEFAULT_NODE = os.environ.get("OPENLORA_NODE", "127.0.0.1:50051")
 
 node_app = typer.Typer(help="Run an openlora node and publish adapters to it.", no_args_is_help=True, add_completion=False)
 client_app = typer.Typer(help="Call an openlora node: generate, list adapters, inspect.", no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(help="Publisher keys (encrypted keystore files) that sign adapter manifests.", no_args_is_help=True)
+node_app.add_typer(keys_app, name="keys")
 
 NodeOpt = Annotated[str, typer.Option("--node", help="host:port of the node's gRPC server (env OPENLORA_NODE).")]
 
@@ -104,19 +106,83 @@ def start(
 def publish(
     adapter_dir: Annotated[Path, typer.Argument(help="A PEFT LoRA folder: adapter_config.json + adapter_model.safetensors.")],
     node: NodeOpt = DEFAULT_NODE,
+    key: Annotated[Optional[Path], typer.Option(help="Publisher keystore (default: $OPENLORA_KEY or ~/.openlora/publisher.json).")] = None,
+    price_per_1k: Annotated[int, typer.Option("--price-per-1k", help="Price in wei per 1000 tokens.", min=0)] = 0,
+    royalty_bps: Annotated[int, typer.Option(help="Publisher's share of the price, basis points (0..10000).", min=0, max=10_000)] = 0,
     name: Annotated[str, typer.Option(help="Adapter name for the manifest (default: the folder name).")] = "",
 ) -> None:
-    """Publish an adapter to a node; prints its CID as the last line."""
+    """Sign an adapter with your publisher key and publish it to a node; prints its CID as the last line.
+
+    The passphrase comes from $OPENLORA_KEY_PASSPHRASE, else from a hidden prompt.
+    """
+    from .adapters.keys import KeystoreError, default_key_path, load_account
+    from .adapters.reasons import AdapterRejected
     from .client import NodeClient
 
+    path = key or default_key_path()
+    try:
+        signer = load_account(path, _passphrase(confirm=False))
+    except KeystoreError as e:
+        _fail(str(e))
     with NodeClient(node) as c:
         try:
-            resp = _rpc_call(c.publish, adapter_dir, name)
+            resp = _rpc_call(c.publish, adapter_dir, signer, name, price_per_1k_tokens=price_per_1k, royalty_bps=royalty_bps)
         except FileNotFoundError as e:
             _fail(str(e))
+        except AdapterRejected as e:
+            _fail(f"adapter rejected: {e}")
+        except ValueError as e:
+            _fail(str(e), 2)
     info = resp.adapter
-    typer.echo(f"published {info.name or adapter_dir.name}: r={info.r} lora_alpha={info.lora_alpha:g} targets={','.join(info.target_modules)}", err=True)
+    typer.echo(
+        f"published {info.name}: r={info.r} lora_alpha={info.lora_alpha:g} targets={','.join(info.target_modules)} "
+        f"publisher={info.publisher} price_per_1k={info.price_per_1k_tokens} wei royalty={info.royalty_bps} bps",
+        err=True,
+    )
     typer.echo(resp.cid)
+
+
+def _passphrase(confirm: bool) -> str:
+    """$OPENLORA_KEY_PASSPHRASE, else a hidden prompt (on a terminal only)."""
+    from .adapters.keys import PASSPHRASE_ENV, env_passphrase
+
+    env = env_passphrase()
+    if env is not None:
+        return env
+    if not sys.stdin.isatty():
+        _fail(f"no passphrase: set {PASSPHRASE_ENV} or run in a terminal to be prompted", 2)
+    return typer.prompt("Key passphrase", hide_input=True, confirmation_prompt=confirm)
+
+
+@keys_app.command("new")
+def keys_new(
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the keystore (default: $OPENLORA_KEY or ~/.openlora/publisher.json).")] = None,
+) -> None:
+    """Create a publisher key in an encrypted keystore file (scrypt); prints its address as the last line."""
+    from .adapters.keys import KeystoreError, create_keystore, default_key_path
+
+    path = out or default_key_path()
+    if path.exists():
+        _fail(f"{path} already exists; move it away or choose another path with --out", 2)
+    try:
+        address = create_keystore(path, _passphrase(confirm=True))
+    except KeystoreError as e:
+        _fail(str(e), 2)
+    typer.echo(f"wrote {path}", err=True)
+    typer.echo(address)
+
+
+@keys_app.command("show")
+def keys_show(
+    path: Annotated[Optional[Path], typer.Argument(help="Keystore file (default: $OPENLORA_KEY or ~/.openlora/publisher.json).")] = None,
+) -> None:
+    """Print the address of a publisher keystore (no passphrase needed)."""
+    from .adapters.keys import KeystoreError, default_key_path, keystore_address
+
+    try:
+        typer.echo(keystore_address(path or default_key_path()))
+    except KeystoreError as e:
+        _fail(str(e))
 
 
 @node_app.command()

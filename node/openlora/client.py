@@ -1,13 +1,15 @@
 """Python client for an openlora node (the CLI's ``openlora`` commands use it).
 
     with NodeClient("127.0.0.1:50051") as node:
-        cid = node.publish("tests/fixtures/adapters/medical").cid
+        signer = load_account(default_key_path(), passphrase)       # openlora.adapters.keys
+        cid = node.publish("tests/fixtures/adapters/medical", signer).cid
         stream = node.generate("What helps a sore throat?", adapter=cid, temperature=0)
         for text in stream:
             print(text, end="")
         print(stream.done.usage.completion_tokens)
 
-Imports only grpc and the generated stubs (no torch), so client commands start instantly.
+Imports only grpc and the generated stubs at import time (no torch); ``publish`` adds the
+torch-free manifest code and eth-account. Client commands start instantly.
 Errors are ``grpc.RpcError`` with the node's status code and message.
 """
 
@@ -15,11 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from .v1 import node_pb2 as pb
 from .v1 import node_pb2_grpc
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 PUBLISH_CHUNK_BYTES = 1 << 20
 # files save_pretrained writes beside an adapter that are not part of it
@@ -54,6 +60,14 @@ def chat_messages(prompt: str, system: str | None = None) -> pb.ChatMessages:
     msgs = [pb.ChatMessage(role="system", content=system)] if system else []
     msgs.append(pb.ChatMessage(role="user", content=prompt))
     return pb.ChatMessages(messages=msgs)
+
+
+def publish_requests(manifest: bytes, files: dict[str, bytes]) -> Iterator[pb.PublishAdapterRequest]:
+    """The ``PublishAdapter`` request stream: a header with the signed manifest, then each file in chunks."""
+    yield pb.PublishAdapterRequest(header=pb.PublishHeader(manifest=manifest))
+    for fname, data in files.items():
+        for off in range(0, max(len(data), 1), PUBLISH_CHUNK_BYTES):
+            yield pb.PublishAdapterRequest(chunk=pb.FileChunk(path=fname, data=data[off : off + PUBLISH_CHUNK_BYTES]))
 
 
 def adapter_files(folder: str | Path) -> dict[str, bytes]:
@@ -135,23 +149,55 @@ class NodeClient:
             req.chat.CopyFrom(chat_messages(prompt or ""))
         return GenerationStream(self._stub.Generate(req, timeout=self.timeout))
 
-    def publish(self, folder: str | Path, name: str = "") -> pb.PublishAdapterResponse:
-        """Publish a PEFT LoRA folder; returns the response with the adapter CID.
+    def publish(
+        self,
+        folder: str | Path,
+        signer: LocalAccount,
+        name: str = "",
+        *,
+        price_per_1k_tokens: int = 0,
+        royalty_bps: int = 0,
+        created_at: int | None = None,
+    ) -> pb.PublishAdapterResponse:
+        """Sign and publish a PEFT LoRA folder; returns the response with the adapter CID.
+
+        Asks the node for its base (``GetNodeInfo``), builds the manifest locally (file CIDs,
+        PEFT summary; no torch), signs it with ``signer`` (EIP-712, adapters/signing.py) and
+        streams the manifest and the files.
+
+        Args:
+            folder: the adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+            signer: the publisher's key (``adapters.keys.load_account``); its address becomes
+                the manifest's ``publisher``.
+            name: adapter name (default: the folder name).
+            price_per_1k_tokens: wei per 1000 tokens.
+            royalty_bps: publisher's share in basis points (0..10000).
+            created_at: unix seconds (default: now).
 
         Raises:
             FileNotFoundError: not a folder.
-            grpc.RpcError: INVALID_ARGUMENT with the rejection reason.
+            AdapterRejected: the folder is not a well-formed PEFT LoRA (checked before sending).
+            ValueError: price, royalty or name out of range.
+            grpc.RpcError: INVALID_ARGUMENT with the node's rejection reason.
         """
+        from .adapters.manifest import encode_manifest
+        from .adapters.package import build_manifest
+        from .adapters.signing import sign_manifest
+
         files = adapter_files(folder)
-        name = name or Path(folder).resolve().name
-
-        def parts():
-            yield pb.PublishAdapterRequest(header=pb.PublishHeader(name=name))
-            for fname, data in files.items():
-                for off in range(0, max(len(data), 1), PUBLISH_CHUNK_BYTES):
-                    yield pb.PublishAdapterRequest(chunk=pb.FileChunk(path=fname, data=data[off : off + PUBLISH_CHUNK_BYTES]))
-
-        return self._stub.PublishAdapter(parts(), timeout=self.timeout)
+        info = self.node_info()
+        unsigned = build_manifest(
+            files,
+            base_name=info.base_model,
+            base_fingerprint=info.base_fingerprint,
+            publisher=signer.address,
+            name=name or Path(folder).resolve().name,
+            price_per_1k_tokens=price_per_1k_tokens,
+            royalty_bps=royalty_bps,
+            created_at=created_at,
+        )
+        manifest = encode_manifest(sign_manifest(unsigned, signer))
+        return self._stub.PublishAdapter(publish_requests(manifest, files), timeout=self.timeout)
 
     def get_adapter(self, cid: str) -> pb.AdapterInfo:
         """Status and manifest summary of one adapter."""

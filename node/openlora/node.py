@@ -67,7 +67,7 @@ class Node:
         source = await asyncio.to_thread(resolve_base_model, s.base_model, s.resolved_model_cache())
         self.base_name, self.fingerprint = source.name, source.fingerprint
         rm = await asyncio.to_thread(load_resident, source, s.dtype, s.max_loras, s.max_lora_rank)
-        profile = BaseProfile(source.name, source.fingerprint, rm.base_modules, rm.max_rank, rm.dtype)
+        profile = BaseProfile(source.name, source.fingerprint, rm.base_modules, rm.max_rank, rm.adapter_dtype)
         self._catalog = Catalog(data / "catalog.sqlite")
         store = AdapterStore(BlockStore(data / "blocks"), self._catalog, profile)
         slots = SlotManager(rm.lora_layers, rm.routing, s.max_loras)

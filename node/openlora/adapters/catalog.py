@@ -3,10 +3,13 @@
     (unknown) ──► FETCHING ──► VERIFYING ──► READY ──(in a device slot)──► RESIDENT*
                      │             │           │
                      └─────────────┴───────────┴──► REJECTED (reason, detail)
+                                                        │ only if the reason is retryable
+                     FETCHING / VERIFYING / READY ◄─────┘ (reasons.py)
 
 ``RESIDENT`` is not stored: it is READY plus "the slot manager holds it now". A rejection is
 remembered by CID with its typed reason so the same bad adapter is refused at once next time
-and ``GetAdapter`` can say why. SQLite in WAL mode; every method is one short transaction and
+and ``GetAdapter`` can say why; a retryable one (a corrupt or absent local copy, a node limit)
+may be verified again. SQLite in WAL mode; every method is one short transaction and
 safe to call from any thread.
 """
 
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from .reasons import RejectReason
 
 class AdapterState(str, Enum):
     """Stored lifecycle state of an adapter on this node."""
@@ -36,6 +40,7 @@ _ALLOWED = {
     AdapterState.READY: {AdapterState.READY, AdapterState.REJECTED},
     AdapterState.REJECTED: {AdapterState.REJECTED},
 }
+_RETRY = {AdapterState.REJECTED, AdapterState.FETCHING, AdapterState.VERIFYING, AdapterState.READY}
 
 
 class BadTransition(RuntimeError):
@@ -114,14 +119,18 @@ class Catalog:
         """Move ``cid`` to ``state`` (creating the entry if new).
 
         Raises:
-            BadTransition: the lifecycle forbids the move (e.g. leaving REJECTED).
+            BadTransition: the lifecycle forbids the move (e.g. leaving REJECTED for a reason
+                that is not retryable).
         """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT state, name, manifest FROM adapters WHERE cid = ?", (cid,)).fetchone()
+                row = self._db.execute("SELECT state, name, manifest, reason FROM adapters WHERE cid = ?", (cid,)).fetchone()
                 current = AdapterState(row[0]) if row else None
-                if state not in _ALLOWED[current]:
+                allowed = _ALLOWED[current]
+                if current is AdapterState.REJECTED and RejectReason(row[3]).retryable:
+                    allowed = _RETRY
+                if state not in allowed:
                     raise BadTransition(f"{cid}: {current} -> {state} is not allowed")
                 keep_name = name if name is not None else (row[1] if row else "")
                 keep_manifest = manifest if manifest is not None else (row[2] if row else None)

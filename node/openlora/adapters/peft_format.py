@@ -1,34 +1,37 @@
-"""The PEFT LoRA adapter format: read, check against the base, and turn into per-module weights.
+"""The PEFT LoRA adapter format: check config and weights against the base, then build per-module weights.
 
     adapter_config.json ──► LoraConfig (peft) ──► which base modules, which rank/alpha each
-    adapter_model.safetensors ──► {base_model.model.<module>.lora_{A,B}.weight}
+    adapter_model.safetensors ──► header checked first (safetensors_header.py: no tensor touched)
+                              ──► names, shapes, dtypes vs the base ──► tensors ──► finite?
                         both ──► LoraAdapter {module: (A [r, in], B [out, r], scaling)}
 
 The checks are strict because a permissionless node must never half-apply an adapter: the
 set of modules the config targets must equal the set of modules that have weights (no module
-silently dropped, none silently extra), every shape must fit the base, and every feature that
-would change the arithmetic and that the engine does not implement (DoRA, LoRA bias, trained
-``modules_to_save``, embedding / lm_head targets, …) is refused with a reason instead of
-ignored. Target matching, ``rank_pattern``/``alpha_pattern`` resolution and
-``layers_to_transform`` are PEFT's own helpers, so we agree with PEFT by construction.
+silently dropped, none silently extra), every entry of ``target_modules`` must match a module of
+this base, every shape must fit the base, and every feature that would change the arithmetic
+and that the engine does not implement (DoRA, LoRA bias, trained ``modules_to_save``,
+embedding / lm_head targets, …) is refused with a reason instead of ignored. Target matching,
+``rank_pattern``/``alpha_pattern`` resolution and ``layers_to_transform`` are PEFT's own
+helpers, so we agree with PEFT by construction. Cheap checks run before expensive ones: the rank
+limit before the weights are read, names/shapes/dtypes on the header before any tensor is
+materialised.
 """
 
 from __future__ import annotations
 
-import json
+import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import torch
 
+from .package import WEIGHTS_FILE, read_config
 from .reasons import AdapterRejected, RejectReason
+from .safetensors_header import parse_header
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _KEY_PREFIX = "base_model.model."
-_FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32}
+_FLOAT_DTYPES = ("F16", "BF16", "F32")
 
 # LoraConfig fields whose non-default value changes inference arithmetic in a way this engine
 # does not implement. Initialisation-only fields (init_lora_weights, loftq/eva/corda configs)
@@ -90,43 +93,6 @@ class LoraAdapter:
         """Largest rank over modules."""
         return max((m.a.shape[0] for m in self.modules.values()), default=0)
 
-    def summary(self) -> dict:
-        """The PEFT summary the manifest records: r, lora_alpha, targets, patterns, rsLoRA."""
-        c = self.config
-        targets = c.get("target_modules")
-        return {
-            "r": c.get("r"),
-            "lora_alpha": c.get("lora_alpha"),
-            "target_modules": sorted(targets) if isinstance(targets, list) else targets,
-            "rank_pattern": c.get("rank_pattern") or {},
-            "alpha_pattern": c.get("alpha_pattern") or {},
-            "use_rslora": bool(c.get("use_rslora", False)),
-            "layers_to_transform": c.get("layers_to_transform"),
-            "modules": len(self.modules),
-        }
-
-
-def check_file_names(names: list[str]) -> None:
-    """Refuse an adapter file list that is not exactly the two standard PEFT files.
-
-    Raises:
-        AdapterRejected: PICKLE_REFUSED for pickle weights (never unpickled), MISSING_FILE,
-            UNEXPECTED_FILE.
-    """
-    pickles = [n for n in names if n.endswith(_PICKLE_SUFFIXES)]
-    if pickles:
-        raise AdapterRejected(
-            RejectReason.PICKLE_REFUSED,
-            f"{', '.join(sorted(pickles))}: pickle weights can run code when loaded and are refused; "
-            f"save with safetensors (save_pretrained(safe_serialization=True)) as {WEIGHTS_FILE}",
-        )
-    for required in ADAPTER_FILES:
-        if required not in names:
-            raise AdapterRejected(RejectReason.MISSING_FILE, f"{required} is missing; a PEFT LoRA folder has {' and '.join(ADAPTER_FILES)}")
-    extra = sorted(set(names) - set(ADAPTER_FILES))
-    if extra:
-        raise AdapterRejected(RejectReason.UNEXPECTED_FILE, f"unexpected file(s) {', '.join(extra)}; only {' and '.join(ADAPTER_FILES)} are published")
-
 
 def parse_config(raw: bytes):
     """Parse ``adapter_config.json`` into a PEFT ``LoraConfig``, refusing what we cannot apply.
@@ -138,16 +104,9 @@ def parse_config(raw: bytes):
         AdapterRejected: BAD_CONFIG (not JSON, not LoRA, unknown or invalid fields),
             UNSUPPORTED_PEFT (a feature listed in ``_UNSUPPORTED``).
     """
-    import dataclasses
-
     from peft import LoraConfig
 
-    try:
-        cfg = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AdapterRejected(RejectReason.BAD_CONFIG, f"{CONFIG_FILE} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise AdapterRejected(RejectReason.BAD_CONFIG, f"{CONFIG_FILE} must be a JSON object")
+    cfg = read_config(raw)
     if cfg.get("peft_type") != "LORA":
         raise AdapterRejected(RejectReason.BAD_CONFIG, f"peft_type is {cfg.get('peft_type')!r}; only LORA adapters are served")
     known = {f.name for f in dataclasses.fields(LoraConfig)}
@@ -168,28 +127,52 @@ def parse_config(raw: bytes):
         lc = LoraConfig(**{k: v for k, v in cfg.items() if k not in ("peft_type", "auto_mapping", "peft_version")})
     except (TypeError, ValueError) as e:
         raise AdapterRejected(RejectReason.BAD_CONFIG, f"invalid LoRA config: {e}") from None
-    if not isinstance(lc.r, int) or lc.r <= 0:
+    if not isinstance(lc.r, int) or isinstance(lc.r, bool) or lc.r <= 0:
         raise AdapterRejected(RejectReason.BAD_CONFIG, f"r must be a positive integer, got {lc.r!r}")
     return cfg, lc
 
 
-def _expected_modules(lc, base_modules: dict[str, tuple[int, int]]) -> dict[str, tuple[int, float]]:
-    """Base modules this config targets, each with its resolved (rank, lora_alpha)."""
+def _targets(lc, name: str) -> bool:
     from peft.tuners.tuners_utils import check_target_module_exists
+
+    if isinstance(lc.target_modules, str) and lc.target_modules.lower() == "all-linear":
+        return True
+    return bool(check_target_module_exists(lc, name))  # _ExcludedModule is falsy too
+
+
+def _expected_modules(lc, base_modules: dict[str, tuple[int, int]]) -> dict[str, tuple[int, float]]:
+    """Base modules this config targets, each with its resolved (rank, lora_alpha).
+
+    Raises:
+        AdapterRejected: UNSUPPORTED_PEFT (embedding / lm_head target), UNKNOWN_MODULE (no
+            module matches, or one entry of a target list matches none of this base's modules).
+    """
     from peft.utils.other import get_pattern_key
 
-    all_linear = isinstance(lc.target_modules, str) and lc.target_modules.lower() == "all-linear"
+    if isinstance(lc.target_modules, (list, set)):
+        for t in sorted(lc.target_modules):
+            if t in ("lm_head", "embed_tokens") or t.endswith((".lm_head", ".embed_tokens")):
+                raise AdapterRejected(RejectReason.UNSUPPORTED_PEFT, f"LoRA on {t} (embedding/output head) is not supported")
+    kinds = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in base_modules}))
     out: dict[str, tuple[int, float]] = {}
     for name in base_modules:
-        if all_linear:
-            hit = True
-        else:
-            hit = check_target_module_exists(lc, name)
-        if not hit:  # _ExcludedModule is falsy too
-            continue
-        r = lc.rank_pattern.get(get_pattern_key(lc.rank_pattern.keys(), name), lc.r)
-        alpha = lc.alpha_pattern.get(get_pattern_key(lc.alpha_pattern.keys(), name), lc.lora_alpha)
-        out[name] = (r, alpha)
+        if _targets(lc, name):
+            r = lc.rank_pattern.get(get_pattern_key(lc.rank_pattern.keys(), name), lc.r)
+            alpha = lc.alpha_pattern.get(get_pattern_key(lc.alpha_pattern.keys(), name), lc.lora_alpha)
+            out[name] = (r, alpha)
+    if not out:
+        raise AdapterRejected(
+            RejectReason.UNKNOWN_MODULE, f"target_modules {lc.target_modules!r} match no linear module of the base (it has {kinds})"
+        )
+    if isinstance(lc.target_modules, (list, set)) and len(lc.target_modules) > 1:
+        for t in sorted(lc.target_modules):
+            one = copy.copy(lc)
+            one.target_modules = {t}
+            if not any(_targets(one, n) for n in out):
+                raise AdapterRejected(
+                    RejectReason.UNKNOWN_MODULE,
+                    f"target module {t!r} matches no linear module of this base (it has {kinds}); PEFT would drop it silently",
+                )
     return out
 
 
@@ -211,60 +194,57 @@ def load_adapter(
         dtype: dtype the tensors are converted to (the engine's compute dtype).
 
     Raises:
-        AdapterRejected: with the first failing check's reason (see module docstring).
+        AdapterRejected: with the first failing check's reason, in this order: BAD_CONFIG /
+            UNSUPPORTED_PEFT, UNKNOWN_MODULE, RANK_LIMIT, the header's reasons
+            (HEADER_TOO_LARGE, TRUNCATED_FILE, BAD_SAFETENSORS, BAD_DTYPE, BAD_OFFSETS),
+            MISSING_WEIGHTS / BAD_DTYPE / SHAPE_MISMATCH / UNKNOWN_MODULE on the header's
+            tensors, NON_FINITE.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
     cfg, lc = parse_config(config_raw)
-    if isinstance(lc.target_modules, (list, set)):
-        for t in lc.target_modules:
-            if t in ("lm_head", "embed_tokens") or t.endswith((".lm_head", ".embed_tokens")):
-                raise AdapterRejected(RejectReason.UNSUPPORTED_PEFT, f"LoRA on {t} (embedding/output head) is not supported")
     expected = _expected_modules(lc, base_modules)
-    if not expected:
-        raise AdapterRejected(
-            RejectReason.UNKNOWN_MODULE,
-            f"target_modules {lc.target_modules!r} match no linear module of the base "
-            f"(it has e.g. {', '.join(sorted({n.rsplit('.', 1)[-1] for n in base_modules}))})",
-        )
     too_big = {n: r for n, (r, _) in expected.items() if r > max_rank}
     if too_big:
         name, r = next(iter(sorted(too_big.items())))
         raise AdapterRejected(RejectReason.RANK_LIMIT, f"rank {r} (module {name}) exceeds this node's max LoRA rank {max_rank}")
-    try:
-        tensors = st_load(weights_raw)
-    except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
-        raise AdapterRejected(RejectReason.BAD_SAFETENSORS, f"{WEIGHTS_FILE} cannot be read: {e}") from None
 
-    modules: dict[str, ModuleLoRA] = {}
-    seen: set[str] = set()
-    for name, (r, alpha) in sorted(expected.items()):
+    header = parse_header(weights_raw, WEIGHTS_FILE)
+    infos = header.tensors
+    for name, (r, _) in sorted(expected.items()):
         in_f, out_f = base_modules[name]
         ka, kb = f"{_KEY_PREFIX}{name}.lora_A.weight", f"{_KEY_PREFIX}{name}.lora_B.weight"
-        if ka not in tensors or kb not in tensors:
-            raise AdapterRejected(
-                RejectReason.MISSING_WEIGHTS, f"the config targets {name} but {WEIGHTS_FILE} lacks {ka if ka not in tensors else kb}"
-            )
-        a, b = tensors[ka], tensors[kb]
-        seen.update((ka, kb))
-        for key, t in ((ka, a), (kb, b)):
+        for key, want in ((ka, (r, in_f)), (kb, (out_f, r))):
+            t = infos.get(key)
+            if t is None:
+                raise AdapterRejected(RejectReason.MISSING_WEIGHTS, f"the config targets {name} but {WEIGHTS_FILE} lacks {key}")
             if t.dtype not in _FLOAT_DTYPES:
-                raise AdapterRejected(RejectReason.BAD_DTYPE, f"{key} has dtype {t.dtype}; use float16, bfloat16 or float32")
-        if tuple(a.shape) != (r, in_f) or tuple(b.shape) != (out_f, r):
-            raise AdapterRejected(
-                RejectReason.SHAPE_MISMATCH,
-                f"{name}: A{tuple(a.shape)} B{tuple(b.shape)}, expected A({r}, {in_f}) B({out_f}, {r}) for this base and rank",
-            )
-        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            raise AdapterRejected(RejectReason.NON_FINITE, f"{name} has NaN or Inf weights")
-        scaling = alpha / math.sqrt(r) if lc.use_rslora else alpha / r
-        modules[name] = ModuleLoRA(a.to(dtype).contiguous(), b.to(dtype).contiguous(), float(scaling))
-    extra = sorted(set(tensors) - seen)
+                raise AdapterRejected(RejectReason.BAD_DTYPE, f"{key} has dtype {t.dtype}; use F16, BF16 or F32")
+            if t.shape != want:
+                raise AdapterRejected(
+                    RejectReason.SHAPE_MISMATCH,
+                    f"{key} has shape {list(t.shape)}, expected {list(want)} for this base and rank {r}",
+                )
+    wanted = {f"{_KEY_PREFIX}{n}.lora_{ab}.weight" for n in expected for ab in "AB"}
+    extra = sorted(set(infos) - wanted)
     if extra:
         raise AdapterRejected(
             RejectReason.UNKNOWN_MODULE,
             f"{WEIGHTS_FILE} has tensors the config does not target or the base does not have: {', '.join(extra[:5])}"
             + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""),
         )
+
+    try:
+        tensors = st_load(weights_raw)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:  # the header checks above make this unexpected
+        raise AdapterRejected(RejectReason.BAD_SAFETENSORS, f"{WEIGHTS_FILE} cannot be read: {e}") from None
+    modules: dict[str, ModuleLoRA] = {}
+    for name, (r, alpha) in sorted(expected.items()):
+        a = tensors[f"{_KEY_PREFIX}{name}.lora_A.weight"]
+        b = tensors[f"{_KEY_PREFIX}{name}.lora_B.weight"]
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise AdapterRejected(RejectReason.NON_FINITE, f"{name} has NaN or Inf weights")
+        scaling = alpha / math.sqrt(r) if lc.use_rslora else alpha / r
+        modules[name] = ModuleLoRA(a.to(dtype).contiguous(), b.to(dtype).contiguous(), float(scaling))
     return LoraAdapter(config=cfg, modules=modules)

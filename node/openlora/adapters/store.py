@@ -1,95 +1,114 @@
-"""Publishing adapters into the blockstore and loading them back, checked every time.
+"""Publishing adapters into the blockstore and loading them back, through the verification pipeline each time.
 
-    publish:  files ─► names ok? ─► PEFT config + weights fit the base? ─► blocks (UnixFS, CIDv1)
-              ─► manifest {base fingerprint, PEFT summary, file CIDs} ─► raw block ─► adapter CID
-              ─► catalog READY
-    load:     adapter CID ─► manifest block (hash re-checked) ─► manifest schema, base fingerprint
-              ─► each file by CID (every block re-checked) ─► size ─► PEFT checks ─► LoraAdapter
+    publish:  signed manifest + files ─► remembered verdict? ─► validate_manifest (steps 1–5)
+              ─► the upload is the listed files (6) ─► content checks (7–13)
+              ─► file blocks + manifest block stored ─► catalog READY ─► adapter CID
+    load:     adapter CID ─► manifest block (hash re-checked) ─► validate_manifest
+              ─► each file by CID (every block re-checked) ─► content checks ─► LoraAdapter
 
 Nothing reaches the engine without passing the same checks at load time that it passed at
 publish time: the blockstore may have been written by another process, or by a peer.
+
+What is remembered (catalog, by adapter CID) and what is not:
+
+    a verdict on the content (bad signature, DoRA, NaN, …)    REJECTED, sticky: refused at once
+    the copy this node holds is corrupt or absent at load     REJECTED, retryable: GetAdapter says
+                                                              why; publishing it again heals it
+    node policy (base, rank, size)                            REJECTED, retryable
+    a bad upload (files that are not the listed ones)         not recorded: it says nothing about
+                                                              the adapter the manifest names, and
+                                                              recording it would let anyone who
+                                                              saw a manifest poison its CID here
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
-import torch
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from ..content.blockstore import BlockStore
-from ..content.errors import BlockNotFound, ContentError
+from ..content.cid import RAW, cid_text, make_cid
+from ..content.errors import BlockHashMismatch, BlockNotFound, InvalidDag, LimitExceeded
 from .catalog import AdapterState, Catalog, CatalogEntry
-from .manifest import MANIFEST_VERSION, BaseRef, FileRef, Manifest, PeftSummary, encode_manifest, parse_manifest
-from .peft_format import ADAPTER_FILES, CONFIG_FILE, WEIGHTS_FILE, LoraAdapter, check_file_names, load_adapter
+from .manifest import FileRef, Manifest, parse_manifest
+from .peft_format import LoraAdapter
 from .reasons import AdapterRejected, RejectReason
+from .verify import BaseProfile, Verifier
 
-MAX_ADAPTER_BYTES = 512 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class BaseProfile:
-    """What an adapter must fit: the resident base as the adapter checks see it.
-
-    Attributes:
-        name: base model name.
-        fingerprint: ``"sha256:<hex>"`` (``engine.base``).
-        modules: adaptable module name → ``(in_features, out_features)``.
-        max_rank: largest servable LoRA rank.
-        dtype: compute dtype adapters are converted to.
-        max_adapter_bytes: largest adapter (sum of file sizes) accepted, bytes.
-    """
-
-    name: str
-    fingerprint: str
-    modules: dict[str, tuple[int, int]]
-    max_rank: int
-    dtype: torch.dtype
-    max_adapter_bytes: int = MAX_ADAPTER_BYTES
+__all__ = ["AdapterNotFound", "AdapterStore", "BaseProfile", "manifest_cid"]
 
 
 class AdapterNotFound(KeyError):
     """The CID is not in this node's catalog."""
 
 
+def manifest_cid(raw: bytes) -> str:
+    """The adapter ID of manifest bytes: CIDv1, raw codec, sha2-256 (what ``ipfs add --cid-version=1`` prints)."""
+    return cid_text(make_cid(raw, RAW))
+
+
 class AdapterStore:
-    """Adapters in a :class:`BlockStore`, with their lifecycle in a :class:`Catalog`."""
+    """Adapters in a :class:`BlockStore`, with their lifecycle in a :class:`Catalog`.
+
+    Args:
+        blocks: the node's block store.
+        catalog: the node's adapter catalog.
+        base: the resident base model and limits every adapter is checked against.
+    """
 
     def __init__(self, blocks: BlockStore, catalog: Catalog, base: BaseProfile) -> None:
         self.blocks = blocks
         self.catalog = catalog
-        self.base = base
+        self.verifier = Verifier(base)
 
-    def publish(self, files: dict[str, bytes], name: str = "") -> str:
-        """Check a PEFT LoRA folder against the base, store it, and return its adapter CID.
+    @property
+    def base(self) -> BaseProfile:
+        """The base profile adapters are checked against."""
+        return self.verifier.base
 
-        Args:
-            files: file name → bytes; exactly ``adapter_config.json`` and
-                ``adapter_model.safetensors``.
-            name: human-readable adapter name for the manifest.
+    def validate_manifest(self, raw: bytes) -> Manifest:
+        """Schema, signature, base, file list and declared size of a manifest; records nothing.
+
+        The ``validate_manifest(raw) -> Manifest`` hook for the p2p layer (verify.py, steps 1–5).
 
         Raises:
-            AdapterRejected: the folder is malformed or does not fit the base (reason says which).
+            AdapterRejected: see :meth:`Verifier.validate_manifest`.
         """
-        check_file_names(list(files))
-        total = sum(len(b) for b in files.values())
-        if total > self.base.max_adapter_bytes:
-            raise AdapterRejected(RejectReason.SIZE_LIMIT, f"adapter is {total} bytes; this node accepts up to {self.base.max_adapter_bytes}")
-        adapter = self._parse(files)
-        refs = [FileRef(name=n, cid=self.blocks.add_bytes(files[n], cid_version=1), size=len(files[n])) for n in ADAPTER_FILES]
-        manifest = Manifest(
-            version=MANIFEST_VERSION,
-            name=name,
-            base=BaseRef(name=self.base.name, fingerprint=self.base.fingerprint),
-            peft=PeftSummary(**adapter.summary()),
-            files=refs,
-            created_at=int(time.time()),
-        )
-        raw = encode_manifest(manifest)
-        cid = self.blocks.add_bytes(raw, cid_version=1)
-        entry = self.catalog.get(cid)
-        if entry is None or entry.state is not AdapterState.REJECTED:
-            self.catalog.set_state(cid, AdapterState.READY, name=name, manifest=raw)
+        return self.verifier.validate_manifest(raw)
+
+    def check_manifest(self, raw: bytes) -> tuple[str, Manifest]:
+        """Steps 1–5 for a manifest offered to this node, remembering a verdict under its CID.
+
+        Returns:
+            ``(adapter CID, manifest)``.
+
+        Raises:
+            AdapterRejected: a remembered sticky verdict, or a failing check (now recorded).
+        """
+        cid = manifest_cid(raw)
+        self._refuse_if_judged(cid)
+        with self._recording(cid):
+            return cid, self.verifier.validate_manifest(raw)
+
+    def publish(self, manifest_raw: bytes, files: Mapping[str, bytes]) -> str:
+        """Verify a signed adapter against its files and the base, store it, return its adapter CID.
+
+        Args:
+            manifest_raw: the canonical signed manifest (manifest.py).
+            files: file name → bytes, exactly the files the manifest lists.
+
+        Raises:
+            AdapterRejected: the manifest, the upload or the adapter fails a check (reason
+                says which; module docstring says which are remembered).
+        """
+        cid, manifest = self.check_manifest(manifest_raw)
+        self.verifier.check_upload(manifest, files)
+        with self._recording(cid):
+            self.verifier.verify_content(manifest, files)
+        for ref in manifest.files:
+            self.blocks.add_bytes(files[ref.name], cid_version=1)
+        self.blocks.add_bytes(manifest_raw, cid_version=1)
+        self.catalog.set_state(cid, AdapterState.READY, name=manifest.name, manifest=manifest_raw)
         return cid
 
     def entry(self, cid: str) -> CatalogEntry:
@@ -106,48 +125,52 @@ class AdapterStore:
     def load(self, cid: str) -> LoraAdapter:
         """Read an adapter back from the blockstore, re-verifying everything.
 
-        Runs on the engine's loader threads. A check that fails marks the CID REJECTED with
-        its reason; missing blocks or I/O errors do not (they may be transient).
+        Runs on the engine's loader threads. Every failure is recorded under ``cid`` (a corrupt
+        or absent block as a retryable one); an I/O error propagates unrecorded.
 
         Raises:
-            AdapterRejected: a check failed.
-            AdapterNotFound: blocks missing locally.
+            AdapterRejected: a check failed, or blocks are corrupt (HASH_MISMATCH) or absent
+                (ABSENT_FILE).
         """
-        try:
-            manifest = self._manifest(cid)
-            files = {}
-            for ref in manifest.files:
-                data = self.blocks.cat(ref.cid)
-                if len(data) != ref.size:
-                    raise AdapterRejected(RejectReason.HASH_MISMATCH, f"{ref.name} is {len(data)} bytes, the manifest says {ref.size}")
-                files[ref.name] = data
-            check_file_names(list(files))
-            return self._parse(files)
-        except AdapterRejected as e:
-            self.catalog.set_state(cid, AdapterState.REJECTED, reason=e.reason.value, detail=e.detail)
-            raise
-        except BlockNotFound as e:
-            raise AdapterNotFound(f"{cid}: block {e} is not stored on this node") from None
-        except ContentError as e:
-            err = AdapterRejected(RejectReason.HASH_MISMATCH, str(e))
-            self.catalog.set_state(cid, AdapterState.REJECTED, reason=err.reason.value, detail=err.detail)
-            raise err from None
-
-    def _manifest(self, cid: str) -> Manifest:
-        m = parse_manifest(self.blocks.cat(cid))
-        if m.base.fingerprint != self.base.fingerprint:
-            raise AdapterRejected(
-                RejectReason.BASE_MISMATCH,
-                f"adapter was made for base {m.base.name} ({m.base.fingerprint}); this node serves "
-                f"{self.base.name} ({self.base.fingerprint})",
-            )
-        return m
+        with self._recording(cid):
+            try:
+                raw = self.blocks.get(cid)
+            except BlockNotFound:
+                raise AdapterRejected(RejectReason.ABSENT_FILE, f"the manifest block {cid} is not stored on this node") from None
+            except BlockHashMismatch as e:
+                raise AdapterRejected(RejectReason.HASH_MISMATCH, str(e)) from None
+            manifest = self.verifier.validate_manifest(raw)
+            files = {ref.name: self._read(ref) for ref in manifest.files}
+            return self.verifier.verify_content(manifest, files)
 
     def manifest(self, cid: str) -> Manifest | None:
         """The parsed manifest recorded in the catalog, or ``None`` if not verified yet."""
         e = self.catalog.get(cid)
         return parse_manifest(e.manifest) if e and e.manifest else None
 
-    def _parse(self, files: dict[str, bytes]) -> LoraAdapter:
-        b = self.base
-        return load_adapter(files[CONFIG_FILE], files[WEIGHTS_FILE], b.modules, b.max_rank, b.dtype)
+    def _read(self, ref: FileRef) -> bytes:
+        try:
+            return self.blocks.cat(ref.cid)
+        except BlockNotFound as e:
+            raise AdapterRejected(RejectReason.ABSENT_FILE, f"{ref.name} ({ref.cid}) is not stored on this node: {e}") from None
+        except BlockHashMismatch as e:
+            raise AdapterRejected(RejectReason.HASH_MISMATCH, f"{ref.name} ({ref.cid}): {e}") from None
+        except LimitExceeded as e:
+            raise AdapterRejected(RejectReason.SIZE_LIMIT, f"{ref.name} ({ref.cid}): {e}") from None
+        except InvalidDag as e:
+            raise AdapterRejected(
+                RejectReason.BAD_MANIFEST, f"the manifest lists {ref.name} as {ref.cid}, which is not a UnixFS file: {e}"
+            ) from None
+
+    def _refuse_if_judged(self, cid: str) -> None:
+        e = self.catalog.get(cid)
+        if e is not None and e.state is AdapterState.REJECTED and not RejectReason(e.reason).retryable:
+            raise AdapterRejected(RejectReason(e.reason), e.detail)
+
+    @contextmanager
+    def _recording(self, cid: str) -> Iterator[None]:
+        try:
+            yield
+        except AdapterRejected as e:
+            self.catalog.set_state(cid, AdapterState.REJECTED, reason=e.reason.value, detail=e.detail)
+            raise

@@ -4,8 +4,9 @@ Every bad input ends in a status code with a message that says what to fix, and 
 one request can stop the node from serving the others:
 
     unknown adapter CID          NOT_FOUND
-    malformed CID / prompt / sampling / adapter folder     INVALID_ARGUMENT
-    adapter rejected (now or earlier)                      FAILED_PRECONDITION + reason
+    malformed CID / prompt / sampling                      INVALID_ARGUMENT
+    publish refused (unsigned, bad manifest, bad files)    INVALID_ARGUMENT "adapter rejected: <reason>: …"
+    adapter rejected (earlier, or at load)                 FAILED_PRECONDITION + reason
     queue full / every slot busy                           RESOURCE_EXHAUSTED
 """
 
@@ -20,8 +21,8 @@ import grpc
 from .. import __version__
 from ..adapters.catalog import AdapterState, CatalogEntry
 from ..adapters.manifest import parse_manifest
-from ..adapters.reasons import AdapterRejected
-from ..adapters.store import AdapterNotFound, AdapterStore
+from ..adapters.reasons import AdapterRejected, RejectReason
+from ..adapters.store import AdapterNotFound, AdapterStore, manifest_cid
 from ..content.cid import cid_text
 from ..content.errors import InvalidCID
 from ..engine.sampling import SamplingError, SamplingParams
@@ -46,6 +47,10 @@ _STATE = {
 _ROLES = {"system", "user", "assistant"}
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 PUBLISH_CHUNK = 1 << 20  # bytes per FileChunk the clients send
+_UNSIGNED = (
+    "unsigned publishing is not accepted: the first message must be a PublishHeader carrying the signed manifest; "
+    "create a publisher key with `openlora-node keys new` and publish with `openlora-node publish ADAPTER_DIR --key PATH`"
+)
 
 
 class ServingLimits:
@@ -136,8 +141,13 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         if e.state is AdapterState.READY and self.engine.slots.slot_of(e.cid) is not None:
             status = pb.ADAPTER_STATUS_RESIDENT
         info = pb.AdapterInfo(cid=e.cid, status=status, reason=e.reason, detail=e.detail, name=e.name)
-        if e.manifest:
-            m = parse_manifest(e.manifest)
+        if e.state is AdapterState.REJECTED:
+            info.retryable = RejectReason(e.reason).retryable
+        try:
+            m = parse_manifest(e.manifest) if e.manifest else None
+        except AdapterRejected:  # recorded by an older node (pre-signature schema); its next load rejects it
+            m = None
+        if m is not None:
             targets = m.peft.target_modules
             info.base_model = m.base.name
             info.base_fingerprint = m.base.fingerprint
@@ -146,6 +156,10 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             info.target_modules.extend([targets] if isinstance(targets, str) else targets)
             info.files.extend(pb.AdapterFile(name=f.name, cid=f.cid, size=f.size) for f in m.files)
             info.manifest_json = e.manifest.decode()
+            info.publisher = m.publisher
+            info.price_per_1k_tokens = m.price_per_1k_tokens
+            info.royalty_bps = m.royalty_bps
+            info.created_at = m.created_at
         return info
 
     # ----- RPCs -----
@@ -198,33 +212,49 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             raise
 
     async def PublishAdapter(self, request_iterator, context):
+        manifest_raw: bytes | None = None
+        cid = ""
         files: dict[str, bytearray] = {}
-        name = ""
         total = 0
         limit = self.store.base.max_adapter_bytes
-        first = True
         async for part in request_iterator:
             kind = part.WhichOneof("part")
             if kind == "header":
-                if not first:
-                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the header must be the first message")
-                name = part.header.name
-                if len(name) > 200:
-                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "adapter name is longer than 200 characters")
+                if manifest_raw is not None or files:
+                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "send exactly one header, as the first message")
+                if not part.header.manifest:
+                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
+                manifest_raw = bytes(part.header.manifest)
+                # Refuse a bad manifest before reading megabytes of chunks.
+                try:
+                    cid, manifest = await asyncio.to_thread(self.store.check_manifest, manifest_raw)
+                except AdapterRejected as e:
+                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _rejected(e, manifest_cid(manifest_raw)))
+                if part.header.name and part.header.name != manifest.name:
+                    await self._abort(
+                        context,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"header name {part.header.name!r} differs from the signed manifest's name {manifest.name!r}; leave it empty",
+                    )
             elif kind == "chunk":
+                if manifest_raw is None:
+                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
                 path = part.chunk.path
                 if not _PLAIN_NAME.match(path) or path in (".", ".."):
                     await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"file name {path!r} must be a plain file name")
                 total += len(part.chunk.data)
                 if total > limit:
-                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"size_limit: adapter exceeds {limit} bytes")
+                    await self._abort(
+                        context, grpc.StatusCode.INVALID_ARGUMENT, f"adapter rejected: size_limit: upload exceeds {limit} bytes"
+                    )
                 files.setdefault(path, bytearray()).extend(part.chunk.data)
-            first = False
+        if manifest_raw is None:
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
         try:
-            cid = await asyncio.to_thread(self.store.publish, {k: bytes(v) for k, v in files.items()}, name)
+            await asyncio.to_thread(self.store.publish, manifest_raw, {k: bytes(v) for k, v in files.items()})
         except AdapterRejected as e:
-            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"adapter rejected: {e}")
-        log.info("published adapter %s (%s)", cid, name or "unnamed")
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _rejected(e, cid))
+        log.info("published adapter %s (%s) by %s", cid, manifest.name or "unnamed", manifest.publisher)
         return pb.PublishAdapterResponse(cid=cid, adapter=self._info(self.store.catalog.get(cid)))
 
     async def GetAdapter(self, request: pb.GetAdapterRequest, context):
@@ -253,6 +283,11 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             waiting=stats["waiting"],
             adapters_known=len(self.store.catalog.list()),
         )
+
+
+def _rejected(error: AdapterRejected, cid: str) -> str:
+    """The INVALID_ARGUMENT message of a refused publish: reason first, then the adapter CID."""
+    return f"adapter rejected: {error} (adapter {cid})"
 
 
 def _failure_status(error: Exception, adapter: str | None) -> tuple[grpc.StatusCode, str]:

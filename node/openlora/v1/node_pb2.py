@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16openlora/v1/node.proto\x12\x0bopenlora.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\":\n\x0c\x43hatMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.openlora.v1.ChatMessage\"\xa9\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\x97\x01\n\x0fGenerateRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12)\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x19.openlora.v1.ChatMessagesH\x00\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.openlora.v1.SamplingParamsB\x07\n\x05input\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\x85\x01\n\x0cGenerateDone\x12!\n\x05usage\x18\x01 \x01(\x0b\x32\x12.openlora.v1.Usage\x12\x30\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x19.openlora.v1.FinishReason\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\"V\n\x10GenerateResponse\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\x04\x64one\x18\x02 \x01(\x0b\x32\x19.openlora.v1.GenerateDoneH\x00\x42\x07\n\x05\x65vent\"\x1d\n\rPublishHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\"\'\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"v\n\x15PublishAdapterRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.openlora.v1.PublishHeaderH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.openlora.v1.FileChunkH\x00\x42\x06\n\x04part\"P\n\x16PublishAdapterResponse\x12\x0b\n\x03\x63id\x18\x01 \x01(\t\x12)\n\x07\x61\x64\x61pter\x18\x02 \x01(\x0b\x32\x18.openlora.v1.AdapterInfo\" \n\x11GetAdapterRequest\x12\x0b\n\x03\x63id\x18\x01 \x01(\t\"6\n\x0b\x41\x64\x61pterFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x63id\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\"\x99\x02\n\x0b\x41\x64\x61pterInfo\x12\x0b\n\x03\x63id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.openlora.v1.AdapterStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x12\n\nbase_model\x18\x06 \x01(\t\x12\x18\n\x10\x62\x61se_fingerprint\x18\x07 \x01(\t\x12\t\n\x01r\x18\x08 \x01(\r\x12\x12\n\nlora_alpha\x18\t \x01(\x01\x12\x16\n\x0etarget_modules\x18\n \x03(\t\x12\'\n\x05\x66iles\x18\x0b \x03(\x0b\x32\x18.openlora.v1.AdapterFile\x12\x15\n\rmanifest_json\x18\x0c \x01(\t\"\x15\n\x13ListAdaptersRequest\"B\n\x14ListAdaptersResponse\x12*\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x18.openlora.v1.AdapterInfo\"\x14\n\x12GetNodeInfoRequest\"U\n\x08SlotInfo\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\r\x12\x10\n\x08resident\x18\x02 \x03(\t\x12\x13\n\x0bhost_cached\x18\x03 \x01(\r\x12\x10\n\x08max_rank\x18\x04 \x01(\r\"\xc8\x01\n\x08NodeInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x18\n\x10\x62\x61se_fingerprint\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12$\n\x05slots\x18\x06 \x01(\x0b\x32\x15.openlora.v1.SlotInfo\x12\x0f\n\x07running\x18\x07 \x01(\r\x12\x0f\n\x07waiting\x18\x08 \x01(\r\x12\x16\n\x0e\x61\x64\x61pters_known\x18\t \x01(\r*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03*\xba\x01\n\rAdapterStatus\x12\x1a\n\x16\x41\x44\x41PTER_STATUS_UNKNOWN\x10\x00\x12\x1b\n\x17\x41\x44\x41PTER_STATUS_FETCHING\x10\x01\x12\x1c\n\x18\x41\x44\x41PTER_STATUS_VERIFYING\x10\x02\x12\x18\n\x14\x41\x44\x41PTER_STATUS_READY\x10\x03\x12\x1b\n\x17\x41\x44\x41PTER_STATUS_RESIDENT\x10\x04\x12\x1b\n\x17\x41\x44\x41PTER_STATUS_REJECTED\x10\x05\x32\x92\x03\n\x04Node\x12I\n\x08Generate\x12\x1c.openlora.v1.GenerateRequest\x1a\x1d.openlora.v1.GenerateResponse0\x01\x12[\n\x0ePublishAdapter\x12\".openlora.v1.PublishAdapterRequest\x1a#.openlora.v1.PublishAdapterResponse(\x01\x12\x46\n\nGetAdapter\x12\x1e.openlora.v1.GetAdapterRequest\x1a\x18.openlora.v1.AdapterInfo\x12S\n\x0cListAdapters\x12 .openlora.v1.ListAdaptersRequest\x1a!.openlora.v1.ListAdaptersResponse\x12\x45\n\x0bGetNodeInfo\x12\x1f.openlora.v1.GetNodeInfoRequest\x1a\x15.openlora.v1.NodeInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16openlora/v1/node.proto\x12\x0bopenlora.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\":\n\x0c\x43hatMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.openlora.v1.ChatMessage\"\xa9\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\x97\x01\n\x0fGenerateRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12)\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x19.openlora.v1.ChatMessagesH\x00\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.openlora.v1.SamplingParamsB\x07\n\x05input\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\x85\x01\n\x0cGenerateDone\x12!\n\x05usage\x18\x01 \x01(\x0b\x32\x12.openlora.v1.Usage\x12\x30\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x19.openlora.v1.FinishReason\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\"V\n\x10GenerateResponse\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\x04\x64one\x18\x02 \x01(\x0b\x32\x19.openlora.v1.GenerateDoneH\x00\x42\x07\n\x05\x65vent\"/\n\rPublishHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08manifest\x18\x02 \x01(\x0c\"\'\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"v\n\x15PublishAdapterRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.openlora.v1.PublishHeaderH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.openlora.v1.FileChunkH\x00\x42\x06\n\x04part\"P\n\x16PublishAdapterResponse\x12\x0b\n\x03\x63id\x18\x01 \x01(\t\x12)\n\x07\x61\x64\x61pter\x18\x02 \x01(\x0b\x32\x18.openlora.v1.AdapterInfo\" \n\x11GetAdapterRequest\x12\x0b\n\x03\x63id\x18\x01 \x01(\t\"6\n\x0b\x41\x64\x61pterFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x63id\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\"\x85\x03\n\x0b\x41\x64\x61pterInfo\x12\x0b\n\x03\x63id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.openlora.v1.AdapterStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x12\n\nbase_model\x18\x06 \x01(\t\x12\x18\n\x10\x62\x61se_fingerprint\x18\x07 \x01(\t\x12\t\n\x01r\x18\x08 \x01(\r\x12\x12\n\nlora_alpha\x18\t \x01(\x01\x12\x16\n\x0etarget_modules\x18\n \x03(\t\x12\'\n\x05\x66iles\x18\x0b \x03(\x0b\x32\x18.openlora.v1.AdapterFile\x12\x15\n\rmanifest_json\x18\x0c \x01(\t\x12\x11\n\tpublisher\x18\r \x01(\t\x12\x1b\n\x13price_per_1k_tokens\x18\x0e \x01(\t\x12\x13\n\x0broyalty_bps\x18\x0f \x01(\r\x12\x12\n\ncreated_at\x18\x10 \x01(\x04\x12\x11\n\tretryable\x18\x11 \x01(\x08\"\x15\n\x13ListAdaptersRequest\"B\n\x14ListAdaptersResponse\x12*\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x18.openlora.v1.AdapterInfo\"\x14\n\x12GetNodeInfoRequest\"U\n\x08SlotInfo\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\r\x12\x10\n\x08resident\x18\x02 \x03(\t\x12\x13\n\x0bhost_cached\x18\x03 \x01(\r\x12\x10\n\x08max_rank\x18\x04 \x01(\r\"\xc8\x01\n\x08NodeInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x18\n\x10\x62\x61se_fingerprint\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12$\n\x05slots\x18\x06 \x01(\x0b\x32\x15.openlora.v1.SlotInfo\x12\x0f\n\x07running\x18\x07 \x01(\r\x12\x0f\n\x07waiting\x18\x08 \x01(\r\x12\x16\n\x0e\x61\x64\x61pters_known\x18\t \x01(\r*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03*\xba\x01\n\rAdapterStatus\x12\x1a\n\x16\x41\x44\x41PTER_STATUS_UNKNOWN\x10\x00\x12\x1b\n\x17\x41\x44\x41PTER_STATUS_FETCHING\x10\x01\x12\x1c\n\x18\x41\x44\x41PTER_STATUS_VERIFYING\x10\x02\x12\x18\n\x14\x41\x44\x41PTER_STATUS_READY\x10\x03\x12\x1b\n\x17\x41\x44\x41PTER_STATUS_RESIDENT\x10\x04\x12\x1b\n\x17\x41\x44\x41PTER_STATUS_REJECTED\x10\x05\x32\x92\x03\n\x04Node\x12I\n\x08Generate\x12\x1c.openlora.v1.GenerateRequest\x1a\x1d.openlora.v1.GenerateResponse0\x01\x12[\n\x0ePublishAdapter\x12\".openlora.v1.PublishAdapterRequest\x1a#.openlora.v1.PublishAdapterResponse(\x01\x12\x46\n\nGetAdapter\x12\x1e.openlora.v1.GetAdapterRequest\x1a\x18.openlora.v1.AdapterInfo\x12S\n\x0cListAdapters\x12 .openlora.v1.ListAdaptersRequest\x1a!.openlora.v1.ListAdaptersResponse\x12\x45\n\x0bGetNodeInfo\x12\x1f.openlora.v1.GetNodeInfoRequest\x1a\x15.openlora.v1.NodeInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'openlora.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1805
-  _globals['_FINISHREASON']._serialized_end=1929
-  _globals['_ADAPTERSTATUS']._serialized_start=1932
-  _globals['_ADAPTERSTATUS']._serialized_end=2118
+  _globals['_FINISHREASON']._serialized_start=1931
+  _globals['_FINISHREASON']._serialized_end=2055
+  _globals['_ADAPTERSTATUS']._serialized_start=2058
+  _globals['_ADAPTERSTATUS']._serialized_end=2244
   _globals['_CHATMESSAGE']._serialized_start=39
   _globals['_CHATMESSAGE']._serialized_end=83
   _globals['_CHATMESSAGES']._serialized_start=85
@@ -50,29 +50,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATERESPONSE']._serialized_start=666
   _globals['_GENERATERESPONSE']._serialized_end=752
   _globals['_PUBLISHHEADER']._serialized_start=754
-  _globals['_PUBLISHHEADER']._serialized_end=783
-  _globals['_FILECHUNK']._serialized_start=785
-  _globals['_FILECHUNK']._serialized_end=824
-  _globals['_PUBLISHADAPTERREQUEST']._serialized_start=826
-  _globals['_PUBLISHADAPTERREQUEST']._serialized_end=944
-  _globals['_PUBLISHADAPTERRESPONSE']._serialized_start=946
-  _globals['_PUBLISHADAPTERRESPONSE']._serialized_end=1026
-  _globals['_GETADAPTERREQUEST']._serialized_start=1028
-  _globals['_GETADAPTERREQUEST']._serialized_end=1060
-  _globals['_ADAPTERFILE']._serialized_start=1062
-  _globals['_ADAPTERFILE']._serialized_end=1116
-  _globals['_ADAPTERINFO']._serialized_start=1119
-  _globals['_ADAPTERINFO']._serialized_end=1400
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=1402
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=1423
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1425
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1491
-  _globals['_GETNODEINFOREQUEST']._serialized_start=1493
-  _globals['_GETNODEINFOREQUEST']._serialized_end=1513
-  _globals['_SLOTINFO']._serialized_start=1515
-  _globals['_SLOTINFO']._serialized_end=1600
-  _globals['_NODEINFO']._serialized_start=1603
-  _globals['_NODEINFO']._serialized_end=1803
-  _globals['_NODE']._serialized_start=2121
-  _globals['_NODE']._serialized_end=2523
+  _globals['_PUBLISHHEADER']._serialized_end=801
+  _globals['_FILECHUNK']._serialized_start=803
+  _globals['_FILECHUNK']._serialized_end=842
+  _globals['_PUBLISHADAPTERREQUEST']._serialized_start=844
+  _globals['_PUBLISHADAPTERREQUEST']._serialized_end=962
+  _globals['_PUBLISHADAPTERRESPONSE']._serialized_start=964
+  _globals['_PUBLISHADAPTERRESPONSE']._serialized_end=1044
+  _globals['_GETADAPTERREQUEST']._serialized_start=1046
+  _globals['_GETADAPTERREQUEST']._serialized_end=1078
+  _globals['_ADAPTERFILE']._serialized_start=1080
+  _globals['_ADAPTERFILE']._serialized_end=1134
+  _globals['_ADAPTERINFO']._serialized_start=1137
+  _globals['_ADAPTERINFO']._serialized_end=1526
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=1528
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=1549
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1551
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1617
+  _globals['_GETNODEINFOREQUEST']._serialized_start=1619
+  _globals['_GETNODEINFOREQUEST']._serialized_end=1639
+  _globals['_SLOTINFO']._serialized_start=1641
+  _globals['_SLOTINFO']._serialized_end=1726
+  _globals['_NODEINFO']._serialized_start=1729
+  _globals['_NODEINFO']._serialized_end=1929
+  _globals['_NODE']._serialized_start=2247
+  _globals['_NODE']._serialized_end=2649
 # @@protoc_insertion_point(module_scope)

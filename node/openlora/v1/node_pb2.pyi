@@ -104,10 +104,12 @@ class GenerateResponse(_message.Message):
     def __init__(self, text: _Optional[str] = ..., done: _Optional[_Union[GenerateDone, _Mapping]] = ...) -> None: ...
 
 class PublishHeader(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "manifest")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    manifest: bytes
+    def __init__(self, name: _Optional[str] = ..., manifest: _Optional[bytes] = ...) -> None: ...
 
 class FileChunk(_message.Message):
     __slots__ = ("path", "data")
@@ -150,7 +152,7 @@ class AdapterFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., cid: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class AdapterInfo(_message.Message):
-    __slots__ = ("cid", "status", "reason", "detail", "name", "base_model", "base_fingerprint", "r", "lora_alpha", "target_modules", "files", "manifest_json")
+    __slots__ = ("cid", "status", "reason", "detail", "name", "base_model", "base_fingerprint", "r", "lora_alpha", "target_modules", "files", "manifest_json", "publisher", "price_per_1k_tokens", "royalty_bps", "created_at", "retryable")
     CID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +165,11 @@ class AdapterInfo(_message.Message):
     TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHER_FIELD_NUMBER: _ClassVar[int]
+    PRICE_PER_1K_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ROYALTY_BPS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     cid: str
     status: AdapterStatus
     reason: str
@@ -175,7 +182,12 @@ class AdapterInfo(_message.Message):
     target_modules: _containers.RepeatedScalarFieldContainer[str]
     files: _containers.RepeatedCompositeFieldContainer[AdapterFile]
     manifest_json: str
-    def __init__(self, cid: _Optional[str] = ..., status: _Optional[_Union[AdapterStatus, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., name: _Optional[str] = ..., base_model: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., files: _Optional[_Iterable[_Union[AdapterFile, _Mapping]]] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+    publisher: str
+    price_per_1k_tokens: str
+    royalty_bps: int
+    created_at: int
+    retryable: bool
+    def __init__(self, cid: _Optional[str] = ..., status: _Optional[_Union[AdapterStatus, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., name: _Optional[str] = ..., base_model: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., files: _Optional[_Iterable[_Union[AdapterFile, _Mapping]]] = ..., manifest_json: _Optional[str] = ..., publisher: _Optional[str] = ..., price_per_1k_tokens: _Optional[str] = ..., royalty_bps: _Optional[int] = ..., created_at: _Optional[int] = ..., retryable: _Optional[bool] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
     __slots__ = ()

@@ -75,9 +75,11 @@ class NodeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PublishAdapter(self, request_iterator, context):
-        """Publish a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) to this node.
-        Client streaming: one header, then file chunks. Returns the adapter CID (the manifest's CID).
-        INVALID_ARGUMENT with a reason when the folder is malformed or does not fit the base.
+        """Publish a signed PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) to this
+        node. Client streaming: one header carrying the signed manifest, then file chunks. Returns the
+        adapter CID (the manifest's CID). INVALID_ARGUMENT "adapter rejected: <reason>: <detail>" when
+        the manifest, the files or the adapter fail a check (the manifest is refused before any
+        chunk is read); INVALID_ARGUMENT without a manifest (unsigned publishing is not accepted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
