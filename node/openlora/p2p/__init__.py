@@ -1,0 +1,54 @@
+"""The swarm layer: nodes find adapters and each other over libp2p and fetch blocks by CID.
+
+    node A                                                  node B
+    ┌────────────────────────────┐   /openlora/1/adapters   ┌────────────────────────────┐
+    │ announce(cid) ─────────────┼── {cid, manifest} ──────►│ validate: CID==hash,       │
+    │                            │   (signed by A's key)    │ manifest ─► catalog (+A)   │
+    │ status every N s ──────────┼── /openlora/1/nodes ────►│ peer table ─► pick_node    │
+    │                            │◄─ /openlora/catalog ─────┤ on connect: pull catalog   │
+    │ BlockStore ◄── serve ──────┼── /openlora/blocks ─────►│ fetch_adapter(cid): every  │
+    │   (and bitswap, for Kubo)  │                          │ block verified, liars      │
+    └────────────────────────────┘                          │ penalised and banned       │
+                                                            └────────────────────────────┘
+    py-libp2p runs in its own trio thread (``runner``); the node talks to it through
+    ``swarm.Swarm``, whose methods return ``concurrent.futures.Future`` objects.
+
+Modules: ``swarm`` (the Swarm and its config), ``host`` (libp2p host: TCP, Noise, Yamux),
+``identity`` (secp256k1 key file), ``runner`` (trio thread bridge), ``gossip`` (topics,
+validators, status), ``messages`` (wire formats), ``validate`` (checks), ``scoring`` (scores,
+bans), ``catalog`` (persisted swarm catalog), ``catalog_sync`` (catalog on connect), ``blocks``
+(block request protocol), ``bitswap`` (py-libp2p bitswap adapter), ``kubo_rpc`` (Kubo RPC
+source), ``fetch`` (verified DAG fetcher), ``peers`` (peer table, ``pick_node``).
+
+Importing this package loads only the errors and ``peers`` (what a client needs to pick a
+node); the node side imports ``swarm`` (and ``messages.LocalStatus`` for its status callable).
+"""
+
+from .errors import (
+    FetchFailed,
+    FetchTimeout,
+    IdentityError,
+    InvalidMultiaddr,
+    MessageRejected,
+    SourceUnavailable,
+    SwarmError,
+    SwarmNotRunning,
+    SwarmStartError,
+)
+from .peers import NoNodeAvailable, PeerEntry, PeerTable, pick_node
+
+__all__ = [
+    "FetchFailed",
+    "FetchTimeout",
+    "IdentityError",
+    "InvalidMultiaddr",
+    "MessageRejected",
+    "NoNodeAvailable",
+    "PeerEntry",
+    "PeerTable",
+    "SourceUnavailable",
+    "SwarmError",
+    "SwarmNotRunning",
+    "SwarmStartError",
+    "pick_node",
+]

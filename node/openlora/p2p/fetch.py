@@ -1,0 +1,301 @@
+"""Fetch an adapter (or any UnixFS file DAG) by CID from untrusted sources, verifying every block.
+
+    fetch_adapter(cid)
+      manifest block ──fetch_dag──► validate_manifest(raw) ──► base fingerprint == ours
+      each file CID ──fetch_dag──► all blocks stored
+    fetch_dag(root)                                   one round per DAG level:
+      missing = store.missing(root) ──► spread over the sources of the best tier left for each
+                                        block (round robin, batches of 16)
+      each answer: block ──store.put (sha2-256 == CID?)──► stored
+                   wrong bytes / oversized ──► on_bad_block(source) and drop the source
+                   absent ──► that source lacks that CID; another is asked
+                   source error (timeout, transport) ──► drop the source
+      until missing is empty, or a CID has no source left (FetchFailed)
+
+A source is anything with ``name``, ``tier`` and ``async get_blocks(cids) -> {cid: bytes}``: a peer over
+``/openlora/blocks`` or bitswap, or a Kubo RPC endpoint. Written on anyio, so the same code runs
+in the libp2p thread (trio) and in the node's asyncio loop (e.g. Kubo RPC alone). Disk work
+(hashing, writing, walking the DAG) runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anyio
+
+from ..adapters.manifest import Manifest
+from ..adapters.reasons import AdapterRejected, RejectReason
+from ..content.blockstore import BlockStore
+from ..content.cid import RAW, cid_text, parse_cid
+from ..content.errors import BlockHashMismatch, InvalidCID, LimitExceeded
+from .errors import FetchFailed, FetchTimeout, SourceUnavailable
+from .validate import ManifestValidator
+
+BATCH_BLOCKS = 16  # CIDs per request (= blocks.MAX_BLOCKS_PER_REQUEST)
+PARALLEL_PER_SOURCE = 2  # requests in flight per source
+TIER_PROVIDER = 0  # known to hold the adapter (it announced it, or said so in catalog sync)
+TIER_PEER = 1  # a peer that may hold it and answers "don't have" at once
+TIER_FALLBACK = 2  # slow to say no: bitswap-only peers (wait out a timeout), Kubo RPC
+
+
+class BlockSource(Protocol):
+    """Where blocks can come from; nothing it returns is trusted before verification.
+
+    Attributes:
+        name: shown in stats and errors.
+        tier: preference, lowest first (``TIER_PROVIDER``, ``TIER_PEER``, ``TIER_FALLBACK``): a
+            block is asked of the sources of the lowest tier that has any left for it.
+    """
+
+    name: str
+    tier: int
+
+    async def get_blocks(self, cids: list[str]) -> dict[str, bytes]:
+        """Requested CID → bytes offered for it (CIDs it lacks are absent).
+
+        Raises:
+            SourceUnavailable: the source failed as a whole for this request.
+        """
+        ...
+
+
+BadBlockHandler = Callable[[BlockSource, str, Exception], None]
+"""Called with (source, cid, error) when a source offered bytes that are not that block."""
+
+
+@dataclass
+class FetchStats:
+    """What a fetch did.
+
+    Attributes:
+        blocks / bytes: blocks stored and their bytes.
+        rounds: ``missing()`` rounds (DAG levels) that needed fetching.
+        seconds: wall time.
+        by_source: source name → blocks stored from it.
+        bad_blocks: blocks refused (wrong hash or too large).
+        dropped: names of sources dropped for failing or lying.
+    """
+
+    blocks: int = 0
+    bytes: int = 0
+    rounds: int = 0
+    seconds: float = 0.0
+    by_source: dict[str, int] = field(default_factory=dict)
+    bad_blocks: int = 0
+    dropped: list[str] = field(default_factory=list)
+
+    def add(self, other: FetchStats) -> None:
+        """Accumulate ``other`` into this (seconds excepted)."""
+        self.blocks += other.blocks
+        self.bytes += other.bytes
+        self.rounds += other.rounds
+        self.bad_blocks += other.bad_blocks
+        for name, n in other.by_source.items():
+            self.by_source[name] = self.by_source.get(name, 0) + n
+        self.dropped += [d for d in other.dropped if d not in self.dropped]
+
+
+@dataclass(frozen=True)
+class FetchedAdapter:
+    """An adapter whose manifest and file blocks are all in the local store, verified.
+
+    Attributes:
+        cid: canonical adapter CID.
+        manifest_bytes / manifest: the validated manifest.
+        stats: what the fetch did (zero blocks when everything was local already).
+    """
+
+    cid: str
+    manifest_bytes: bytes
+    manifest: Manifest
+    stats: FetchStats
+
+
+@contextmanager
+def _first_error() -> Iterator[None]:
+    # anyio task groups raise ExceptionGroups; callers expect the typed error itself.
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        # a real error wins over the cancellations it caused in sibling tasks
+        raise next((e for e in leaves if isinstance(e, Exception)), leaves[0]) from None
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for e in error.exceptions for leaf in _leaves(e)]
+    return [error]
+
+
+class _DagFetch:
+    def __init__(self, store: BlockStore, sources: Sequence[BlockSource], on_bad_block: BadBlockHandler | None) -> None:
+        self.store = store
+        self.sources = list(sources)
+        self.on_bad_block = on_bad_block
+        self.limiters = [anyio.CapacityLimiter(PARALLEL_PER_SOURCE) for _ in self.sources]
+        self.dead: set[int] = set()
+        self.lacks: dict[str, set[int]] = defaultdict(set)
+        self.stats = FetchStats()
+
+    async def run(self, root: str) -> FetchStats:
+        while missing := await anyio.to_thread.run_sync(self.store.missing, root):
+            self.stats.rounds += 1
+            plan: dict[int, list[str]] = defaultdict(list)
+            for n, cid in enumerate(missing):
+                candidates = [i for i in range(len(self.sources)) if i not in self.dead and i not in self.lacks[cid]]
+                if not candidates:
+                    raise FetchFailed(self._unavailable(missing), missing)
+                best = min(self.sources[i].tier for i in candidates)
+                candidates = [i for i in candidates if self.sources[i].tier == best]
+                plan[candidates[n % len(candidates)]].append(cid)
+            with _first_error():
+                async with anyio.create_task_group() as tg:
+                    for i, cids in plan.items():
+                        for k in range(0, len(cids), BATCH_BLOCKS):
+                            tg.start_soon(self._batch, i, cids[k : k + BATCH_BLOCKS])
+        return self.stats
+
+    def _unavailable(self, missing: list[str]) -> str:
+        if not self.sources:
+            return (
+                f"{len(missing)} block(s) of the DAG (first {missing[0]}) are not local and there is "
+                f"no source to ask (no peer connected, no --ipfs-api)"
+            )
+        tried = ", ".join(s.name for s in self.sources)
+        return (
+            f"{len(missing)} block(s) of the DAG (first {missing[0]}) are not available from any "
+            f"source; tried: {tried}; dropped: {', '.join(self.stats.dropped) or 'none'}"
+        )
+
+    def _drop(self, i: int) -> None:
+        if i not in self.dead:
+            self.dead.add(i)
+            self.stats.dropped.append(self.sources[i].name)
+
+    async def _batch(self, i: int, cids: list[str]) -> None:
+        source = self.sources[i]
+        async with self.limiters[i]:
+            if i in self.dead:
+                return
+            try:
+                offered = await source.get_blocks(cids)
+            except SourceUnavailable:
+                self._drop(i)
+                return
+        for cid in cids:
+            block = offered.get(cid)
+            if block is None:
+                self.lacks[cid].add(i)
+                continue
+            try:
+                await anyio.to_thread.run_sync(self.store.put, cid, block)
+            except (BlockHashMismatch, LimitExceeded) as e:
+                self.stats.bad_blocks += 1
+                self._drop(i)
+                if self.on_bad_block is not None:
+                    self.on_bad_block(source, cid, e)
+                continue
+            self.stats.blocks += 1
+            self.stats.bytes += len(block)
+            self.stats.by_source[source.name] = self.stats.by_source.get(source.name, 0) + 1
+
+
+async def fetch_dag(
+    store: BlockStore,
+    root: str,
+    sources: Sequence[BlockSource],
+    *,
+    on_bad_block: BadBlockHandler | None = None,
+    timeout_s: float | None = None,
+) -> FetchStats:
+    """Fetch every missing block of the DAG under ``root`` into ``store``, verified.
+
+    Args:
+        store: where verified blocks go (``store.put`` checks each hash).
+        root: the DAG's root CID (a raw block is a DAG of one).
+        sources: tried by tier, round robin within a tier; a source that fails or lies is
+            dropped for this fetch.
+        on_bad_block: told about every refused block (to penalise its source).
+        timeout_s: overall deadline, seconds (``None``: no deadline; sources time out on
+            their own).
+
+    Raises:
+        FetchFailed: some blocks are not available from any remaining source.
+        FetchTimeout: not done within ``timeout_s``.
+        InvalidCID, UnsupportedCID, InvalidDag, LimitExceeded: the DAG itself is unusable.
+    """
+    started = time.perf_counter()
+    job = _DagFetch(store, sources, on_bad_block)
+    with anyio.move_on_after(math.inf if timeout_s is None else timeout_s) as scope:
+        stats = await job.run(root)
+    if scope.cancelled_caught:
+        left = await anyio.to_thread.run_sync(store.missing, root)
+        raise FetchTimeout(f"fetching {root} timed out after {timeout_s} s with {len(left)} block(s) missing", left)
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+async def fetch_adapter(
+    store: BlockStore,
+    cid: str,
+    sources: Sequence[BlockSource],
+    validate_manifest: ManifestValidator,
+    base_fingerprint: str,
+    *,
+    on_bad_block: BadBlockHandler | None = None,
+    timeout_s: float | None = None,
+) -> FetchedAdapter:
+    """Fetch an adapter by its manifest CID: the manifest, then every block of every file.
+
+    Args:
+        store: the node's block store.
+        cid: the adapter ID (CIDv1, raw codec).
+        sources: see :func:`fetch_dag`.
+        validate_manifest: the node's manifest check (raises on a bad manifest).
+        base_fingerprint: this node's base; an adapter for another base is refused before
+            any of its files is fetched.
+        on_bad_block: see :func:`fetch_dag`.
+        timeout_s: deadline for the whole adapter, seconds.
+
+    Raises:
+        InvalidCID: ``cid`` is not a CIDv1 with the raw codec.
+        AdapterRejected: BAD_MANIFEST (the validator's refusal), BASE_MISMATCH.
+        FetchFailed, FetchTimeout: blocks unavailable or too slow (``missing`` lists them).
+    """
+    parsed = parse_cid(cid)
+    if parsed.version != 1 or parsed.codec.code != RAW:
+        raise InvalidCID(f"adapter ID {cid} must be a CIDv1 with the raw codec (bafk…), as PublishAdapter returns")
+    cid = cid_text(parsed)
+    deadline = math.inf if timeout_s is None else anyio.current_time() + timeout_s
+
+    def left() -> float | None:
+        return None if timeout_s is None else max(deadline - anyio.current_time(), 0.0)
+
+    total = FetchStats()
+    started = time.perf_counter()
+    total.add(await fetch_dag(store, cid, sources, on_bad_block=on_bad_block, timeout_s=left()))
+    raw = await anyio.to_thread.run_sync(store.get, cid)
+    try:
+        manifest = validate_manifest(raw)
+    except AdapterRejected:
+        raise
+    except Exception as e:  # the hook may raise anything; all of it means "refuse"
+        raise AdapterRejected(RejectReason.BAD_MANIFEST, str(e)) from None
+    if manifest.base.fingerprint != base_fingerprint:
+        raise AdapterRejected(
+            RejectReason.BASE_MISMATCH,
+            f"adapter {cid} was made for base {manifest.base.name} ({manifest.base.fingerprint}); "
+            f"this node serves {base_fingerprint}",
+        )
+    for f in manifest.files:
+        total.add(await fetch_dag(store, f.cid, sources, on_bad_block=on_bad_block, timeout_s=left()))
+    total.seconds = time.perf_counter() - started
+    return FetchedAdapter(cid, raw, manifest, total)

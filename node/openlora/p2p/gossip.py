@@ -1,0 +1,205 @@
+"""The two GossipSub topics: validation before relay, subscriptions, periodic node status.
+
+    incoming message ──signature (libp2p strict signing)──► topic validator ──► relay + deliver
+                                                               │ refused: not relayed, counted
+                                                               │ as invalid against the peer
+                                                               ▼ that forwarded it (P4 score)
+    /openlora/1/adapters  validator: size, schema, CID == sha2-256(manifest), validate_manifest
+                          (schema, publisher signature, …)
+                          delivered ──► ingest(adapter, provider = signed origin)
+    /openlora/1/nodes     validator: size, schema, peer_id == signed origin, addrs, clock
+                          delivered ──► PeerTable.update (newer ts_ms wins)
+
+Announcements for another base model (or over this node's size limit: whatever the node's
+``validate_manifest`` refuses with a retryable reason) are valid and relayed; this node just
+does not keep them (``VerifiedAdapter.declined``). Refusing them would make honest nodes of
+different bases penalise each other, and would cut a base's announcements off wherever its
+nodes are connected only through nodes of other bases (both topics have fixed names).
+
+GossipSub notes (py-libp2p 0.8.1): a message published before a peer joined our mesh is not
+sent to it (no flood publish), so ``publish`` waits briefly for a mesh when subscribed peers
+exist; the per-topic subscription channel holds 32 messages, so handlers only do quick work;
+our own publications come back to our subscriptions (we handle them like anyone's, which puts
+this node in its own peer table); adaptive gossip is off because it can stretch the heartbeat
+to 30-60 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import trio
+from libp2p.abc import IHost, ISubscriptionAPI
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+
+from .errors import MessageRejected
+from .messages import MAX_RESIDENT, TOPIC_ADAPTERS, TOPIC_NODES, TOPICS, Load, LocalStatus, NodeStatus, encode
+from .peers import PeerTable
+from .scoring import PeerGuard, score_params
+from .validate import Ingest, ManifestValidator, check_announcement, check_status
+
+log = logging.getLogger(__name__)
+
+GOSSIP_PROTOCOLS = [PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID]
+MESH_DEGREE, MESH_LOW, MESH_HIGH = 6, 4, 12  # GossipSub v1.1 spec defaults (D, D_lo, D_hi)
+
+
+def build_pubsub(host: IHost, heartbeat_s: float, ban_threshold: float, max_rate: float) -> tuple[Pubsub, GossipSub]:
+    """GossipSub router and pubsub service for ``host``, restricted to the swarm's topics.
+
+    Args:
+        heartbeat_s: mesh maintenance period, seconds (short, so meshes form quickly).
+        ban_threshold: see ``scoring``.
+        max_rate: messages per second one peer may forward per topic before GossipSub drops
+            them and penalises it.
+    """
+    router = GossipSub(
+        GOSSIP_PROTOCOLS,
+        degree=MESH_DEGREE,
+        degree_low=MESH_LOW,
+        degree_high=MESH_HIGH,
+        heartbeat_interval=heartbeat_s,  # type: ignore[arg-type]  # trio.sleep takes floats
+        heartbeat_initial_delay=0.1,
+        score_params=score_params(ban_threshold),
+        adaptive_gossip_enabled=False,
+        max_messages_per_topic_per_second=max_rate,
+    )
+    pubsub = Pubsub(host, router, strict_signing=True, allowed_topics=TOPICS)
+    return pubsub, router
+
+
+def origin(msg: rpc_pb2.Message) -> str:
+    """Base58 peer ID of the peer that signed ``msg``."""
+    return ID(msg.from_id).to_base58()
+
+
+class Gossip:
+    """Validators, subscription handlers and publishing for the swarm's topics.
+
+    Args:
+        pubsub / router / guard: the running libp2p parts.
+        validate_manifest: the node's manifest check.
+        ingest: where delivered adapters go.
+        peers: the peer table to keep.
+        mesh_wait_s: how long ``publish`` waits for a mesh, seconds.
+    """
+
+    def __init__(
+        self,
+        pubsub: Pubsub,
+        router: GossipSub,
+        guard: PeerGuard,
+        validate_manifest: ManifestValidator,
+        ingest: Ingest,
+        peers: PeerTable,
+        mesh_wait_s: float,
+    ) -> None:
+        self.pubsub = pubsub
+        self.router = router
+        self.guard = guard
+        self.validate_manifest = validate_manifest
+        self.ingest = ingest
+        self.peers = peers
+        self.mesh_wait_s = mesh_wait_s
+        self.rejected: Counter[str] = Counter()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Install validators, subscribe, and handle deliveries until cancelled."""
+        self.pubsub.set_topic_validator(TOPIC_ADAPTERS, self._valid_adapter, False)
+        self.pubsub.set_topic_validator(TOPIC_NODES, self._valid_status, False)
+        adapters = await self.pubsub.subscribe(TOPIC_ADAPTERS)
+        nodes = await self.pubsub.subscribe(TOPIC_NODES)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._deliver_adapters, adapters)
+            nursery.start_soon(self._deliver_statuses, nodes)
+            task_status.started()
+
+    def _refuse(self, forwarder: ID, topic: str, error: MessageRejected) -> bool:
+        self.rejected[error.reason] += 1
+        log.info("refused %s message forwarded by %s: %s", topic, forwarder, error)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._check_after_count, forwarder)
+        return False
+
+    async def _check_after_count(self, peer: ID) -> None:
+        # GossipSub counts the invalid message right after the validator returns; look after.
+        await trio.sleep(0)
+        self.guard.check(peer)
+
+    def _valid_adapter(self, forwarder: ID, msg: rpc_pb2.Message) -> bool:
+        try:
+            check_announcement(msg.data, self.validate_manifest)
+        except MessageRejected as e:
+            return self._refuse(forwarder, TOPIC_ADAPTERS, e)
+        return True
+
+    def _valid_status(self, forwarder: ID, msg: rpc_pb2.Message) -> bool:
+        try:
+            check_status(msg.data, origin(msg), _now_ms())
+        except MessageRejected as e:
+            return self._refuse(forwarder, TOPIC_NODES, e)
+        return True
+
+    async def _deliver_adapters(self, sub: ISubscriptionAPI) -> None:
+        async for msg in sub:
+            try:
+                # Validated before delivery; decoding again is cheaper than caching across tasks.
+                adapter = check_announcement(msg.data, self.validate_manifest)
+                await self.ingest(adapter, origin(msg))
+            except Exception:  # one bad delivery must not stop the subscription
+                log.exception("could not take in an announcement from %s", origin(msg))
+
+    async def _deliver_statuses(self, sub: ISubscriptionAPI) -> None:
+        async for msg in sub:
+            try:
+                self.peers.update(check_status(msg.data, origin(msg), _now_ms()))
+            except Exception:  # one bad delivery must not stop the subscription
+                log.exception("could not take in a status from %s", origin(msg))
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Publish ``data`` on ``topic`` once a mesh exists (or after ``mesh_wait_s``)."""
+        with trio.move_on_after(self.mesh_wait_s):
+            while self.pubsub.peer_topics.get(topic) and not self.router.mesh.get(topic):
+                await trio.sleep(0.05)
+        await self.pubsub.publish(topic, data)
+
+    async def publish_statuses(
+        self, status: Callable[[], LocalStatus], addrs: list[str], peer_id: str, interval_s: float
+    ) -> None:
+        """Publish this node's status every ``interval_s`` seconds until cancelled.
+
+        A status the node's callable cannot produce, or that fails the schema, is logged and
+        skipped (the next period tries again).
+        """
+        while True:
+            try:
+                local = await trio.to_thread.run_sync(status)
+                message = NodeStatus(
+                    v=1,
+                    peer_id=peer_id,
+                    addrs=addrs,
+                    grpc_address=local.grpc_address,
+                    base_name=local.base_name,
+                    base_fingerprint=local.base_fingerprint,
+                    resident=list(local.resident)[:MAX_RESIDENT],
+                    node_fee_per_1k_wei=local.node_fee_per_1k_wei,
+                    load=Load(active=local.active, waiting=local.waiting, max_batch=local.max_batch),
+                    ts_ms=_now_ms(),
+                )
+            except Exception:
+                log.exception("cannot build this node's status; skipping one period")
+            else:
+                await self.publish(TOPIC_NODES, encode(message))
+            await trio.sleep(interval_s)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

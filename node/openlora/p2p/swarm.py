@@ -1,0 +1,628 @@
+"""The node's swarm: one libp2p host in its own trio thread, with a thread-safe API.
+
+    Swarm(data_dir, store, base_fingerprint, validate_manifest, status=…, on_adapter=…)
+      .start()            host on /ip4/127.0.0.1/tcp/<port>, dials the bootstrap peers (and
+                          keeps redialling them), returns once listening; .multiaddr is the
+                          full /ip4/127.0.0.1/tcp/N/p2p/PEERID
+      .announce(cid)      ─► Future: adapter gossiped on /openlora/1/adapters
+      .fetch_adapter(cid) ─► Future[FetchedAdapter]: manifest + files from connected peers
+                          (providers first, then other openlora peers, then bitswap-only
+                          peers and the Kubo RPC if configured; a provider we are not
+                          connected to is dialled at the address its signed status gave),
+                          every block verified, liars penalised
+      .connect(addr)      ─► Future: dial one more peer
+      .catalog_records() / .peer_table() / .pick(base, cid): read-only views, any thread
+      .stop()             cancels everything, closes the host and the catalog
+
+Futures are ``concurrent.futures.Future``: block on ``.result(timeout)`` from a thread, or
+``await asyncio.wrap_future(fut)`` from the gRPC side. Callbacks the node passes in
+(``status``, ``on_adapter``) run in worker threads, never in the libp2p loop.
+
+What runs inside (all in the trio thread): GossipSub + validators (``gossip``), peer scores and
+bans (``scoring``), ``/openlora/blocks/1.0.0`` server (``blocks``), bitswap client and server
+(``bitswap``, for Kubo and other IPFS peers), ``/openlora/catalog/1.0.0`` pulled from every
+peer on connect and every sync interval (``catalog_sync``), and the status loop.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.peer.peerstore import PeerStoreError
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.request_response import ProtocolNotSupportedError, RequestResponse
+from libp2p.tools.anyio_service import background_trio_service
+from multiaddr import Multiaddr
+
+from ..adapters.manifest import Manifest
+from ..adapters.reasons import AdapterRejected, RejectReason
+from ..content.blockstore import BlockStore
+from ..content.errors import BlockNotFound
+from .bitswap import BitswapFetcher, BitswapStore, ReplyingBitswapClient
+from .blocks import BLOCKS_PROTOCOL, request_blocks, serve_blocks
+from .catalog import CatalogRecord, SwarmCatalog
+from .catalog_sync import CatalogSync
+from .errors import SourceUnavailable, SwarmError
+from .fetch import TIER_FALLBACK, TIER_PEER, TIER_PROVIDER, BlockSource, FetchedAdapter, fetch_adapter
+from .gossip import Gossip, build_pubsub
+from .host import build_host, check_port_free, listen_multiaddr, parse_peer_multiaddr
+from .identity import load_or_create_identity
+from .kubo_rpc import KuboRpcSource
+from .messages import TOPIC_ADAPTERS, Announcement, LocalStatus, encode
+from .peers import PeerEntry, PeerTable, pick_node
+from .runner import TrioThread
+from .scoring import BAD_BLOCK_PENALTY, PeerGuard
+from .validate import ManifestValidator, VerifiedAdapter, verify_adapter
+
+log = logging.getLogger(__name__)
+
+CATALOG_FILE = "swarm.sqlite"
+IDENTIFY_WAIT_S = 2.0  # how long to wait for a new peer's protocol list (identify: ~0.1 s here)
+
+
+@dataclass(frozen=True)
+class SwarmConfig:
+    """Swarm settings (times in seconds).
+
+    Attributes:
+        listen_host: IPv4 address to listen on (loopback unless the operator opens it).
+        port: TCP port (0: a free port; read ``Swarm.multiaddr``).
+        bootstrap: full multiaddrs of peers to dial (``/ip4/…/tcp/N/p2p/PEERID``). Besides
+            these, the node dials only a provider it fetches from, at the address the
+            provider's own signed status gave (and libp2p redials peers it was connected to).
+        heartbeat_s: GossipSub heartbeat.
+        status_interval_s: how often this node publishes its status.
+        peer_ttl_s: a peer-table entry not refreshed for this long is dropped.
+        catalog_sync_interval_s: how often the catalog is pulled again from every peer.
+        bootstrap_retry_s: how often unconnected bootstrap peers are redialled.
+        request_timeout_s: one dial, block request or catalog exchange.
+        fetch_timeout_s: one whole adapter fetch.
+        mesh_wait_s: how long a publication waits for a GossipSub mesh.
+        max_messages_per_topic_per_second: per peer, before GossipSub drops and penalises
+            (each node relays every node's status: keep it above swarm size / status interval).
+        ban_threshold: score at or below which a peer is banned (negative).
+        ban_s: ban duration.
+        bitswap: serve our blocks over bitswap and fetch from bitswap-only peers (Kubo).
+        ipfs_api: a Kubo RPC URL tried after the peers (``--ipfs-api``).
+        announce_fetched: announce adapters after fetching them (so peers learn another
+            provider).
+    """
+
+    listen_host: str = "127.0.0.1"
+    port: int = 0
+    bootstrap: tuple[str, ...] = ()
+    heartbeat_s: float = 1.0
+    status_interval_s: float = 10.0
+    peer_ttl_s: float = 60.0
+    catalog_sync_interval_s: float = 120.0
+    bootstrap_retry_s: float = 5.0
+    request_timeout_s: float = 10.0
+    fetch_timeout_s: float = 300.0
+    mesh_wait_s: float = 3.0
+    max_messages_per_topic_per_second: float = 20.0
+    ban_threshold: float = -30.0
+    ban_s: float = 600.0
+    bitswap: bool = True
+    ipfs_api: str | None = None
+    announce_fetched: bool = True
+
+    def __post_init__(self) -> None:
+        """Raises InvalidMultiaddr (listen address, bootstrap) or ValueError (a bound)."""
+        listen_multiaddr(self.listen_host, self.port)
+        for addr in self.bootstrap:
+            parse_peer_multiaddr(addr)
+        for name in (
+            "heartbeat_s",
+            "status_interval_s",
+            "peer_ttl_s",
+            "catalog_sync_interval_s",
+            "bootstrap_retry_s",
+            "request_timeout_s",
+            "fetch_timeout_s",
+            "mesh_wait_s",
+            "max_messages_per_topic_per_second",
+            "ban_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"SwarmConfig.{name} must be positive, got {getattr(self, name)!r}")
+        if not self.ban_threshold < 0:
+            raise ValueError(f"SwarmConfig.ban_threshold must be negative, got {self.ban_threshold!r}")
+        if self.ipfs_api is not None:
+            KuboRpcSource(self.ipfs_api)  # raises ValueError for a bad URL
+
+
+@dataclass(frozen=True)
+class SwarmStats:
+    """Counters since start.
+
+    Attributes:
+        rejected: gossip refusals by reason (``malformed``, ``forged_cid``, …).
+        adapters_learned: new adapters for our base taken into the catalog.
+        declined: valid announcements/entries this node does not keep (another base, over its
+            size limit: relayed all the same).
+        bad_blocks: blocks refused during fetches.
+        banned: peers banned now.
+    """
+
+    rejected: dict[str, int] = field(default_factory=dict)
+    adapters_learned: int = 0
+    declined: int = 0
+    bad_blocks: int = 0
+    banned: tuple[str, ...] = ()
+
+
+class _PeerSource:
+    """Blocks from one peer: ``/openlora/blocks``, or bitswap if the peer does not speak it."""
+
+    def __init__(self, swarm: _Running, peer: ID, tier: int) -> None:
+        self.swarm = swarm
+        self.peer = peer
+        self.name = peer.to_base58()
+        self.tier = tier
+
+    async def get_blocks(self, cids: list[str]) -> dict[str, bytes]:
+        running = self.swarm
+        if await running.speaks_openlora(self.peer):
+            try:
+                return await request_blocks(running.rr, self.peer, cids, running.config.request_timeout_s)
+            except ProtocolNotSupportedError:
+                running.bitswap_only.add(self.peer)
+        if running.bitswap is None:
+            raise SourceUnavailable(f"peer {self.peer} speaks neither /openlora/blocks nor bitswap here")
+        return await running.bitswap.get(self.peer, cids)
+
+
+class _Running:
+    """The parts that exist while the trio loop runs (all used from that loop only)."""
+
+    def __init__(
+        self, swarm: Swarm, host: IHost, gossip: Gossip, guard: PeerGuard, rr: RequestResponse, sync: CatalogSync
+    ) -> None:
+        self.swarm = swarm
+        self.config = swarm.config
+        self.host = host
+        self.gossip = gossip
+        self.guard = guard
+        self.rr = rr
+        self.sync = sync
+        self.bitswap: BitswapFetcher | None = None
+        self.bitswap_only: set[ID] = set()
+        self.bad_blocks = 0
+
+    async def speaks_openlora(self, peer: ID) -> bool:
+        """Whether ``peer`` lists ``/openlora/blocks`` in its identify answer (waited for up to
+        IDENTIFY_WAIT_S after connecting); True while unknown, so the caller tries and sees."""
+        if peer in self.bitswap_only:
+            return False
+        with trio.move_on_after(IDENTIFY_WAIT_S):
+            while True:
+                try:
+                    protocols = self.host.get_peerstore().get_protocols(peer)
+                except PeerStoreError:
+                    protocols = []
+                if protocols:
+                    if BLOCKS_PROTOCOL in protocols:
+                        return True
+                    self.bitswap_only.add(peer)  # e.g. Kubo: bitswap only, no catalog
+                    return False
+                await trio.sleep(0.02)
+        return True
+
+    def connected(self) -> list[ID]:
+        return [p for p in self.host.get_network().connections if not self.guard.is_banned(p)]
+
+    async def sources(self, providers: tuple[str, ...]) -> list[BlockSource]:
+        """Every connected peer as a source, tiered: providers, other openlora peers, then
+        bitswap-only peers and the Kubo RPC."""
+        connected = self.connected()
+        speaks: dict[ID, bool] = {}
+
+        async def learn(peer: ID) -> None:
+            speaks[peer] = await self.speaks_openlora(peer)
+
+        async with trio.open_nursery() as nursery:
+            for peer in connected:
+                nursery.start_soon(learn, peer)
+        sources: list[BlockSource] = []
+        for peer in connected:
+            if not speaks[peer]:
+                tier = TIER_FALLBACK
+            else:
+                tier = TIER_PROVIDER if peer.to_base58() in providers else TIER_PEER
+            sources.append(_PeerSource(self, peer, tier))
+        if self.config.ipfs_api is not None:
+            sources.append(KuboRpcSource(self.config.ipfs_api, self.config.request_timeout_s))
+        return sources
+
+    def bad_block(self, source: BlockSource, cid: str, error: Exception) -> None:
+        self.bad_blocks += 1
+        if isinstance(source, _PeerSource):
+            self.guard.penalise(source.peer, BAD_BLOCK_PENALTY, f"sent a bad block for {cid}: {error}")
+        else:
+            log.warning("source %s sent a bad block for %s: %s", source.name, cid, error)
+
+
+class _ConnectionEvents(INotifee):
+    """Pulls the catalog of every peer that connects (inbound or outbound)."""
+
+    def __init__(self, nursery: trio.Nursery, on_connect: Callable[[ID], object]) -> None:
+        self.nursery = nursery
+        self.on_connect = on_connect
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        """Schedule the catalog pull (never block the network's notification)."""
+        self.nursery.start_soon(self.on_connect, conn.muxed_conn.peer_id)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        """Nothing to do."""
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        """Nothing to do."""
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        """Nothing to do."""
+
+    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        """Nothing to do."""
+
+    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        """Nothing to do."""
+
+
+class Swarm:
+    """This node's place in the swarm (see the module docstring).
+
+    Args:
+        data_dir: the node's data folder: identity key and swarm catalog live there.
+        store: the node's block store (served to peers, filled by fetches).
+        base_fingerprint: the resident base; only adapters for it are kept and fetched.
+        validate_manifest: parses and checks manifest bytes, raising on bad input (the hook
+            where the publisher's signature check goes).
+        status: returns this node's current status; ``None`` publishes no status.
+        on_adapter: told about each adapter for our base newly added to the catalog.
+        config: see :class:`SwarmConfig`.
+
+    Raises:
+        IdentityError: the identity key file is unreadable.
+        sqlite3.Error: the catalog database cannot be opened.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        store: BlockStore,
+        base_fingerprint: str,
+        validate_manifest: ManifestValidator,
+        *,
+        status: Callable[[], LocalStatus] | None = None,
+        on_adapter: Callable[[CatalogRecord], None] | None = None,
+        config: SwarmConfig = SwarmConfig(),
+    ) -> None:
+        data_dir = Path(data_dir)
+        self.config = config
+        self.store = store
+        self.base_fingerprint = base_fingerprint
+        self.validate_manifest = validate_manifest
+        self._status = status
+        self._on_adapter = on_adapter
+        self._key_pair = load_or_create_identity(data_dir)
+        self.peer_id = ID.from_pubkey(self._key_pair.public_key).to_base58()
+        self.catalog = SwarmCatalog(data_dir / CATALOG_FILE)
+        self.peers = PeerTable(config.peer_ttl_s)
+        self.multiaddr = ""
+        self._thread = TrioThread(f"openlora-p2p-{self.peer_id[-6:]}")
+        self._running: _Running | None = None
+        self._learned = 0
+        self._declined = 0
+        self._stopped = False
+
+    # ── lifecycle ────────────────────────────────────────────────────────────────────────
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Start the host and wait until it listens; bootstrap dials continue in background.
+
+        Raises:
+            SwarmStartError: the host could not start (e.g. the port is taken).
+            SwarmError: already started, or stopped (a stopped Swarm is not restarted: make a
+                new one on the same data dir).
+        """
+        if self._stopped or self._thread.running:
+            raise SwarmError("this Swarm was already started; make a new one on the same data dir to restart")
+        self.multiaddr = self._thread.start(self._service, timeout_s)
+        log.info("p2p listening on %s", self.multiaddr)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the host and close the catalog (idempotent).
+
+        Raises:
+            TimeoutError: the libp2p thread did not end in time.
+        """
+        self._stopped = True
+        self._thread.stop(timeout_s)
+        self.catalog.close()
+
+    async def _service(self, *, task_status: trio.TaskStatus) -> None:
+        cfg = self.config
+        listen = listen_multiaddr(cfg.listen_host, cfg.port)
+        check_port_free(cfg.listen_host, cfg.port)
+        host = build_host(self._key_pair, listen)
+        pubsub, router = build_pubsub(host, cfg.heartbeat_s, cfg.ban_threshold, cfg.max_messages_per_topic_per_second)
+        try:
+            await self._serve(host, listen, pubsub, router, task_status)
+        finally:
+            # py-libp2p's Pubsub starts a sweeper thread for its seen-messages cache and never
+            # stops it.
+            pubsub.seen_messages.stop()
+
+    async def _serve(
+        self, host: IHost, listen: Multiaddr, pubsub: Pubsub, router: GossipSub, task_status: trio.TaskStatus
+    ) -> None:
+        cfg = self.config
+        async with host.run([listen]), background_trio_service(pubsub), background_trio_service(router):
+            await pubsub.wait_until_ready()
+            async with trio.open_nursery() as nursery:
+                guard = PeerGuard(host, pubsub, router, cfg.ban_threshold, cfg.ban_s)
+                await nursery.start(guard.run, cfg.heartbeat_s)
+                rr = RequestResponse(host)
+                serve_blocks(rr, self.store, guard.is_banned, cfg.request_timeout_s)
+                sync = CatalogSync(rr, self.catalog, guard, self.validate_manifest, self._ingest, cfg.request_timeout_s)
+                gossip = Gossip(
+                    pubsub, router, guard, self.validate_manifest, self._ingest, self.peers, cfg.mesh_wait_s
+                )
+                await nursery.start(gossip.run)
+                running = _Running(self, host, gossip, guard, rr, sync)
+                if cfg.bitswap:
+                    bitswap_store = BitswapStore(self.store)
+                    client = ReplyingBitswapClient(host, bitswap_store)
+                    client.set_nursery(nursery)
+                    await client.start()
+                    running.bitswap = BitswapFetcher(client, bitswap_store, cfg.request_timeout_s)
+                host.get_network().register_notifee(_ConnectionEvents(nursery, self._pull_catalog))
+                addrs = [str(a) for a in host.get_addrs()]
+                self._running = running
+                nursery.start_soon(self._keep_bootstrap)
+                nursery.start_soon(self._resync)
+                if self._status is not None:
+                    nursery.start_soon(
+                        gossip.publish_statuses, self._status, addrs, self.peer_id, cfg.status_interval_s
+                    )
+                task_status.started(addrs[0])
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._running = None
+                    if cfg.bitswap:
+                        with trio.move_on_after(2, shield=True):
+                            await client.stop()
+
+    def _live(self) -> _Running:
+        if self._running is None:
+            raise SwarmError("the swarm is not running")
+        return self._running
+
+    # ── background tasks (trio thread) ───────────────────────────────────────────────────
+
+    async def _keep_bootstrap(self) -> None:
+        infos = [parse_peer_multiaddr(a) for a in self.config.bootstrap]
+        while infos:
+            running = self._live()
+            async with trio.open_nursery() as nursery:
+                for info in infos:
+                    if info.peer_id not in running.host.get_network().connections:
+                        nursery.start_soon(self._dial, info)
+            await trio.sleep(self.config.bootstrap_retry_s)
+
+    async def _dial(self, info: PeerInfo) -> None:
+        try:
+            with trio.fail_after(self.config.request_timeout_s):
+                await self._live().host.connect(info)
+        except Exception as e:  # a bootstrap peer may be down; it is retried
+            log.info("could not dial %s: %s", info.peer_id, e)
+
+    async def _resync(self) -> None:
+        while True:
+            await trio.sleep(self.config.catalog_sync_interval_s)
+            for peer in self._live().connected():
+                await self._pull_catalog(peer)
+
+    async def _pull_catalog(self, peer: ID) -> None:
+        running = self._running
+        if running is None or running.guard.is_banned(peer) or not await running.speaks_openlora(peer):
+            return
+        await running.sync.pull(peer)
+
+    async def _ingest(self, adapter: VerifiedAdapter, provider: str | None) -> None:
+        manifest = adapter.manifest
+        if manifest is None or manifest.base.fingerprint != self.base_fingerprint:
+            self._declined += 1
+            return
+        new = await trio.to_thread.run_sync(
+            self.catalog.add, adapter.cid, adapter.manifest_bytes, manifest.base.fingerprint, manifest.name, provider
+        )
+        if new:
+            self._learned += 1
+            if self._on_adapter is not None:
+                await trio.to_thread.run_sync(self._notify, adapter.cid)
+
+    def _notify(self, cid: str) -> None:
+        try:
+            self._on_adapter(self.catalog.get(cid))  # type: ignore[misc,arg-type]
+        except Exception:
+            log.exception("on_adapter callback failed for %s", cid)
+
+    # ── operations (trio thread) ─────────────────────────────────────────────────────────
+
+    async def _local_adapter(self, cid: str) -> tuple[VerifiedAdapter, Manifest]:
+        raw = await trio.to_thread.run_sync(self.store.get, cid)
+        adapter = verify_adapter(cid, raw, self.validate_manifest)
+        manifest = adapter.manifest
+        if manifest is None:  # declined: another base, or over this node's limits
+            raise adapter.declined  # type: ignore[misc]
+        if manifest.base.fingerprint != self.base_fingerprint:
+            raise AdapterRejected(
+                RejectReason.BASE_MISMATCH,
+                f"adapter {cid} is for base {manifest.base.fingerprint}; this node serves {self.base_fingerprint}",
+            )
+        for f in manifest.files:
+            missing = await trio.to_thread.run_sync(self.store.missing, f.cid)
+            if missing:
+                raise BlockNotFound(
+                    f"cannot announce {cid}: {len(missing)} block(s) of {f.name} are not in the store "
+                    f"(publish or fetch the adapter first)",
+                    cid=missing[0],
+                )
+        return adapter, manifest
+
+    async def _announce(self, cid: str) -> None:
+        adapter, m = await self._local_adapter(cid)
+        await trio.to_thread.run_sync(
+            lambda: self.catalog.add(
+                adapter.cid, adapter.manifest_bytes, m.base.fingerprint, m.name, self.peer_id, local=True
+            )
+        )
+        await self._live().gossip.publish(TOPIC_ADAPTERS, encode(Announcement.of(adapter.cid, adapter.manifest_bytes)))
+
+    async def _reach(self, providers: tuple[str, ...]) -> None:
+        # A provider we are not connected to is dialled at the addresses its own signed
+        # status gave (peer table); unknown ones cannot be reached.
+        running = self._live()
+        connected = {p.to_base58() for p in running.connected()}
+        async with trio.open_nursery() as nursery:
+            for peer in providers:
+                entry = self.peers.get(peer)
+                if peer != self.peer_id and peer not in connected and entry is not None and entry.addrs:
+                    nursery.start_soon(self._dial, parse_peer_multiaddr(entry.addrs[0]))
+
+    async def _fetch(self, cid: str, timeout_s: float | None) -> FetchedAdapter:
+        running = self._live()
+        record = await trio.to_thread.run_sync(self.catalog.get, cid)
+        providers = record.providers if record is not None else ()
+        await self._reach(providers)
+        sources = await running.sources(providers)
+        fetched = await fetch_adapter(
+            self.store,
+            cid,
+            sources,
+            self.validate_manifest,
+            self.base_fingerprint,
+            on_bad_block=running.bad_block,
+            timeout_s=self.config.fetch_timeout_s if timeout_s is None else timeout_s,
+        )
+        m = fetched.manifest
+        await trio.to_thread.run_sync(
+            lambda: self.catalog.add(
+                fetched.cid, fetched.manifest_bytes, m.base.fingerprint, m.name, self.peer_id, local=True
+            )
+        )
+        if self.config.announce_fetched and not (record is not None and record.local):
+            await running.gossip.publish(TOPIC_ADAPTERS, encode(Announcement.of(fetched.cid, fetched.manifest_bytes)))
+        return fetched
+
+    async def _connect(self, addr: str) -> None:
+        info = parse_peer_multiaddr(addr)
+        try:
+            with trio.fail_after(self.config.request_timeout_s):
+                await self._live().host.connect(info)
+        except trio.TooSlowError:
+            raise SwarmError(f"connecting to {addr} timed out after {self.config.request_timeout_s} s") from None
+        except Exception as e:
+            raise SwarmError(f"cannot connect to {addr}: {e}") from e
+
+    async def _snapshot(self) -> tuple[list[str], SwarmStats]:
+        running = self._live()
+        stats = SwarmStats(
+            rejected=dict(running.gossip.rejected),
+            adapters_learned=self._learned,
+            declined=self._declined,
+            bad_blocks=running.bad_blocks,
+            banned=tuple(sorted(p.to_base58() for p in running.guard.banned())),
+        )
+        return [p.to_base58() for p in running.connected()], stats
+
+    async def _score(self, peer_id: str) -> float:
+        return self._live().guard.score(ID.from_base58(peer_id))
+
+    # ── public API (any thread) ──────────────────────────────────────────────────────────
+
+    def announce(self, cid: str) -> concurrent.futures.Future:
+        """Gossip an adapter this node holds completely; it is also recorded as local.
+
+        The Future fails with ``BlockNotFound`` (manifest or file blocks missing),
+        ``MessageRejected`` (the manifest does not pass ``validate_manifest``) or
+        ``AdapterRejected`` (BASE_MISMATCH).
+
+        Raises:
+            SwarmNotRunning: not started.
+        """
+        return self._thread.submit(self._announce, cid)
+
+    def fetch_adapter(self, cid: str, timeout_s: float | None = None) -> concurrent.futures.Future:
+        """Fetch an adapter this node lacks from the swarm (see ``fetch.fetch_adapter``).
+
+        The Future's result is a :class:`FetchedAdapter`; it fails with ``InvalidCID``,
+        ``AdapterRejected`` (BAD_MANIFEST, BASE_MISMATCH), ``FetchFailed`` or ``FetchTimeout``.
+        ``timeout_s`` defaults to ``config.fetch_timeout_s``.
+
+        Raises:
+            SwarmNotRunning: not started.
+        """
+        return self._thread.submit(self._fetch, cid, timeout_s)
+
+    def connect(self, addr: str) -> concurrent.futures.Future:
+        """Dial a peer by full multiaddr; the Future fails with ``InvalidMultiaddr`` or
+        ``SwarmError`` (unreachable, timed out).
+
+        Raises:
+            SwarmNotRunning: not started.
+        """
+        return self._thread.submit(self._connect, addr)
+
+    def connected_peers(self, timeout_s: float = 5.0) -> list[str]:
+        """Peer IDs connected now (banned ones excluded).
+
+        Raises:
+            SwarmNotRunning: not started.
+        """
+        return self._thread.call(self._snapshot, timeout=timeout_s)[0]
+
+    def stats(self, timeout_s: float = 5.0) -> SwarmStats:
+        """Counters since start (see :class:`SwarmStats`).
+
+        Raises:
+            SwarmNotRunning: not started.
+        """
+        return self._thread.call(self._snapshot, timeout=timeout_s)[1]
+
+    def score(self, peer_id: str, timeout_s: float = 5.0) -> float:
+        """GossipSub score of a peer as this node sees it (0 if unknown; forgotten on
+        disconnect, bans are not).
+
+        Raises:
+            SwarmNotRunning: not started.
+        """
+        return self._thread.call(self._score, peer_id, timeout=timeout_s)
+
+    def catalog_records(self) -> list[CatalogRecord]:
+        """Every adapter for our base this node knows, most recently learned first."""
+        return self.catalog.records()
+
+    def peer_table(self) -> list[PeerEntry]:
+        """Live node statuses (this node's own included once it published one)."""
+        return self.peers.entries()
+
+    def pick(self, base_fingerprint: str, adapter_cid: str | None = None) -> PeerEntry:
+        """``pick_node`` over this node's peer table.
+
+        Raises:
+            NoNodeAvailable: no known node serves ``base_fingerprint``.
+        """
+        return pick_node(self.peer_table(), base_fingerprint, adapter_cid)

@@ -1,0 +1,630 @@
+"""The swarm with real in-process libp2p hosts on 127.0.0.1: connect, gossip, catalog sync,
+verified block exchange, penalties and bans, node status and routing (openlora.p2p.swarm).
+
+Every host listens on 127.0.0.1 and dials only hosts started here; every one is stopped at the
+end of its test. Misbehaving peers are real libp2p peers too: a Swarm whose block store lies,
+and bare hosts (``RawPeer``) that publish without validating or speak only bitswap.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from eth_account import Account
+from libp2p.bitswap import BitswapClient, MemoryBlockStore
+from libp2p.crypto.secp256k1 import create_new_key_pair
+from libp2p.tools.anyio_service import background_trio_service
+from openlora.adapters.manifest import (
+    MANIFEST_VERSION,
+    BaseRef,
+    FileRef,
+    Manifest,
+    PeftSummary,
+    UnsignedManifest,
+    encode_manifest,
+    parse_manifest,
+)
+from openlora.adapters.reasons import AdapterRejected
+from openlora.adapters.signing import check_signature, sign_manifest
+from openlora.content import (
+    RAW,
+    BlockNotFound,
+    BlockStore,
+    cid_text,
+    import_bytes,
+    make_cid,
+    parse_cid,
+)
+from openlora.content.importer import CHUNK_SIZE
+from openlora.p2p import (
+    FetchFailed,
+    InvalidMultiaddr,
+    NoNodeAvailable,
+    SwarmError,
+    SwarmNotRunning,
+    SwarmStartError,
+)
+from openlora.p2p.gossip import build_pubsub
+from openlora.p2p.host import build_host, listen_multiaddr, parse_peer_multiaddr
+from openlora.p2p.identity import IDENTITY_FILE
+from openlora.p2p.messages import (
+    MAX_ANNOUNCEMENT_BYTES,
+    TOPIC_ADAPTERS,
+    Announcement,
+    LocalStatus,
+    encode,
+)
+from openlora.p2p.runner import TrioThread
+from openlora.p2p.swarm import Swarm, SwarmConfig
+
+FP = "sha256:" + "ab" * 32
+OTHER_FP = "sha256:" + "cd" * 32
+FAST = dict(heartbeat_s=0.2, status_interval_s=0.3, mesh_wait_s=2.0, request_timeout_s=5.0, bootstrap_retry_s=0.5)
+WAIT_S = 5.0
+
+
+PUBLISHER = Account.from_key(b"\x11" * 32)
+
+
+def validate(raw: bytes) -> Manifest:
+    """The manifest hook the tests give the swarm: schema and publisher signature (the node's
+    ``Verifier.validate_manifest`` adds base and limits; see the test that uses it)."""
+    manifest = parse_manifest(raw)
+    check_signature(manifest)
+    return manifest
+
+
+def make_adapter(
+    store: BlockStore,
+    size: int,
+    fingerprint: str = FP,
+    name: str = "t",
+    seed: int = 0,
+    signer=PUBLISHER,  # type: ignore[no-untyped-def]
+) -> tuple[str, bytes]:
+    """Store a two-file adapter whose weights file has ``size`` random bytes, its manifest
+    signed as PUBLISHER by ``signer``; return (adapter CID, weights bytes)."""
+    weights = random.Random(seed * 7919 + size).randbytes(size)
+    config = json.dumps({"r": 8, "seed": seed}).encode()
+    files = [
+        FileRef(name="adapter_config.json", cid=store.add_bytes(config), size=len(config)),
+        FileRef(name="adapter_model.safetensors", cid=store.add_bytes(weights), size=len(weights)),
+    ]
+    unsigned = UnsignedManifest(
+        version=MANIFEST_VERSION,
+        name=name,
+        base=BaseRef(name="base", fingerprint=fingerprint),
+        peft=PeftSummary(r=8, lora_alpha=16, target_modules=["q_proj"], modules=1),
+        files=files,
+        publisher=PUBLISHER.address,
+        price_per_1k_tokens="1000",
+        royalty_bps=500,
+        created_at=1_700_000_000 + seed,
+    )
+    signed = sign_manifest(unsigned, PUBLISHER)
+    if signer is not PUBLISHER:  # the publisher's address, another key's signature
+        other = sign_manifest(unsigned.model_copy(update={"publisher": signer.address}), signer)
+        signed = signed.model_copy(update={"signature": other.signature})
+    return store.add_bytes(encode_manifest(signed)), weights
+
+
+def copy_adapter(src: BlockStore, dst: BlockStore, cid: str) -> None:
+    """Copy every block of an adapter from one store to another."""
+    manifest = parse_manifest(src.get(cid))
+    dst.put(cid, src.get(cid))
+    for f in manifest.files:
+        import_bytes(src.cat(f.cid), cid_version=1, on_block=dst.put)
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout_s: float = WAIT_S) -> float:
+    """Poll ``condition`` until true; return the seconds it took (fails the test on timeout)."""
+    start = time.perf_counter()
+    while not condition():
+        if time.perf_counter() - start > timeout_s:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(0.02)
+    return time.perf_counter() - start
+
+
+def cids(swarm: Swarm) -> set[str]:
+    return {r.cid for r in swarm.catalog_records()}
+
+
+class LyingStore(BlockStore):
+    """A block store that flips the last byte of every large block it reads (a peer that
+    serves corrupted file chunks but a genuine manifest, so it can announce the adapter)."""
+
+    def get(self, cid):  # type: ignore[no-untyped-def]
+        block = super().get(cid)
+        if len(block) > 100_000:
+            return block[:-1] + bytes([block[-1] ^ 1])
+        return block
+
+
+class RawPeer:
+    """A bare libp2p peer built from the same parts as a Swarm but without its validators and
+    protocols: it publishes whatever it is told to, and speaks py-libp2p's stock bitswap (serving
+    ``blocks`` if given)."""
+
+    def __init__(self, blocks: dict[str, bytes] | None = None) -> None:
+        self.blocks = blocks
+        self.thread = TrioThread("raw-peer")
+        self.multiaddr = ""
+
+    def start(self) -> None:
+        self.multiaddr = self.thread.start(self._service, 10)
+
+    async def _service(self, *, task_status: trio.TaskStatus) -> None:
+        listen = listen_multiaddr("127.0.0.1", 0)
+        self.host = build_host(create_new_key_pair(), listen)
+        self.pubsub, self.router = build_pubsub(self.host, 0.2, -30.0, 1000.0)
+        try:
+            async with (
+                self.host.run([listen]),
+                background_trio_service(self.pubsub),
+                background_trio_service(self.router),
+            ):
+                await self.pubsub.wait_until_ready()
+                await self.pubsub.subscribe(TOPIC_ADAPTERS)
+                async with trio.open_nursery() as nursery:
+                    store = MemoryBlockStore()
+                    for cid, block in (self.blocks or {}).items():
+                        await store.put_block(bytes(parse_cid(cid)), block)
+                    self.bitswap = BitswapClient(self.host, store)  # py-libp2p's, unchanged
+                    self.bitswap.set_nursery(nursery)
+                    await self.bitswap.start()
+                    task_status.started(str(self.host.get_addrs()[0]))
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        with trio.move_on_after(2, shield=True):
+                            await self.bitswap.stop()
+        finally:
+            self.pubsub.seen_messages.stop()
+
+    def connect(self, addr: str) -> None:
+        async def go() -> None:
+            await self.host.connect(parse_peer_multiaddr(addr))
+
+        self.thread.call(go, timeout=10)
+
+    def publish(self, *messages: bytes, wait_mesh_with: str) -> None:
+        async def go() -> None:
+            peer = parse_peer_multiaddr(wait_mesh_with).peer_id
+            await self.pubsub.wait_for_mesh(peer, TOPIC_ADAPTERS, timeout=WAIT_S)
+            for data in messages:
+                await self.pubsub.publish(TOPIC_ADAPTERS, data)
+
+        self.thread.call(go, timeout=10)
+
+    def fetch_over_bitswap(self, addr: str, cids: list[str]) -> dict[str, bytes]:
+        async def go() -> dict[str, bytes]:
+            session = self.bitswap.new_session()
+            peer = parse_peer_multiaddr(addr).peer_id
+            got = await session.get_blocks_batch([bytes(parse_cid(c)) for c in cids], peer_id=peer, timeout=10)
+            return {cid_text(k): v for k, v in got.items()}
+
+        return self.thread.call(go, timeout=30)
+
+    def stop(self) -> None:
+        self.thread.stop(10)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Swarm]]:
+    """Start Swarms in ``tmp_path``; all are stopped at the end of the test."""
+    started: list[Swarm] = []
+
+    def spawn(
+        name: str,
+        *,
+        bootstrap: tuple[Swarm, ...] = (),
+        base: str = FP,
+        status: Callable[[], LocalStatus] | None = None,
+        store_cls: type[BlockStore] = BlockStore,
+        validate_manifest: Callable[[bytes], Manifest] = validate,
+        **config: object,
+    ) -> Swarm:
+        swarm = Swarm(
+            tmp_path / name,
+            store_cls(tmp_path / name / "blocks"),
+            base,
+            validate_manifest,
+            status=status,
+            config=SwarmConfig(bootstrap=tuple(b.multiaddr for b in bootstrap), **{**FAST, **config}),  # type: ignore[arg-type]
+        )
+        swarm.start()
+        started.append(swarm)
+        return swarm
+
+    yield spawn
+    for swarm in reversed(started):
+        swarm.stop()
+
+
+@pytest.fixture
+def raw_peers() -> Iterator[Callable[..., RawPeer]]:
+    """Start RawPeers; all are stopped at the end of the test."""
+    started: list[RawPeer] = []
+
+    def make(blocks: dict[str, bytes] | None = None) -> RawPeer:
+        peer = RawPeer(blocks)
+        peer.start()
+        started.append(peer)
+        return peer
+
+    yield make
+    for peer in started:
+        peer.stop()
+
+
+def connected(a: Swarm, *others: Swarm) -> bool:
+    peers = set(a.connected_peers())
+    return all(o.peer_id in peers for o in others)
+
+
+# ── host, identity, lifecycle ───────────────────────────────────────────────────────────────
+
+
+def test_hosts_listen_on_loopback_and_connect_via_bootstrap(spawn) -> None:
+    a = spawn("a")
+    b = spawn("b", bootstrap=(a,))
+    assert a.multiaddr.startswith("/ip4/127.0.0.1/tcp/")
+    assert a.multiaddr.endswith(f"/p2p/{a.peer_id}")
+    assert a.peer_id.startswith("16Uiu2")  # a secp256k1 identity
+    took = wait_until(lambda: connected(a, b) and connected(b, a), "A and B connected")
+    print(f"\nconnect via bootstrap: {took * 1000:.0f} ms")
+
+
+def test_identity_is_kept_in_the_data_dir(tmp_path: Path) -> None:
+    first = Swarm(tmp_path, BlockStore(tmp_path / "blocks"), FP, validate)
+    first.stop()
+    again = Swarm(tmp_path, BlockStore(tmp_path / "blocks"), FP, validate)
+    again.stop()
+    assert again.peer_id == first.peer_id
+    assert (tmp_path / IDENTITY_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_calls_before_start_and_after_stop_are_refused(tmp_path: Path) -> None:
+    swarm = Swarm(tmp_path, BlockStore(tmp_path / "blocks"), FP, validate, config=SwarmConfig(**FAST))
+    with pytest.raises(SwarmNotRunning):
+        swarm.announce("bafkqaaa")
+    swarm.start()
+    swarm.stop()
+    with pytest.raises(SwarmNotRunning):
+        swarm.connected_peers()
+    with pytest.raises(SwarmError, match="make a new one"):
+        swarm.start()
+
+
+def test_stop_releases_the_port_and_the_thread(tmp_path: Path) -> None:
+    import threading
+
+    a = Swarm(tmp_path / "a", BlockStore(tmp_path / "a" / "blocks"), FP, validate, config=SwarmConfig(**FAST))
+    a.start()
+    port = int(a.multiaddr.split("/")[4])
+    thread_names = {t.name for t in threading.enumerate()}
+    assert any(n.startswith("openlora-p2p-") for n in thread_names)
+    a.stop()
+    assert not any(t.name.startswith("openlora-p2p-") for t in threading.enumerate())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # free again
+
+
+def test_a_taken_port_fails_start_with_a_clear_error(spawn, tmp_path: Path) -> None:
+    a = spawn("a")
+    port = int(a.multiaddr.split("/")[4])
+    b = Swarm(
+        tmp_path / "b", BlockStore(tmp_path / "b" / "blocks"), FP, validate, config=SwarmConfig(port=port, **FAST)
+    )
+    with pytest.raises(SwarmStartError):
+        b.start()
+    b.stop()
+
+
+@pytest.mark.parametrize(
+    "addr",
+    [
+        "/ip4/127.0.0.1/tcp/4001",  # no /p2p/PEERID
+        "127.0.0.1:4001",
+        "/ip4/127.0.0.1/tcp/4001/p2p/not-a-peer-id",
+        "",
+    ],
+)
+def test_bad_bootstrap_multiaddrs_are_refused(addr: str) -> None:
+    with pytest.raises(InvalidMultiaddr, match="multiaddr"):
+        SwarmConfig(bootstrap=(addr,))
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("heartbeat_s", 0),
+        ("ban_threshold", 5.0),
+        ("port", 70000),
+        ("listen_host", "localhost"),
+        ("ipfs_api", "ftp://x"),
+    ],
+)
+def test_bad_config_is_refused(field: str, value: object) -> None:
+    with pytest.raises(ValueError):
+        SwarmConfig(**{field: value})  # type: ignore[arg-type]
+
+
+# ── gossip and catalog ──────────────────────────────────────────────────────────────────────
+
+
+def test_announcement_is_relayed_along_a_chain_and_a_late_node_learns_the_catalog(spawn) -> None:
+    a = spawn("a")
+    b = spawn("b", bootstrap=(a,))
+    c = spawn("c", bootstrap=(b,))  # C reaches A only through B: B must relay
+    wait_until(lambda: connected(b, a, c), "B connected to A and C")
+    cid, _ = make_adapter(a.store, 3000)
+    start = time.perf_counter()
+    a.announce(cid).result(WAIT_S)
+    wait_until(lambda: cid in cids(b) and cid in cids(c), "the announcement reached B and C")
+    print(f"\nannouncement A -> B -> C: {(time.perf_counter() - start) * 1000:.0f} ms")
+    assert a.peer_id in b.catalog.get(cid).providers  # the signed origin is the provider
+    assert a.catalog.get(cid).local and not c.catalog.get(cid).local
+
+    d = spawn("d", bootstrap=(c,))  # joins after the announcement, knows only C
+    took = wait_until(lambda: cid in cids(d), "late node D learned the catalog from C")
+    print(f"late node catalog sync: {took * 1000:.0f} ms")
+    assert d.catalog.get(cid).manifest == a.store.get(cid)
+
+
+def test_catalog_survives_a_restart(spawn, tmp_path: Path) -> None:
+    a = spawn("a")
+    cid, _ = make_adapter(a.store, 100)
+    a.announce(cid).result(WAIT_S)
+    a.stop()
+    again = spawn("a")  # same data dir
+    assert cid in cids(again) and again.catalog.get(cid).local
+
+
+def test_announcements_for_another_base_are_relayed_but_not_kept(spawn) -> None:
+    import torch
+    from openlora.adapters.verify import BaseProfile, Verifier
+
+    def node_hook(fingerprint: str) -> Callable[[bytes], Manifest]:  # the node's real check
+        return Verifier(BaseProfile("base", fingerprint, {}, 64, torch.float32)).validate_manifest
+
+    other = spawn("other", base=OTHER_FP, validate_manifest=node_hook(OTHER_FP))
+    a = spawn("a", bootstrap=(other,), validate_manifest=node_hook(FP))
+    b = spawn("b", bootstrap=(a,), validate_manifest=node_hook(FP))
+    wait_until(lambda: connected(a, other, b), "A connected to both")
+    cid, _ = make_adapter(other.store, 100, fingerprint=OTHER_FP)
+    other.announce(cid).result(WAIT_S)
+    wait_until(lambda: b.stats().declined >= 1, "B saw the other base's announcement through A")
+    assert cid in cids(other) and cid not in cids(a) and cid not in cids(b)
+    assert a.stats().rejected == {} and a.score(other.peer_id) >= 0
+
+
+def test_announce_refuses_an_adapter_not_held_completely(spawn, tmp_path: Path) -> None:
+    a = spawn("a")
+    elsewhere = BlockStore(tmp_path / "elsewhere")
+    cid, _ = make_adapter(elsewhere, 2 * CHUNK_SIZE)
+    a.store.put(cid, elsewhere.get(cid))  # the manifest only, none of the files
+    with pytest.raises(BlockNotFound, match="publish or fetch"):
+        a.announce(cid).result(WAIT_S)
+    assert cid not in cids(a)
+
+
+def test_announce_refuses_an_adapter_for_another_base(spawn) -> None:
+    a = spawn("a")
+    cid, _ = make_adapter(a.store, 100, fingerprint=OTHER_FP)
+    with pytest.raises(AdapterRejected, match="base_mismatch"):
+        a.announce(cid).result(WAIT_S)
+
+
+# ── forged and malformed gossip ─────────────────────────────────────────────────────────────
+
+
+def forged_messages(store: BlockStore) -> dict[str, bytes]:
+    cid_x, _ = make_adapter(store, 100, seed=1)
+    cid_y, _ = make_adapter(store, 100, seed=2)
+    non_canonical = json.dumps(json.loads(store.get(cid_x)), indent=1).encode()
+    cid_z, _ = make_adapter(store, 100, seed=3, signer=Account.from_key(b"\x22" * 32))
+    return {
+        "forged_cid": encode(Announcement.of(cid_x, store.get(cid_y))),  # Y's manifest under X's CID
+        "wrong_signer": encode(Announcement.of(cid_z, store.get(cid_z))),  # not signed by its publisher
+        "too_large": b"x" * (MAX_ANNOUNCEMENT_BYTES + 1),
+        "malformed": b'{"v":1,"cid":"bafk",',
+        "bad_manifest": encode(Announcement.of(cid_text(make_cid(non_canonical, RAW)), non_canonical)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["forged_cid", "wrong_signer", "too_large", "malformed", "bad_manifest"])
+def test_bad_gossip_is_dropped_not_relayed_and_costs_the_sender(spawn, raw_peers, kind: str) -> None:
+    a = spawn("a")
+    b = spawn("b", bootstrap=(a,))
+    attacker = raw_peers()
+    attacker.connect(a.multiaddr)
+    wait_until(lambda: connected(a, b) and len(a.connected_peers()) == 2, "A connected to B and the attacker")
+    attacker_id = parse_peer_multiaddr(attacker.multiaddr).peer_id.to_base58()
+
+    attacker.publish(forged_messages(a.store)[kind], wait_mesh_with=a.multiaddr)
+    wait_until(lambda: a.stats().rejected.get(kind, 0) >= 1, f"A refused the {kind} message")
+    assert a.catalog_records() == []
+    assert a.score(attacker_id) < 0
+    # A does not relay what fails validation: a valid announcement A makes afterwards reaches
+    # B over the same stream, so had the bad one been relayed, B would have seen it first.
+    cid, _ = make_adapter(a.store, 100, seed=9)
+    a.announce(cid).result(WAIT_S)
+    wait_until(lambda: cid in cids(b), "B got A's later announcement")
+    assert b.stats().rejected == {} and cids(b) == {cid}
+
+
+def test_a_repeat_forger_is_banned_and_disconnected(spawn, raw_peers) -> None:
+    a = spawn("a")
+    attacker = raw_peers()
+    attacker.connect(a.multiaddr)
+    attacker_id = parse_peer_multiaddr(attacker.multiaddr).peer_id.to_base58()
+    wait_until(lambda: attacker_id in a.connected_peers(), "A connected to the attacker")
+    forged = forged_messages(a.store)["forged_cid"]
+    # -10 each, decaying by 0.5 % per heartbeat: the fourth makes sure the -30 ban threshold
+    # is reached even if a heartbeat falls between them.
+    attacker.publish(forged, forged, forged, forged, wait_mesh_with=a.multiaddr)
+    wait_until(lambda: attacker_id in a.stats().banned, "A banned the attacker")
+    assert a.stats().rejected["forged_cid"] >= 3
+    wait_until(lambda: attacker_id not in a.connected_peers(), "A dropped the attacker")
+    assert a.catalog_records() == []
+
+
+def test_a_spammer_is_rate_limited_and_scored_down(spawn, raw_peers, tmp_path: Path) -> None:
+    a = spawn("a", max_messages_per_topic_per_second=5)
+    b = spawn("b", bootstrap=(a,))
+    spammer = raw_peers()
+    spammer.connect(a.multiaddr)
+    wait_until(lambda: connected(a, b) and len(a.connected_peers()) == 2, "A connected to B and the spammer")
+    spammer_id = parse_peer_multiaddr(spammer.multiaddr).peer_id.to_base58()
+    store = BlockStore(tmp_path / "spam")
+    valid = [make_adapter(store, 10, seed=100 + i)[0] for i in range(20)]
+    spammer.publish(*(encode(Announcement.of(c, store.get(c))) for c in valid), wait_mesh_with=a.multiaddr)
+    wait_until(lambda: a.score(spammer_id) < 0 or spammer_id in a.stats().banned, "A scored the spammer down")
+    # A relays at most its rate: a later announcement of its own reaches B after whatever A relayed
+    own, _ = make_adapter(a.store, 100, seed=99)
+    a.announce(own).result(WAIT_S)
+    wait_until(lambda: own in cids(b), "B got A's own announcement")
+    print(f"\nspam: B got {len(cids(b) & set(valid))} of {len(valid)}; A scores the spammer {a.score(spammer_id):.1f}")
+    assert len(cids(b) & set(valid)) < len(valid)
+
+
+# ── block exchange ──────────────────────────────────────────────────────────────────────────
+
+
+def test_a_multi_block_adapter_is_fetched_and_verified(spawn) -> None:
+    a = spawn("a")
+    c = spawn("c", bootstrap=(a,))
+    cid, weights = make_adapter(a.store, 5 * 2**20)
+    a.announce(cid).result(WAIT_S)
+    wait_until(lambda: cid in cids(c), "C learned the adapter")
+    fetched = c.fetch_adapter(cid).result(30)
+    stats = fetched.stats
+    print(
+        f"\nfetch 5 MiB adapter A -> C: {stats.blocks} blocks in {stats.seconds * 1000:.0f} ms = "
+        f"{stats.bytes / stats.seconds / 1e6:.1f} MB/s ({stats.rounds} rounds)"
+    )
+    assert stats.blocks > 20 and stats.by_source == {a.peer_id: stats.blocks}
+    weights_cid = fetched.manifest.file("adapter_model.safetensors").cid
+    assert c.store.cat(weights_cid) == weights
+    assert c.catalog.get(cid).local
+    # C now announces itself as a provider
+    wait_until(lambda: c.peer_id in a.catalog.get(cid).providers, "A learned that C holds it")
+    again = c.fetch_adapter(cid).result(WAIT_S)
+    assert again.stats.blocks == 0  # everything local: nothing fetched
+
+
+def test_a_provider_known_only_from_its_status_is_dialled(spawn) -> None:
+    status_of = lambda: LocalStatus("127.0.0.1:1", "base", FP, max_batch=1)  # noqa: E731
+    a = spawn("a", status=status_of)
+    b = spawn("b", bootstrap=(a,))
+    c = spawn("c", bootstrap=(b,))
+    cid, weights = make_adapter(a.store, 300_000)
+    wait_until(lambda: connected(b, a, c), "chain A - B - C connected")
+    a.announce(cid).result(WAIT_S)
+    wait_until(
+        lambda: cid in cids(c) and any(e.peer_id == a.peer_id for e in c.peer_table()), "C knows the adapter and A"
+    )
+    fetched = c.fetch_adapter(cid).result(30)
+    assert fetched.stats.by_source == {a.peer_id: fetched.stats.blocks}
+    assert connected(c, a)
+
+
+def test_a_peer_serving_corrupt_blocks_is_penalised_and_another_serves(spawn) -> None:
+    honest = spawn("honest")
+    liar = spawn("liar", store_cls=LyingStore)
+    cid, weights = make_adapter(honest.store, 2 * 2**20)
+    copy_adapter(honest.store, liar.store, cid)
+    fetcher = spawn("fetcher", bootstrap=(honest, liar))
+    wait_until(lambda: connected(fetcher, honest, liar), "fetcher connected to both")
+    honest.announce(cid).result(WAIT_S)
+    liar.announce(cid).result(WAIT_S)  # both claim it: the fetcher asks both
+    wait_until(lambda: cid in cids(fetcher) and len(fetcher.catalog.get(cid).providers) == 2, "both are providers")
+    fetched = fetcher.fetch_adapter(cid).result(30)
+    weights_cid = fetched.manifest.file("adapter_model.safetensors").cid
+    assert fetcher.store.cat(weights_cid) == weights
+    assert fetched.stats.bad_blocks >= 1 and fetched.stats.dropped == [liar.peer_id]
+    assert honest.peer_id in fetched.stats.by_source  # (the liar's small blocks were genuine)
+    assert fetcher.stats().bad_blocks >= 1
+    assert liar.peer_id in fetcher.stats().banned  # many bad blocks at -10 each
+
+
+def test_fetch_fails_clearly_when_no_peer_has_the_blocks(spawn, tmp_path: Path) -> None:
+    a = spawn("a")
+    b = spawn("b", bootstrap=(a,))
+    wait_until(lambda: connected(b, a), "B connected")
+    cid, _ = make_adapter(BlockStore(tmp_path / "elsewhere"), 1000)
+    with pytest.raises(FetchFailed, match="not available from any source") as err:
+        b.fetch_adapter(cid).result(30)
+    assert err.value.missing == [cid]
+
+
+def test_a_lone_node_serves_local_adapters_and_says_why_it_cannot_fetch(spawn, tmp_path: Path) -> None:
+    a = spawn("a")
+    cid, _ = make_adapter(a.store, 300_000)
+    assert a.fetch_adapter(cid).result(WAIT_S).stats.blocks == 0  # all local: no peer needed
+    elsewhere, _ = make_adapter(BlockStore(tmp_path / "elsewhere"), 100, seed=4)
+    with pytest.raises(FetchFailed, match="no source to ask"):
+        a.fetch_adapter(elsewhere).result(WAIT_S)
+
+
+def test_a_bitswap_only_peer_serves_through_bitswap(spawn, raw_peers, tmp_path: Path) -> None:
+    origin = BlockStore(tmp_path / "origin")
+    cid, weights = make_adapter(origin, 600_000)
+    manifest = parse_manifest(origin.get(cid))
+    blocks = {cid: origin.get(cid)}
+    for f in manifest.files:
+        import_bytes(origin.cat(f.cid), cid_version=1, on_block=lambda c, b: blocks.__setitem__(cid_text(c), b))
+    bitswap_peer = raw_peers(blocks)
+    c = spawn("c")
+    c.connect(bitswap_peer.multiaddr).result(WAIT_S)
+    fetched = c.fetch_adapter(cid).result(30)
+    assert c.store.cat(manifest.files[1].cid) == weights
+    assert fetched.stats.blocks == len(blocks)
+
+
+def test_our_bitswap_server_serves_a_stock_py_libp2p_client(spawn, raw_peers) -> None:
+    a = spawn("a")
+    _, weights = make_adapter(a.store, 700_000)
+    blocks: dict[str, bytes] = {}
+    import_bytes(weights, cid_version=1, on_block=lambda c, b: blocks.__setitem__(cid_text(c), b))
+    client = raw_peers()
+    client.connect(a.multiaddr)
+    got = client.fetch_over_bitswap(a.multiaddr, sorted(blocks))
+    assert got == blocks  # answers on a stream of our own (the Kubo fix) still reach py-libp2p
+
+
+# ── node status and routing ─────────────────────────────────────────────────────────────────
+
+
+def test_node_status_fills_the_peer_table_and_pick_node_prefers_resident(spawn) -> None:
+    cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+    statuses = {
+        "a": LocalStatus("127.0.0.1:5001", "base", FP, resident=(cid,), active=3, max_batch=4),
+        "b": LocalStatus("127.0.0.1:5002", "base", FP, active=0, max_batch=4),
+        "z": LocalStatus("127.0.0.1:5003", "other", OTHER_FP, max_batch=4),
+    }
+    a = spawn("a", status=lambda: statuses["a"])
+    b = spawn("b", bootstrap=(a,), status=lambda: statuses["b"])
+    z = spawn("z", bootstrap=(a,), status=lambda: statuses["z"])
+    c = spawn("c", bootstrap=(b,))
+    took = wait_until(lambda: len(c.peer_table()) == 3, "C's peer table holds A, B and Z")
+    print(f"\nstatus of 3 nodes in C's table: {took * 1000:.0f} ms")
+    table = {e.peer_id: e for e in c.peer_table()}
+    assert table[a.peer_id].grpc_address == "127.0.0.1:5001" and table[a.peer_id].resident == (cid,)
+    assert table[a.peer_id].addrs == (a.multiaddr,)
+    assert c.pick(FP, cid).peer_id == a.peer_id  # resident wins over load
+    assert c.pick(FP, None).peer_id == b.peer_id  # otherwise the least loaded
+    assert c.pick(OTHER_FP).peer_id == z.peer_id
+    with pytest.raises(NoNodeAvailable, match="bases seen"):
+        c.pick("sha256:" + "00" * 32)
+    # a node's own status puts it in its own table
+    wait_until(lambda: a.peer_id in {e.peer_id for e in a.peer_table()}, "A lists itself")
