@@ -164,17 +164,21 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
 
     # ----- RPCs -----
 
+    async def _resolve_adapter(self, raw: str, context) -> str | None:
+        """The canonical CID of a servable adapter (``None`` for the base), or abort."""
+        if not raw:
+            return None
+        entry = await self._known_cid(raw, context)
+        if entry.state is AdapterState.REJECTED:
+            await self._abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"adapter {entry.cid} was rejected ({entry.reason}): {entry.detail}",
+            )
+        return entry.cid
+
     async def Generate(self, request: pb.GenerateRequest, context):
-        adapter = None
-        if request.adapter:
-            entry = await self._known_cid(request.adapter, context)
-            if entry.state is AdapterState.REJECTED:
-                await self._abort(
-                    context,
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"adapter {entry.cid} was rejected ({entry.reason}): {entry.detail}",
-                )
-            adapter = entry.cid
+        adapter = await self._resolve_adapter(request.adapter, context)
         try:
             sampling = self._sampling(request.sampling)
             ids = self._prompt_ids(request)
