@@ -63,6 +63,7 @@ from openlora.p2p.messages import (
 )
 from openlora.p2p.runner import TrioThread
 from openlora.p2p.swarm import Swarm, SwarmConfig
+from p2p_helpers import RawPeer, raw_peers  # noqa: F401  (fixture)
 
 FP = "sha256:" + "ab" * 32
 OTHER_FP = "sha256:" + "cd" * 32
@@ -148,75 +149,6 @@ class LyingStore(BlockStore):
         return block
 
 
-class RawPeer:
-    """A bare libp2p peer built from the same parts as a Swarm but without its validators and
-    protocols: it publishes whatever it is told to, and speaks py-libp2p's stock bitswap (serving
-    ``blocks`` if given)."""
-
-    def __init__(self, blocks: dict[str, bytes] | None = None) -> None:
-        self.blocks = blocks
-        self.thread = TrioThread("raw-peer")
-        self.multiaddr = ""
-
-    def start(self) -> None:
-        self.multiaddr = self.thread.start(self._service, 10)
-
-    async def _service(self, *, task_status: trio.TaskStatus) -> None:
-        listen = listen_multiaddr("127.0.0.1", 0)
-        self.host = build_host(create_new_key_pair(), listen)
-        self.pubsub, self.router = build_pubsub(self.host, 0.2, -30.0, 1000.0)
-        try:
-            async with (
-                self.host.run([listen]),
-                background_trio_service(self.pubsub),
-                background_trio_service(self.router),
-            ):
-                await self.pubsub.wait_until_ready()
-                await self.pubsub.subscribe(TOPIC_ADAPTERS)
-                async with trio.open_nursery() as nursery:
-                    store = MemoryBlockStore()
-                    for cid, block in (self.blocks or {}).items():
-                        await store.put_block(bytes(parse_cid(cid)), block)
-                    self.bitswap = BitswapClient(self.host, store)  # py-libp2p's, unchanged
-                    self.bitswap.set_nursery(nursery)
-                    await self.bitswap.start()
-                    task_status.started(str(self.host.get_addrs()[0]))
-                    try:
-                        await trio.sleep_forever()
-                    finally:
-                        with trio.move_on_after(2, shield=True):
-                            await self.bitswap.stop()
-        finally:
-            self.pubsub.seen_messages.stop()
-
-    def connect(self, addr: str) -> None:
-        async def go() -> None:
-            await self.host.connect(parse_peer_multiaddr(addr))
-
-        self.thread.call(go, timeout=10)
-
-    def publish(self, *messages: bytes, wait_mesh_with: str) -> None:
-        async def go() -> None:
-            peer = parse_peer_multiaddr(wait_mesh_with).peer_id
-            await self.pubsub.wait_for_mesh(peer, TOPIC_ADAPTERS, timeout=WAIT_S)
-            for data in messages:
-                await self.pubsub.publish(TOPIC_ADAPTERS, data)
-
-        self.thread.call(go, timeout=10)
-
-    def fetch_over_bitswap(self, addr: str, cids: list[str]) -> dict[str, bytes]:
-        async def go() -> dict[str, bytes]:
-            session = self.bitswap.new_session()
-            peer = parse_peer_multiaddr(addr).peer_id
-            got = await session.get_blocks_batch([bytes(parse_cid(c)) for c in cids], peer_id=peer, timeout=10)
-            return {cid_text(k): v for k, v in got.items()}
-
-        return self.thread.call(go, timeout=30)
-
-    def stop(self) -> None:
-        self.thread.stop(10)
-
-
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., Swarm]]:
     """Start Swarms in ``tmp_path``; all are stopped at the end of the test."""
@@ -247,22 +179,6 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Swarm]]:
     yield spawn
     for swarm in reversed(started):
         swarm.stop()
-
-
-@pytest.fixture
-def raw_peers() -> Iterator[Callable[..., RawPeer]]:
-    """Start RawPeers; all are stopped at the end of the test."""
-    started: list[RawPeer] = []
-
-    def make(blocks: dict[str, bytes] | None = None) -> RawPeer:
-        peer = RawPeer(blocks)
-        peer.start()
-        started.append(peer)
-        return peer
-
-    yield make
-    for peer in started:
-        peer.stop()
 
 
 def connected(a: Swarm, *others: Swarm) -> bool:
@@ -394,7 +310,7 @@ def test_announcements_for_another_base_are_relayed_but_not_kept(spawn) -> None:
     from openlora.adapters.verify import BaseProfile, Verifier
 
     def node_hook(fingerprint: str) -> Callable[[bytes], Manifest]:  # the node's real check
-        return Verifier(BaseProfile("base", fingerprint, {}, 64, torch.float32)).validate_manifest
+        return Verifier(BaseProfile("base", fingerprint, {}, 64)).validate_manifest
 
     other = spawn("other", base=OTHER_FP, validate_manifest=node_hook(OTHER_FP))
     a = spawn("a", bootstrap=(other,), validate_manifest=node_hook(FP))

@@ -46,7 +46,11 @@ MAX_RANK = 16
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     data = tmp_path_factory.mktemp("trust-node")
-    proc = NodeProcess(data, "--dtype", "float32", "--threads", "2", "--max-loras", "2", "--max-lora-rank", str(MAX_RANK))
+    # standalone (--no-p2p): the swarm would also read, detect and drop a tampered block, racing
+    # the load path this file tests
+    proc = NodeProcess(
+        data, "--dtype", "float32", "--threads", "2", "--max-loras", "2", "--max-lora-rank", str(MAX_RANK), "--no-p2p"
+    )
     yield proc, data
     assert proc.stop() == 0, "".join(proc.stderr[-20:])
 

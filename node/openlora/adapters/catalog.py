@@ -1,10 +1,14 @@
 """The node's durable list of adapters it knows, each with an explicit lifecycle state.
 
-    (unknown) ──► FETCHING ──► VERIFYING ──► READY ──(in a device slot)──► RESIDENT*
-                     │             │           │
-                     └─────────────┴───────────┴──► REJECTED (reason, detail)
+    (unknown) ──► AVAILABLE ──► FETCHING ──► VERIFYING ──► READY ──(in a device slot)──► RESIDENT*
+                  (announced)  ◄─┘ fetch failed      │           │
+                     │             │                 │           │
+                     └─────────────┴─────────────────┴───────────┴──► REJECTED (reason, detail)
                                                         │ only if the reason is retryable
                      FETCHING / VERIFYING / READY ◄─────┘ (reasons.py)
+
+AVAILABLE: a peer announced it and its manifest passed the checks (signature, base), but its
+files are not here yet; the first request for it fetches them.
 
 ``RESIDENT`` is not stored: it is READY plus "the slot manager holds it now". A rejection is
 remembered by CID with its typed reason so the same bad adapter is refused at once next time
@@ -27,6 +31,7 @@ from .reasons import RejectReason
 class AdapterState(str, Enum):
     """Stored lifecycle state of an adapter on this node."""
 
+    AVAILABLE = "available"
     FETCHING = "fetching"
     VERIFYING = "verifying"
     READY = "ready"
@@ -34,8 +39,11 @@ class AdapterState(str, Enum):
 
 
 _ALLOWED = {
-    None: {AdapterState.FETCHING, AdapterState.VERIFYING, AdapterState.READY, AdapterState.REJECTED},
-    AdapterState.FETCHING: {AdapterState.FETCHING, AdapterState.VERIFYING, AdapterState.REJECTED},
+    None: {AdapterState.AVAILABLE, AdapterState.FETCHING, AdapterState.VERIFYING, AdapterState.READY, AdapterState.REJECTED},
+    AdapterState.AVAILABLE: {
+        AdapterState.AVAILABLE, AdapterState.FETCHING, AdapterState.VERIFYING, AdapterState.READY, AdapterState.REJECTED
+    },
+    AdapterState.FETCHING: {AdapterState.AVAILABLE, AdapterState.FETCHING, AdapterState.VERIFYING, AdapterState.REJECTED},
     AdapterState.VERIFYING: {AdapterState.READY, AdapterState.REJECTED},
     AdapterState.READY: {AdapterState.READY, AdapterState.REJECTED},
     AdapterState.REJECTED: {AdapterState.REJECTED},

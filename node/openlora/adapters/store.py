@@ -111,6 +111,29 @@ class AdapterStore:
         self.catalog.set_state(cid, AdapterState.READY, name=manifest.name, manifest=manifest_raw)
         return cid
 
+    def learn(self, cid: str, manifest_raw: bytes, name: str) -> bool:
+        """Record an adapter a peer announced (manifest already validated by the swarm) as
+        AVAILABLE, unless this node already knows it. Returns whether it was new."""
+        if self.catalog.get(cid) is not None:
+            return False
+        self.catalog.set_state(cid, AdapterState.AVAILABLE, name=name, manifest=manifest_raw)
+        return True
+
+    def admit_fetched(self, cid: str) -> LoraAdapter:
+        """Verify an adapter whose blocks were just fetched from peers and mark it READY.
+
+        Returns:
+            The parsed adapter (the engine's host cache can take it directly).
+
+        Raises:
+            AdapterRejected: any check failed (recorded under ``cid``).
+        """
+        self.catalog.set_state(cid, AdapterState.VERIFYING)
+        adapter = self.load(cid)
+        raw = self.blocks.get(cid)
+        self.catalog.set_state(cid, AdapterState.READY, name=parse_manifest(raw).name, manifest=raw)
+        return adapter
+
     def entry(self, cid: str) -> CatalogEntry:
         """The catalog entry of ``cid``.
 

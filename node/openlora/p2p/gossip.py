@@ -39,7 +39,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 
 from .errors import MessageRejected
-from .messages import MAX_RESIDENT, TOPIC_ADAPTERS, TOPIC_NODES, TOPICS, Load, LocalStatus, NodeStatus, encode
+from .messages import TOPIC_ADAPTERS, TOPIC_NODES, TOPICS, LocalStatus, encode, status_message
 from .peers import PeerTable
 from .scoring import PeerGuard, score_params
 from .validate import Ingest, ManifestValidator, check_announcement, check_status
@@ -182,18 +182,7 @@ class Gossip:
         while True:
             try:
                 local = await trio.to_thread.run_sync(status)
-                message = NodeStatus(
-                    v=1,
-                    peer_id=peer_id,
-                    addrs=addrs,
-                    grpc_address=local.grpc_address,
-                    base_name=local.base_name,
-                    base_fingerprint=local.base_fingerprint,
-                    resident=list(local.resident)[:MAX_RESIDENT],
-                    node_fee_per_1k_wei=local.node_fee_per_1k_wei,
-                    load=Load(active=local.active, waiting=local.waiting, max_batch=local.max_batch),
-                    ts_ms=_now_ms(),
-                )
+                message = status_message(local, peer_id, addrs, _now_ms())
             except Exception:
                 log.exception("cannot build this node's status; skipping one period")
             else:

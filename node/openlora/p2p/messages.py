@@ -165,6 +165,26 @@ class LocalStatus:
     max_batch: int = 1
 
 
+
+def status_message(local: LocalStatus, peer_id: str, addrs: list[str], ts_ms: int) -> NodeStatus:
+    """The ``/openlora/1/nodes`` document for this node's ``local`` status.
+
+    Raises:
+        pydantic.ValidationError: a field out of its bounds.
+    """
+    return NodeStatus(
+        v=1,
+        peer_id=peer_id,
+        addrs=addrs,
+        grpc_address=local.grpc_address,
+        base_name=local.base_name,
+        base_fingerprint=local.base_fingerprint,
+        resident=list(local.resident)[:MAX_RESIDENT],
+        node_fee_per_1k_wei=local.node_fee_per_1k_wei,
+        load=Load(active=local.active, waiting=local.waiting, max_batch=local.max_batch),
+        ts_ms=ts_ms,
+    )
+
 def encode(message: BaseModel) -> bytes:
     """Compact JSON bytes of a message."""
     return message.model_dump_json().encode("utf-8")

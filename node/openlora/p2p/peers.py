@@ -94,6 +94,7 @@ class PeerTable:
             raise ValueError(f"ttl_s must be positive, got {ttl_s!r}")
         self.ttl_s = ttl_s
         self._entries: dict[str, PeerEntry] = {}
+        self._statuses: dict[str, NodeStatus] = {}  # as received, for the directory protocol
         self._lock = threading.Lock()
 
     def update(self, status: NodeStatus, now: float | None = None) -> bool:
@@ -109,6 +110,7 @@ class PeerTable:
             if held is not None and held.ts_ms >= status.ts_ms:
                 return False
             self._entries[status.peer_id] = entry
+            self._statuses[status.peer_id] = status
             return True
 
     def entries(self, now: float | None = None) -> list[PeerEntry]:
@@ -117,7 +119,14 @@ class PeerTable:
         with self._lock:
             for peer in [p for p, e in self._entries.items() if e.last_seen < cutoff]:
                 del self._entries[peer]
+                del self._statuses[peer]
             return sorted(self._entries.values(), key=lambda e: e.peer_id)
+
+    def statuses(self, now: float | None = None) -> list[NodeStatus]:
+        """The live entries' statuses as received (for ``/openlora/nodes/1.0.0``)."""
+        live = self.entries(now)
+        with self._lock:
+            return [self._statuses[e.peer_id] for e in live if e.peer_id in self._statuses]
 
     def get(self, peer_id: str) -> PeerEntry | None:
         """The entry of ``peer_id`` if held (expiry is applied by :meth:`entries`)."""

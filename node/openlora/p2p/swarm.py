@@ -21,13 +21,15 @@ Futures are ``concurrent.futures.Future``: block on ``.result(timeout)`` from a 
 What runs inside (all in the trio thread): GossipSub + validators (``gossip``), peer scores and
 bans (``scoring``), ``/openlora/blocks/1.0.0`` server (``blocks``), bitswap client and server
 (``bitswap``, for Kubo and other IPFS peers), ``/openlora/catalog/1.0.0`` pulled from every
-peer on connect and every sync interval (``catalog_sync``), and the status loop.
+peer on connect and every sync interval (``catalog_sync``), ``/openlora/nodes/1.0.0`` answered
+for clients that route by swarm (``directory``), and the status loop.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,13 +53,14 @@ from .bitswap import BitswapFetcher, BitswapStore, ReplyingBitswapClient
 from .blocks import BLOCKS_PROTOCOL, request_blocks, serve_blocks
 from .catalog import CatalogRecord, SwarmCatalog
 from .catalog_sync import CatalogSync
+from .directory import serve_directory
 from .errors import SourceUnavailable, SwarmError
 from .fetch import TIER_FALLBACK, TIER_PEER, TIER_PROVIDER, BlockSource, FetchedAdapter, fetch_adapter
 from .gossip import Gossip, build_pubsub
 from .host import build_host, check_port_free, listen_multiaddr, parse_peer_multiaddr
 from .identity import load_or_create_identity
 from .kubo_rpc import KuboRpcSource
-from .messages import TOPIC_ADAPTERS, Announcement, LocalStatus, encode
+from .messages import TOPIC_ADAPTERS, Announcement, LocalStatus, NodeStatus, encode, status_message
 from .peers import PeerEntry, PeerTable, pick_node
 from .runner import TrioThread
 from .scoring import BAD_BLOCK_PENALTY, PeerGuard
@@ -388,6 +391,10 @@ class Swarm:
                     running.bitswap = BitswapFetcher(client, bitswap_store, cfg.request_timeout_s)
                 host.get_network().register_notifee(_ConnectionEvents(nursery, self._pull_catalog))
                 addrs = [str(a) for a in host.get_addrs()]
+                serve_directory(
+                    rr, lambda: self._own_status(addrs), self.peers.statuses, self._adapter_base, guard.is_banned,
+                    cfg.request_timeout_s,
+                )  # fmt: skip
                 self._running = running
                 nursery.start_soon(self._keep_bootstrap)
                 nursery.start_soon(self._resync)
@@ -403,6 +410,15 @@ class Swarm:
                     if cfg.bitswap:
                         with trio.move_on_after(2, shield=True):
                             await client.stop()
+
+    def _own_status(self, addrs: list[str]) -> NodeStatus | None:
+        if self._status is None:
+            return None
+        return status_message(self._status(), self.peer_id, addrs, int(time.time() * 1000))
+
+    def _adapter_base(self, cid: str) -> str | None:
+        record = self.catalog.get(cid)
+        return record.base_fingerprint if record is not None else None
 
     def _live(self) -> _Running:
         if self._running is None:

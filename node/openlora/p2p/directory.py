@@ -1,0 +1,145 @@
+"""``/openlora/nodes/1.0.0``: a client that knows one multiaddr asks that node which nodes it knows.
+
+    client (ephemeral libp2p host) ──dial MULTIADDR──► node
+        NodesRequest{v, adapter?} ──► NodesResponse{v, nodes: [NodeStatus…], adapter_base?}
+                                      (the node's own fresh status first, then its peer table;
+                                       adapter_base: the base fingerprint of ``adapter`` in the
+                                       node's verified catalog, when it knows the adapter)
+    client: pick_node(nodes, base, adapter) ──► gRPC address
+
+The client trusts the node it chose to dial (the connection is authenticated by Noise); every
+status is schema-checked again on arrival. Routing stays the client's decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Annotated, Literal
+
+import trio
+from libp2p.crypto.secp256k1 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.request_response import RequestContext, RequestResponse, RequestResponseConfig, RequestResponseError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import MessageRejected, SwarmError
+from .host import build_host, listen_multiaddr, parse_peer_multiaddr
+from .messages import MAX_STATUS_BYTES, NodeStatus, encode
+from .peers import PeerEntry
+
+log = logging.getLogger(__name__)
+
+NODES_PROTOCOL = TProtocol("/openlora/nodes/1.0.0")
+MAX_NODES = 256
+_MAX_RESPONSE_BYTES = MAX_NODES * MAX_STATUS_BYTES
+
+
+class NodesRequest(BaseModel):
+    """Which nodes do you know? ``adapter``: a CID whose base the client wants to learn."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    v: Literal[1]
+    adapter: Annotated[str, Field(max_length=128)] | None = None
+
+
+class NodesResponse(BaseModel):
+    """The answering node's own status first, then the statuses of its peer table."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    v: Literal[1]
+    nodes: Annotated[list[NodeStatus], Field(max_length=MAX_NODES)]
+    adapter_base: Annotated[str, Field(max_length=80)] | None = None
+
+
+class NodesCodec:
+    """``request_response`` codec for the directory protocol."""
+
+    def encode_request(self, request: NodesRequest) -> bytes:
+        """Compact JSON."""
+        return encode(request)
+
+    def decode_request(self, payload: bytes) -> NodesRequest:
+        """Raises pydantic.ValidationError on a bad request."""
+        return NodesRequest.model_validate_json(payload)
+
+    def encode_response(self, response: NodesResponse) -> bytes:
+        """Compact JSON."""
+        return encode(response)
+
+    def decode_response(self, payload: bytes) -> NodesResponse:
+        """Raises MessageRejected on a bad answer."""
+        try:
+            return NodesResponse.model_validate_json(payload)
+        except ValidationError as e:
+            raise MessageRejected("malformed", f"bad nodes response: {e.errors()[0]['msg']}") from None
+
+
+CODEC = NodesCodec()
+
+
+def serve_directory(
+    rr: RequestResponse,
+    own_status: Callable[[], NodeStatus | None],
+    peers: Callable[[], list[NodeStatus]],
+    adapter_base: Callable[[str], str | None],
+    is_banned: Callable[[object], bool],
+    timeout_s: float,
+) -> None:
+    """Answer ``/openlora/nodes/1.0.0`` on ``rr``.
+
+    Args:
+        own_status: this node's current status (``None`` if it publishes none).
+        peers: statuses of the peer table.
+        adapter_base: base fingerprint of an adapter in this node's verified catalog, or ``None``.
+        is_banned: refuse banned peers.
+        timeout_s: per exchange, seconds.
+    """
+    config = RequestResponseConfig(timeout=timeout_s, max_request_size=512, max_response_size=_MAX_RESPONSE_BYTES)
+
+    async def answer(request: NodesRequest, ctx: RequestContext) -> NodesResponse:
+        if is_banned(ctx.peer_id):
+            raise RequestResponseError(f"peer {ctx.peer_id} is banned")
+        own = await trio.to_thread.run_sync(own_status)
+        nodes = ([own] if own is not None else []) + [s for s in peers() if own is None or s.peer_id != own.peer_id]
+        base = await trio.to_thread.run_sync(adapter_base, request.adapter) if request.adapter else None
+        return NodesResponse(v=1, nodes=nodes[:MAX_NODES], adapter_base=base)
+
+    rr.set_handler(NODES_PROTOCOL, answer, CODEC, config)
+
+
+def query_nodes(multiaddr: str, adapter: str | None = None, timeout_s: float = 15.0) -> tuple[list[PeerEntry], str | None]:
+    """Ask the node at ``multiaddr`` for the nodes it knows (client side; blocking).
+
+    Starts a throwaway libp2p host (fresh secp256k1 key, listening on 127.0.0.1 only), dials
+    the node, asks once, and closes.
+
+    Returns:
+        ``(entries, adapter_base)``: the node's own entry first; ``adapter_base`` is the base
+        fingerprint of ``adapter`` if the node knows that adapter.
+
+    Raises:
+        InvalidMultiaddr: ``multiaddr`` is not ``/ip4/…/tcp/N/p2p/PEERID``.
+        SwarmError: the node cannot be reached or did not answer in ``timeout_s`` seconds.
+    """
+    info = parse_peer_multiaddr(multiaddr)
+    config = RequestResponseConfig(timeout=timeout_s, max_request_size=512, max_response_size=_MAX_RESPONSE_BYTES)
+
+    async def ask() -> NodesResponse:
+        listen = listen_multiaddr("127.0.0.1", 0)
+        host = build_host(create_new_key_pair(), listen)
+        async with host.run([listen]):
+            with trio.fail_after(timeout_s):
+                await host.connect(info)
+                rr = RequestResponse(host)
+                return await rr.send_request(info.peer_id, [NODES_PROTOCOL], NodesRequest(v=1, adapter=adapter), CODEC, config)
+
+    try:
+        response = trio.run(ask)
+    except (trio.TooSlowError, OSError, RequestResponseError, MessageRejected) as e:
+        raise SwarmError(f"could not get the node list from {multiaddr}: {e or type(e).__name__}") from None
+    except Exception as e:  # libp2p raises many transport/negotiation types when a dial fails
+        raise SwarmError(f"could not reach {multiaddr}: {type(e).__name__}: {e}") from None
+    now = time.time()
+    return [PeerEntry.from_status(s, now) for s in response.nodes], response.adapter_base
