@@ -129,7 +129,7 @@ def run_engine(rm, slots, host, adapters, workload, args, use_adapters: bool) ->
         p = paths[cid]
         return load_adapter(
             (p / "adapter_config.json").read_bytes(), (p / "adapter_model.safetensors").read_bytes(),
-            rm.base_modules, rm.max_rank, rm.adapter_dtype,
+            rm.base_modules, rm.max_rank,
         )  # fmt: skip
 
     engine = Engine(rm, slots, host, loader, max_batch=args.concurrency, max_waiting=len(workload) + 1)

@@ -52,7 +52,6 @@ class Loader:
             (folder / "adapter_model.safetensors").read_bytes(),
             self.rm.base_modules,
             self.rm.max_rank,
-            self.rm.adapter_dtype,
         )
 
 

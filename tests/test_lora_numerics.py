@@ -113,7 +113,6 @@ def _install(rm, slots, cid, folder):
         (folder / "adapter_model.safetensors").read_bytes(),
         rm.base_modules,
         rm.max_rank,
-        rm.adapter_dtype,
     )
     slot = slots.install(cid, adapter)
     slots.release(slot)

@@ -44,7 +44,7 @@ def profile(base_source) -> BaseProfile:
     from openlora.engine.model import load_resident
 
     rm = load_resident(base_source, "float32", n_slots=1, max_rank=MAX_RANK)
-    return BaseProfile(base_source.name, base_source.fingerprint, rm.base_modules, rm.max_rank, rm.dtype)
+    return BaseProfile(base_source.name, base_source.fingerprint, rm.base_modules, rm.max_rank)
 
 
 @pytest.fixture(scope="module")

@@ -62,12 +62,27 @@ def create_keystore(path: Path, passphrase: str, *, scrypt_n: int = SCRYPT_N) ->
     if path.exists():
         raise KeystoreError(f"{path} already exists; move it away or choose another path with --out")
     account = Account.create()
+    write_keystore(path, account, passphrase, scrypt_n=scrypt_n)
+    return account.address
+
+
+def write_keystore(path: Path, account: LocalAccount, passphrase: str, *, scrypt_n: int = SCRYPT_N) -> None:
+    """Write ``account``'s key encrypted to a new keystore file (mode 0600, parents 0700).
+
+    Args:
+        path: must not exist.
+        passphrase: may be empty only for development keys (the file mode is then its only protection).
+        scrypt_n: scrypt cost parameter N (a power of two).
+
+    Raises:
+        FileExistsError: ``path`` exists.
+        OSError: the file cannot be written.
+    """
     keystore = Account.encrypt(account.key, passphrase, kdf="scrypt", iterations=scrypt_n)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(keystore, f)
-    return account.address
 
 
 def _read(path: Path) -> dict:

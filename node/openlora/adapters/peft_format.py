@@ -181,7 +181,6 @@ def load_adapter(
     weights_raw: bytes,
     base_modules: dict[str, tuple[int, int]],
     max_rank: int,
-    dtype: torch.dtype = torch.float32,
 ) -> LoraAdapter:
     """Parse and check a PEFT LoRA adapter against a base model.
 
@@ -191,7 +190,9 @@ def load_adapter(
         base_modules: base module name → ``(in_features, out_features)`` of every linear the
             engine can adapt (``engine.lora.inject_lora`` names).
         max_rank: the node's largest servable rank.
-        dtype: dtype the tensors are converted to (the engine's compute dtype).
+
+    The tensors keep the dtype they were saved in (host memory stays the size of the file);
+    copying into a slot converts them (``engine.lora.LoRALinear.write_slot``).
 
     Raises:
         AdapterRejected: with the first failing check's reason, in this order: BAD_CONFIG /
@@ -246,5 +247,5 @@ def load_adapter(
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise AdapterRejected(RejectReason.NON_FINITE, f"{name} has NaN or Inf weights")
         scaling = alpha / math.sqrt(r) if lc.use_rslora else alpha / r
-        modules[name] = ModuleLoRA(a.to(dtype).contiguous(), b.to(dtype).contiguous(), float(scaling))
+        modules[name] = ModuleLoRA(a.contiguous(), b.contiguous(), float(scaling))
     return LoraAdapter(config=cfg, modules=modules)

@@ -39,7 +39,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
 
 from .manifest import Manifest, parse_manifest
 from .package import CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE, check_file_names, file_ref, peft_summary
@@ -60,7 +59,6 @@ class BaseProfile:
         fingerprint: ``"sha256:<hex>"`` (``engine.base``).
         modules: adaptable module name → ``(in_features, out_features)``.
         max_rank: largest servable LoRA rank.
-        dtype: compute dtype adapters are converted to.
         max_adapter_bytes: largest adapter (sum of file sizes) accepted, bytes.
     """
 
@@ -68,7 +66,6 @@ class BaseProfile:
     fingerprint: str
     modules: dict[str, tuple[int, int]]
     max_rank: int
-    dtype: torch.dtype
     max_adapter_bytes: int = MAX_ADAPTER_BYTES
 
 
@@ -151,7 +148,7 @@ class Verifier:
                 )
         b = self.base
         config, weights = files[CONFIG_FILE], files[WEIGHTS_FILE]
-        adapter = load_adapter(config, weights, b.modules, b.max_rank, b.dtype)
+        adapter = load_adapter(config, weights, b.modules, b.max_rank)
         actual = peft_summary(config, parse_header(weights, WEIGHTS_FILE))
         if actual != manifest.peft:
             field = next(k for k, v in actual.model_dump().items() if getattr(manifest.peft, k) != v)

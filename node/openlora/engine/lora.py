@@ -109,9 +109,9 @@ class LoRALinear(nn.Module):
         self.register_buffer("lora_A", torch.zeros(n_slots, r_max, in_f, **f32))
         self.register_buffer("lora_Bt", torch.zeros(n_slots, r_max, out_f, **f32))
         self.register_buffer("scaling", torch.zeros(n_slots, **f32))
-        # slots holding non-zero weights for this module; an adapter that does not target
-        # this module leaves its slot empty here and the layer skips the LoRA path
-        self.occupied: set[int] = set()
+        # slot → rows holding non-zero weights for this module; an adapter that does not
+        # target this module leaves its slot absent here and the layer skips the LoRA path
+        self._slot_rank: dict[int, int] = {}
         # per-row gathered weights for routing.version (see BatchSlots.version)
         self._gathered: tuple | None = None
 
@@ -134,25 +134,31 @@ class LoRALinear(nn.Module):
         """
         if slot <= 0 or slot >= self.lora_A.shape[0]:
             raise ValueError(f"slot {slot} out of range 1..{self.lora_A.shape[0] - 1}")
-        self.lora_A[slot].zero_()
-        self.lora_Bt[slot].zero_()
-        self.scaling[slot] = 0.0
-        self.occupied.discard(slot)
+        r = 0 if a is None else a.shape[0]
+        if a is not None:
+            if r > self.r_max:
+                raise ValueError(f"rank {r} exceeds this node's max LoRA rank {self.r_max}")
+            if a.shape != (r, self.in_features) or b is None or b.shape != (self.out_features, r):
+                raise ValueError(
+                    f"LoRA shapes A{tuple(a.shape)} B{tuple(b.shape) if b is not None else None} do not fit "
+                    f"[r, {self.in_features}] / [{self.out_features}, r]"
+                )
         self.routing.weights_changed()
+        # only rows the previous tenant used beyond the new rank need zeroing; a module that
+        # neither tenant touches costs nothing (this keeps a swap to a few ms)
+        held = self._slot_rank.get(slot, 0)
+        if held > r:
+            self.lora_A[slot, r:held].zero_()
+            self.lora_Bt[slot, r:held].zero_()
         if a is None:
+            if held:
+                self.scaling[slot] = 0.0
+            self._slot_rank.pop(slot, None)
             return
-        r = a.shape[0]
-        if r > self.r_max:
-            raise ValueError(f"rank {r} exceeds this node's max LoRA rank {self.r_max}")
-        if a.shape != (r, self.in_features) or b is None or b.shape != (self.out_features, r):
-            raise ValueError(
-                f"LoRA shapes A{tuple(a.shape)} B{tuple(b.shape) if b is not None else None} do not fit "
-                f"[r, {self.in_features}] / [{self.out_features}, r]"
-            )
         self.lora_A[slot, :r].copy_(a)
         self.lora_Bt[slot, :r].copy_(b.t())
         self.scaling[slot] = scaling
-        self.occupied.add(slot)
+        self._slot_rank[slot] = r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -175,7 +181,7 @@ class LoRALinear(nn.Module):
 
     def _gather(self) -> tuple:
         route = self.routing
-        if self.occupied.isdisjoint(route.present):
+        if self._slot_rank.keys().isdisjoint(route.present):
             return (route.version, None, None, None)
         ids, r = route.slot_ids, route.rank
         # every row takes the gathered path; slot 0 is all zeros, so base rows get +0 exactly

@@ -45,11 +45,6 @@ class ResidentModel:
         return {n: (m.in_features, m.out_features) for n, m in self.lora_layers.items()}
 
     @property
-    def adapter_dtype(self) -> torch.dtype:
-        """dtype of the LoRA slot stacks (float32: see ``engine.lora``); adapters are parsed to it."""
-        return next(iter(self.lora_layers.values())).lora_A.dtype
-
-    @property
     def max_rank(self) -> int:
         """Largest LoRA rank a slot holds."""
         return next(iter(self.lora_layers.values())).r_max

@@ -54,9 +54,16 @@ class QueueFull(RuntimeError):
 
 @dataclass(frozen=True)
 class TextDelta:
-    """New completion text, safe to show (no partial stop string, no split UTF-8)."""
+    """New completion text, safe to show (no partial stop string, no split UTF-8).
+
+    Attributes:
+        text: the text.
+        tokens: generated tokens this text completes (text held back earlier counts here), so
+            the sum over deltas is what a client received, in tokens.
+    """
 
     text: str
+    tokens: int = 1
 
 
 @dataclass(frozen=True)
@@ -107,7 +114,7 @@ class GenerationRequest:
 class _Row:
     """Engine-side state of a running request."""
 
-    __slots__ = ("req", "slot", "detok", "gen", "count", "last", "t_first", "t_prev", "itl", "done")
+    __slots__ = ("req", "slot", "detok", "gen", "count", "last", "t_first", "t_prev", "itl", "done", "pending")
 
     def __init__(self, req: GenerationRequest, slot: int, tokenizer) -> None:
         self.req = req
@@ -120,6 +127,7 @@ class _Row:
         self.t_prev = 0.0
         self.itl: list[float] = []
         self.done: FinishReason | None = None
+        self.pending = 0  # tokens whose text has not been emitted yet
 
 
 class Engine:
@@ -424,9 +432,11 @@ class Engine:
             if tok in self.rm.eos_ids and not row.req.sampling.ignore_eos:
                 row.done = FinishReason.STOP
                 continue
+            row.pending += 1
             text = row.detok.push(tok)
             if text:
-                self._emit(row.req, TextDelta(text))
+                self._emit(row.req, TextDelta(text, row.pending))
+                row.pending = 0
             if row.detok.stopped:
                 row.done = FinishReason.STOP
             elif row.count >= row.req.sampling.max_new_tokens:
@@ -444,7 +454,7 @@ class Engine:
             if row.done is not FinishReason.CANCELLED:
                 tail = row.detok.flush()
                 if tail:
-                    self._emit(row.req, TextDelta(tail))
+                    self._emit(row.req, TextDelta(tail, row.pending))
             ttft = (row.t_first - row.req.submitted) * 1000.0 if row.t_first is not None else None
             self._emit(
                 row.req,
