@@ -20,8 +20,25 @@ node_app = typer.Typer(help="Run an openlora node and publish adapters to it.", 
 client_app = typer.Typer(help="Call an openlora node: generate, list adapters, inspect.", no_args_is_help=True, add_completion=False)
 keys_app = typer.Typer(help="Publisher keys (encrypted keystore files) that sign adapter manifests.", no_args_is_help=True)
 node_app.add_typer(keys_app, name="keys")
+chain_app = typer.Typer(help="The contracts calls are paid and attributed on.", no_args_is_help=True)
+node_app.add_typer(chain_app, name="chain")
+channel_app = typer.Typer(help="Your payment channel with a node (deposit, state).", no_args_is_help=True)
+client_app.add_typer(channel_app, name="channel")
 
 NodeOpt = Annotated[str, typer.Option("--node", help="host:port of the node's gRPC server (env OPENLORA_NODE).")]
+SwarmOpt = Annotated[
+    Optional[str],
+    typer.Option("--swarm", help="Route through the swarm: any node's multiaddr /ip4/…/tcp/N/p2p/ID (overrides --node)."),
+]
+
+
+ClientKeyOpt = Annotated[
+    Optional[Path],
+    typer.Option("--key", help="Your keystore: pays calls that cost something (passphrase: $OPENLORA_KEY_PASSPHRASE)."),
+]
+ChainRpcOpt = Annotated[
+    Optional[str], typer.Option("--chain-rpc", help="Chain JSON-RPC URL (default: the one the node advertises).")
+]
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -37,6 +54,21 @@ def _rpc_call(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except grpc.RpcError as e:
         _fail(f"{e.code().name}: {e.details()}")
+
+
+def _route(swarm: str, adapter: str | None) -> str:
+    """The gRPC address of the node the swarm suggests for ``adapter`` (reported on stderr)."""
+    from .client import route
+    from .p2p.errors import SwarmError
+    from .p2p.peers import NoNodeAvailable
+
+    try:
+        entry = route(swarm, adapter)
+    except (SwarmError, NoNodeAvailable) as e:
+        _fail(str(e))
+    resident = " (adapter resident)" if adapter and adapter in entry.resident else ""
+    typer.echo(f"routed to {entry.peer_id} at {entry.grpc_address}{resident}", err=True)
+    return entry.grpc_address
 
 
 # ----- openlora-node -----
@@ -56,6 +88,18 @@ def start(
     max_batch: Annotated[int, typer.Option(help="Rows decoded together.")] = 16,
     max_waiting: Annotated[int, typer.Option(help="Queued requests before RESOURCE_EXHAUSTED.")] = 256,
     threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: all cores).")] = None,
+    p2p: Annotated[bool, typer.Option("--p2p/--no-p2p", help="Join the libp2p swarm (discovery, block exchange).")] = True,
+    p2p_port: Annotated[int, typer.Option(help="libp2p TCP port on the listen host; 0 picks a free one.")] = 0,
+    bootstrap: Annotated[Optional[list[str]], typer.Option(help="Peer multiaddr /ip4/…/tcp/N/p2p/ID to join (repeatable).")] = None,
+    ipfs_api: Annotated[Optional[str], typer.Option(help="Kubo RPC URL to fetch blocks from, e.g. http://127.0.0.1:5001.")] = None,
+    chain: Annotated[str, typer.Option(help="embedded: an in-process dev chain, gone when the node stops (use --chain-rpc for any other).")] = "embedded",
+    chain_rpc: Annotated[Optional[str], typer.Option(help="Any EVM JSON-RPC URL instead of the embedded chain; needs --contracts.")] = None,
+    chain_port: Annotated[int, typer.Option(help="The embedded chain's JSON-RPC port on 127.0.0.1; 0 picks a free one.")] = 0,
+    contracts: Annotated[Optional[Path], typer.Option(help="Deployment JSON for --chain-rpc (`openlora-node chain deploy` writes it).")] = None,
+    node_key: Annotated[Optional[Path], typer.Option(help="Node keystore (default DATA_DIR/node-key.json, made on first start; passphrase $OPENLORA_NODE_KEY_PASSPHRASE, else empty).")] = None,
+    node_fee_per_1k: Annotated[int, typer.Option("--node-fee-per-1k", help="Wei per 1000 tokens added to every adapter's price.", min=0)] = 0,
+    settle_every_calls: Annotated[int, typer.Option(help="Settle on chain once this many paid calls are unsettled.", min=1)] = 50,
+    settle_every_seconds: Annotated[float, typer.Option(help="Settle at least this often while calls are unsettled.")] = 30.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Start a node: load the base model, serve gRPC, print a line with `ready` once it accepts calls."""
@@ -65,13 +109,26 @@ def start(
     from pydantic import ValidationError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from .config import NodeSettings
+    from .config import ChainSettings, NodeSettings
 
+    if chain != "embedded":
+        _fail(f"--chain: only 'embedded' is built in, got {chain!r}; use --chain-rpc URL for any other chain", 2)
     try:
-        settings = NodeSettings(
+        chain_settings = ChainSettings(
+            rpc_url=chain_rpc, port=chain_port, contracts=contracts, node_key=node_key, node_fee_per_1k=node_fee_per_1k,
+            settle_every_calls=settle_every_calls, settle_every_seconds=settle_every_seconds,
+        )  # fmt: skip
+    except ValidationError as e:
+        first = e.errors()[0]
+        flag = {"rpc_url": "chain-rpc", "port": "chain-port"}.get(str(first["loc"][0]), "") if first["loc"] else ""
+        where = f"--{flag or str(first['loc'][0]).replace('_', '-')}: " if first["loc"] else ""
+        _fail(where + first["msg"].removeprefix("Value error, "), 2)
+    try:
+        settings = NodeSettings(chain=chain_settings,
             host=host, port=port, data_dir=data_dir, base_model=base_model, model_cache=model_cache, dtype=dtype,
             max_loras=max_loras, max_cpu_loras=max_cpu_loras, max_lora_rank=max_lora_rank, max_batch=max_batch,
-            max_waiting=max_waiting, threads=threads,
+            max_waiting=max_waiting, threads=threads, p2p=p2p, p2p_port=p2p_port, bootstrap=bootstrap or [],
+            ipfs_api=ipfs_api,
         )  # fmt: skip
     except ValidationError as e:
         first = e.errors()[0]
@@ -79,16 +136,20 @@ def start(
 
     from .engine.base import BaseModelError
     from .node import Node
+    from .p2p.errors import SwarmError
 
     async def run() -> None:
         node = Node(settings)
         try:
             await node.start()
-        except (BaseModelError, RuntimeError) as e:
+        except (BaseModelError, RuntimeError, SwarmError) as e:
+            await node.stop(grace_s=0)
             _fail(str(e))
+        p2p_part = f"p2p={node.multiaddr} " if node.multiaddr else ""
+        chain_part = f" chain={node.chain.info.rpc_url} account={node.chain.info.node_address}"
         print(
-            f"openlora-node ready on {node.address} base={node.base_name} "
-            f"fingerprint={node.fingerprint} data={settings.data_dir.resolve()}",
+            f"openlora-node ready on {node.address} {p2p_part}base={node.base_name} "
+            f"fingerprint={node.fingerprint} data={settings.data_dir.resolve()}{chain_part}",
             flush=True,
         )
         stopped = asyncio.Event()
@@ -133,13 +194,107 @@ def publish(
             _fail(f"adapter rejected: {e}")
         except ValueError as e:
             _fail(str(e), 2)
-    info = resp.adapter
-    typer.echo(
-        f"published {info.name}: r={info.r} lora_alpha={info.lora_alpha:g} targets={','.join(info.target_modules)} "
-        f"publisher={info.publisher} price_per_1k={info.price_per_1k_tokens} wei royalty={info.royalty_bps} bps",
-        err=True,
-    )
+        info = resp.adapter
+        typer.echo(
+            f"published {info.name}: r={info.r} lora_alpha={info.lora_alpha:g} targets={','.join(info.target_modules)} "
+            f"publisher={info.publisher} price_per_1k={info.price_per_1k_tokens} wei royalty={info.royalty_bps} bps",
+            err=True,
+        )
+        # Calls are paid when the adapter or the node charges: they settle only for registered adapters.
+        if price_per_1k > 0 or int(_rpc_call(c.node_info).chain.node_fee_per_1k or 0) > 0:
+            _register(c, resp.cid, signer, strict=False)
     typer.echo(resp.cid)
+
+
+def _register(c, cid: str, signer, chain_rpc: str | None = None, strict: bool = True) -> None:
+    """Registers ``cid`` on the node's chain with the publisher's key; one line to stderr. A failure exits with
+    an error when ``strict``, else (the adapter is published all the same) it is a warning that says what to do."""
+    from .chain.errors import ChainError
+    from .client import register_adapter
+
+    try:
+        fresh = _rpc_call(register_adapter, c, cid, signer, chain_rpc)
+    except (ChainError, ValueError) as e:
+        if strict:
+            _fail(str(e))
+        typer.echo(
+            f"warning: {cid} is published but not registered on chain: {e}\n"
+            f"  until it is (openlora-node register {cid} --node {c.address} --key PUBLISHER_KEY), nodes without a "
+            "fee serve it free and nodes with a fee refuse it",
+            err=True,
+        )
+        return
+    typer.echo(f"{'registered' if fresh else 'already registered'} {cid} on chain as {signer.address}", err=True)
+
+
+@node_app.command()
+def register(
+    cid: Annotated[str, typer.Argument(help="The adapter CID (published to the node).")],
+    node: NodeOpt = DEFAULT_NODE,
+    key: Annotated[Optional[Path], typer.Option(help="Publisher keystore (default: $OPENLORA_KEY or ~/.openlora/publisher.json).")] = None,
+    chain_rpc: ChainRpcOpt = None,
+) -> None:
+    """Register an adapter on the node's chain at its signed manifest's price and royalty, so calls to it can be
+    paid and attributed (`publish` does this for a priced adapter)."""
+    from .client import NodeClient
+
+    signer = _load_key(key)
+    with NodeClient(node) as c:
+        _register(c, cid, signer, chain_rpc)
+
+
+@node_app.command()
+def revoke(
+    cid: Annotated[str, typer.Argument(help="The adapter CID.")],
+    node: NodeOpt = DEFAULT_NODE,
+    key: Annotated[Optional[Path], typer.Option(help="Publisher keystore (default: $OPENLORA_KEY or ~/.openlora/publisher.json).")] = None,
+    chain_rpc: ChainRpcOpt = None,
+) -> None:
+    """Revoke an adapter on chain (publisher only, final): nodes refuse new calls to it."""
+    from .client import NodeClient, revoke_adapter
+
+    signer = _load_key(key)
+    with NodeClient(node) as c:
+        _chain_call(revoke_adapter, c, cid, signer, chain_rpc)
+    typer.echo(f"revoked {cid}", err=True)
+
+
+@chain_app.command("deploy")
+def chain_deploy(
+    chain_rpc: Annotated[str, typer.Option("--chain-rpc", help="The chain's JSON-RPC URL.")],
+    key: Annotated[Path, typer.Option(help="Keystore of the deploying account (pays the gas).")],
+    withdraw_timeout_s: Annotated[int, typer.Option(help="Seconds clients wait between a withdraw request and the refund.", min=1)] = 3600,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the Deployment JSON here (for `start --contracts`).")] = None,
+) -> None:
+    """Deploy AdapterRegistry and PaymentChannels; prints the Deployment JSON (chain_id, registry, channels)."""
+    from .chain.backends import rpc_chain
+    from .chain.contracts import deploy_contracts
+
+    deployer = _load_key(key)
+    deployment = _chain_call(lambda: deploy_contracts(rpc_chain(chain_rpc), deployer, withdraw_timeout_s))
+    if out is not None:
+        out.write_text(deployment.to_json() + "\n")
+    typer.echo(deployment.to_json())
+
+
+def _load_key(path: Path | None):
+    """The account in keystore ``path`` (default: the publisher key path), or exit with one line."""
+    from .adapters.keys import KeystoreError, default_key_path, load_account
+
+    try:
+        return load_account(path or default_key_path(), _passphrase(confirm=False))
+    except KeystoreError as e:
+        _fail(str(e))
+
+
+def _chain_call(fn, *args, **kwargs):
+    """``_rpc_call`` for commands that also use the chain: chain and input errors become one line too."""
+    from .chain.errors import ChainError
+
+    try:
+        return _rpc_call(fn, *args, **kwargs)
+    except (ChainError, ValueError) as e:
+        _fail(str(e))
 
 
 def _passphrase(confirm: bool) -> str:
@@ -170,6 +325,26 @@ def keys_new(
         _fail(str(e), 2)
     typer.echo(f"wrote {path}", err=True)
     typer.echo(address)
+
+
+@keys_app.command("dev")
+def keys_dev(
+    index: Annotated[int, typer.Argument(help="Dev account 0..9 (0 deploys the embedded chain's contracts).", min=0, max=9)],
+    out: Annotated[Path, typer.Option(help="Where to write the keystore.")],
+) -> None:
+    """Write dev account INDEX of the public dev mnemonic as a keystore: funded on the embedded chain and on a
+    default anvil, so it can deposit, register and pay there. Its key is public: dev chains only."""
+    from .adapters.keys import write_keystore
+    from .chain.backends import dev_accounts
+    from .chain.node_key import dev_scrypt_n
+
+    if out.exists():
+        _fail(f"{out} already exists; move it away or choose another path with --out", 2)
+    account = dev_accounts(index + 1)[index]
+    passphrase = _passphrase(confirm=True)
+    write_keystore(out, account, passphrase, scrypt_n=dev_scrypt_n(passphrase))
+    typer.echo(f"wrote {out}", err=True)
+    typer.echo(account.address)
 
 
 @keys_app.command("show")
@@ -216,28 +391,143 @@ def generate(
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable).")] = None,
     system: Annotated[Optional[str], typer.Option(help="System message for the chat template.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Send PROMPT as raw text, without the chat template.")] = False,
-    usage: Annotated[bool, typer.Option("--usage", help="Print token usage to stderr at the end.")] = False,
+    usage: Annotated[bool, typer.Option("--usage", help="Print token usage (and what the call cost) to stderr at the end.")] = False,
+    swarm: SwarmOpt = None,
+    key: ClientKeyOpt = None,
 ) -> None:
-    """Stream a completion to stdout."""
-    from .client import NodeClient, chat_messages
+    """Stream a completion to stdout. With --key, calls that cost something are paid from your channel
+    (`openlora channel open`); the key stays on this machine."""
+    from .client import NodeClient, PaidSession, chat_messages
 
+    if swarm:
+        node = _route(swarm, adapter)
+    account = _load_key(key) if key is not None else None
     with NodeClient(node) as c:
+        caller = PaidSession(c, account) if account is not None else c
         messages = None if raw else chat_messages(prompt, system)
-        stream = c.generate(
-            prompt, messages=messages, raw=raw, adapter=adapter, max_new_tokens=max_tokens, temperature=temperature,
-            top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
-        )  # fmt: skip
+        stream = None
 
         def run() -> None:
+            nonlocal stream
+            stream = caller.generate(
+                prompt, messages=messages, raw=raw, adapter=adapter, max_new_tokens=max_tokens, temperature=temperature,
+                top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
+            )  # fmt: skip
             for text in stream:
                 sys.stdout.write(text)
                 sys.stdout.flush()
 
-        _rpc_call(run)
+        _chain_call(run)
     sys.stdout.write("\n")
     if usage and stream.done is not None:
         u = stream.done.usage
-        typer.echo(f"prompt_tokens={u.prompt_tokens} completion_tokens={u.completion_tokens} ttft_ms={stream.done.ttft_ms:.0f}", err=True)
+        paid = f" cost_wei={stream.receipt.cost} charged_total_wei={stream.receipt.charged_total}" if getattr(stream, "receipt", None) else ""
+        typer.echo(
+            f"prompt_tokens={u.prompt_tokens} completion_tokens={u.completion_tokens} ttft_ms={stream.done.ttft_ms:.0f}{paid}",
+            err=True,
+        )
+
+
+@client_app.command()
+def quote(
+    prompt: Annotated[str, typer.Argument(help="The question or prompt.")],
+    node: NodeOpt = DEFAULT_NODE,
+    adapter: Annotated[Optional[str], typer.Option(help="Adapter CID (default: the base model).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Tokens to generate at most (0: node default).")] = 0,
+    system: Annotated[Optional[str], typer.Option(help="System message for the chat template.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Price PROMPT as raw text, without the chat template.")] = False,
+    client: Annotated[str, typer.Option(help="Your address: adds your channel's state.")] = "",
+) -> None:
+    """Print what a call would cost (JSON): prompt tokens, price per 1k tokens, max cost in wei."""
+    from google.protobuf import json_format
+
+    from .client import NodeClient, chat_messages, generate_request
+
+    request = generate_request(prompt, messages=None if raw else chat_messages(prompt, system), raw=raw, adapter=adapter, max_new_tokens=max_tokens)
+    with NodeClient(node) as c:
+        q = _rpc_call(c.quote, request, client)
+    typer.echo(json_format.MessageToJson(q, indent=2, always_print_fields_with_no_presence=True))
+
+
+@client_app.command("usage")
+def usage_cmd(
+    node: NodeOpt = DEFAULT_NODE,
+    adapter: Annotated[Optional[str], typer.Option(help="One adapter CID (default: every registered adapter).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list of {adapter, calls, tokens, publisher_earnings_wei}.")] = False,
+) -> None:
+    """Print the on-chain attribution per adapter: settled calls, tokens, publisher earnings (wei)."""
+    import json
+
+    from .client import NodeClient
+
+    with NodeClient(node) as c:
+        rows = _rpc_call(c.usage, adapter)
+    if as_json:
+        keys = ("adapter", "calls", "tokens", "publisher_earnings_wei")
+        data = [{k: int(v) if k != "adapter" else v for k, v in ((k, getattr(r, k)) for k in keys)} for r in rows]
+        typer.echo(json.dumps(data))
+        return
+    for r in rows:
+        typer.echo(f"{r.adapter}  calls={r.calls} tokens={r.tokens} publisher_earnings_wei={r.publisher_earnings_wei}")
+
+
+@channel_app.command("open")
+def channel_open(
+    amount: Annotated[int, typer.Option(help="Wei to deposit (adds to what the channel holds).", min=1)],
+    node: NodeOpt = DEFAULT_NODE,
+    key: Annotated[Path, typer.Option(help="Your keystore (passphrase: $OPENLORA_KEY_PASSPHRASE); signs the deposit here.")] = ...,
+    chain_rpc: ChainRpcOpt = None,
+) -> None:
+    """Deposit into your payment channel with the node (opens it on first use); prints the channel's state."""
+    from .client import NodeClient, PaidSession
+
+    account = _load_key(key)
+    with NodeClient(node) as c:
+        state = _chain_call(PaidSession(c, account, chain_rpc).open_channel, amount)
+    _echo_channel(state)
+
+
+@channel_app.command("show")
+def channel_show(
+    node: NodeOpt = DEFAULT_NODE,
+    key: Annotated[Path, typer.Option(help="Your keystore (only its address is read).")] = ...,
+    chain_rpc: ChainRpcOpt = None,
+) -> None:
+    """Print your channel with the node as the chain has it."""
+    from .adapters.keys import KeystoreError, keystore_address
+    from .client import NodeClient, node_contracts
+
+    try:
+        address = keystore_address(key)
+    except KeystoreError as e:
+        _fail(str(e))
+    with NodeClient(node) as c:
+        info = _rpc_call(c.node_info).chain
+        _, channels = _chain_call(node_contracts, info, chain_rpc)
+        _echo_channel(_chain_call(channels.channel, address, info.node_address))
+
+
+def _echo_channel(state) -> None:
+    typer.echo(f"epoch={state.epoch} deposited_wei={state.deposited} redeemed_wei={state.redeemed} withdraw_at={state.withdraw_at}")
+
+
+@client_app.command()
+def nodes(
+    swarm: Annotated[str, typer.Option("--swarm", help="Any node's multiaddr /ip4/…/tcp/N/p2p/ID.")],
+) -> None:
+    """List the nodes a swarm member knows: peer id, gRPC address, base, load, resident adapters."""
+    from .p2p.directory import query_nodes
+    from .p2p.errors import SwarmError
+
+    try:
+        entries, _ = query_nodes(swarm)
+    except SwarmError as e:
+        _fail(str(e))
+    for e in entries:
+        typer.echo(
+            f"{e.peer_id}  {e.grpc_address}  {e.base_name} {e.base_fingerprint[:19]}  "
+            f"load={e.active}+{e.waiting}/{e.max_batch}  resident={len(e.resident)}"
+        )
 
 
 @client_app.command()

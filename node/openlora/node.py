@@ -1,8 +1,11 @@
 """The Node: wires the parts together and owns their lifecycle.
 
     start:  base model (resolve → convert once → fingerprint → load, LoRA slots injected)
-            → blockstore + catalog + adapter store → engine thread → gRPC server → "ready"
-    stop:   health NOT_SERVING → server drains (grace) → engine stops → catalog closed
+            → blockstore + catalog + adapter store → engine thread
+            → chain (embedded or RPC, node key, ledger, settler: chain/service.py) → gRPC server
+            → libp2p swarm (announce, fetch, status) → "ready"
+    stop:   health NOT_SERVING → server drains (grace) → swarm stops → engine stops
+            → chain (final settlement, ledger closed) → catalog closed
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from .adapters.catalog import Catalog
 from .adapters.store import AdapterStore, BaseProfile
 from .api.server import start_server
 from .api.servicer import NodeServicer, ServingLimits
+from .api.swarm_link import SwarmLink
+from .chain.service import NodeChain
 from .config import NodeSettings
 from .content.blockstore import BlockStore
 from .engine.base import resolve_base_model
@@ -35,6 +40,8 @@ class Node:
     Attributes (after :meth:`start`):
         port: the bound gRPC port.
         base_name / fingerprint: the base model's name and fingerprint.
+        multiaddr: the libp2p address ``/ip4/…/tcp/N/p2p/PEERID`` ("" without a swarm).
+        chain: the chain services (``chain.info``: chain id, RPC URL, contracts, node account, fee).
     """
 
     def __init__(self, settings: NodeSettings) -> None:
@@ -46,6 +53,9 @@ class Node:
         self._health = None
         self._engine: Engine | None = None
         self._catalog: Catalog | None = None
+        self._swarm = None
+        self.multiaddr = ""
+        self.chain: NodeChain | None = None
 
     @property
     def address(self) -> str:
@@ -67,7 +77,7 @@ class Node:
         source = await asyncio.to_thread(resolve_base_model, s.base_model, s.resolved_model_cache())
         self.base_name, self.fingerprint = source.name, source.fingerprint
         rm = await asyncio.to_thread(load_resident, source, s.dtype, s.max_loras, s.max_lora_rank)
-        profile = BaseProfile(source.name, source.fingerprint, rm.base_modules, rm.max_rank, rm.adapter_dtype)
+        profile = BaseProfile(source.name, source.fingerprint, rm.base_modules, rm.max_rank)
         self._catalog = Catalog(data / "catalog.sqlite")
         store = AdapterStore(BlockStore(data / "blocks"), self._catalog, profile)
         slots = SlotManager(rm.lora_layers, rm.routing, s.max_loras)
@@ -77,7 +87,47 @@ class Node:
         self._engine.start()
         limits = ServingLimits(s.max_prompt_tokens, s.max_new_tokens)
         servicer = NodeServicer(self._engine, store, limits, device="cpu")
+        # ── chain (before the server: any call it serves may have to be paid) ──
+        self.chain = NodeChain(s.chain, data)
+        await asyncio.to_thread(self.chain.start)
+        servicer.chain = self.chain
+        # ── end chain ──
         self._server, self.port, self._health = await start_server(servicer, s.host, s.port)
+        # ── swarm (after the server: its status names the bound gRPC address) ──
+        if s.p2p:
+            self._swarm = await asyncio.to_thread(self._start_swarm, data, store)
+            self.multiaddr = self._swarm.multiaddr
+            servicer.swarm_link = SwarmLink(self._swarm, store, self._engine.host)
+
+    def _start_swarm(self, data, store: AdapterStore):
+        from .p2p.messages import LocalStatus
+        from .p2p.swarm import Swarm, SwarmConfig
+
+        s, engine = self.settings, self._engine
+
+        def status() -> LocalStatus:
+            stats = engine.stats()
+            return LocalStatus(
+                grpc_address=self.address,
+                base_name=self.base_name,
+                base_fingerprint=self.fingerprint,
+                resident=tuple(engine.slots.resident()),
+                active=stats["running"],
+                waiting=stats["waiting"],
+                max_batch=engine.max_batch,
+            )
+
+        swarm = Swarm(
+            data,
+            store.blocks,
+            self.fingerprint,
+            store.validate_manifest,
+            status=status,
+            on_adapter=lambda record: store.learn(record.cid, record.manifest, record.name),
+            config=SwarmConfig(listen_host=s.host, port=s.p2p_port, bootstrap=tuple(s.bootstrap), ipfs_api=s.ipfs_api),
+        )
+        swarm.start()
+        return swarm
 
     async def stop(self, grace_s: float = 2.0) -> None:
         """Stop serving: in-flight streams get ``grace_s`` seconds, then everything closes."""
@@ -85,7 +135,13 @@ class Node:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace_s)
+        if self._swarm is not None:
+            await asyncio.to_thread(self._swarm.stop)
         if self._engine is not None:
             await asyncio.to_thread(self._engine.stop)
+        # ── chain (after the streams: each closed its call; settles what is owed) ──
+        if self.chain is not None:
+            await asyncio.to_thread(self.chain.stop)
+        # ── end chain ──
         if self._catalog is not None:
             self._catalog.close()

@@ -3,12 +3,12 @@
     client                                  node                                        chain
     ──────                                  ────                                        ─────
     Payer.deposit ── signed raw tx ────────────────────────────────────────────────►  PaymentChannels.deposit
-    GetQuote ─────────────────────────────► NodePayments.quote ── AdapterRegistry ──►  publisher price + royalty
-    Payer.pay(max cost) → EIP-712 voucher ► NodePayments.authorize
+    GetQuote ─────────────────────────────► NodePayments.price_call ── AdapterRegistry ►  publisher price + royalty
+    Payer.pay(max cost) → EIP-712 voucher ► NodePayments.open_call
                                               vouchers.check_voucher + Ledger (SQLite,
                                               WAL, fsync) ── persisted before tokens ──
                                             … stream tokens …
-    Payer.accept(receipt) ◄──────────────── NodePayments.finalize → node-signed receipt
+    Payer.accept(receipt) ◄──────────────── NodePayments.close_call → node-signed receipt
                                             Settler: every N calls / T s, one tx ─────►  PaymentChannels.settle
                                               (exactly once across kill -9)              royalty → publisher,
                                                                                          rest → node,
@@ -29,4 +29,7 @@ Modules, one job each:
     payer         the client side (deposit, vouchers, receipt checks)
     attribution   reading the on-chain usage record
     errors        typed errors; PaymentError subclasses name the gRPC status to answer with
+    wire          vouchers and receipts ↔ their ``openlora.v1`` protobuf messages
+    node_key      the node's own account (keystore, generated on first start)
+    service       the chain side of a running node: chain, key, ledger, settler, gate; start and stop
 """

@@ -16,6 +16,7 @@ Transactions are always signed locally (``eth_sendRawTransaction``): no key ever
 from __future__ import annotations
 
 import ast
+import os
 import threading
 from abc import ABC, abstractmethod
 from typing import Any
@@ -124,7 +125,10 @@ class _EmbeddedProvider(EthereumTesterProvider):
     def __init__(self) -> None:
         from eth_tester import EthereumTester, PyEVMBackend
 
-        backend = PyEVMBackend(mnemonic=DEV_MNEMONIC, hd_path=DEV_HD_PATH)
+        # Random extra data makes every embedded chain's genesis (and so its hash) unique, even for two
+        # started within the same second: the node keys its ledger by that hash.
+        genesis = PyEVMBackend.generate_genesis_params(overrides={"extra_data": os.urandom(32)})
+        backend = PyEVMBackend(genesis_parameters=genesis, mnemonic=DEV_MNEMONIC, hd_path=DEV_HD_PATH)
         super().__init__(EthereumTester(backend))
         # py-evm and eth-tester are not thread safe; every request (from this process's web3 or from the RPC
         # server's threads) goes through this lock.
@@ -158,7 +162,8 @@ def _revert_response(exc: Exception) -> RPCResponse:
 
 
 def embedded_chain() -> EmbeddedChain:
-    """A fresh in-process chain (post-merge, Prague rules) with ``dev_accounts()`` funded."""
+    """A fresh in-process chain (post-merge, Prague rules) with ``dev_accounts()`` funded and a genesis hash
+    no other embedded chain shares."""
     return EmbeddedChain(_EmbeddedProvider())
 
 

@@ -2,6 +2,7 @@
 
     contracts/artifacts/<Name>.json ──load_artifact──► abi + bytecode
     deploy_contracts(chain, deployer, withdraw_timeout_s) ──► Deployment(chain_id, registry, channels)
+    send_value(chain, sender, to, amount)                    a plain ETH transfer (funds a dev node's account)
     AdapterRegistry(chain, address)   register / revoke / adapter / adapter_ids
     PaymentChannels(chain, address)   deposit / request_withdraw / withdraw / settle / channel / usage / earnings
 
@@ -29,7 +30,13 @@ from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
 from eth_utils import function_abi_to_4byte_selector, keccak, to_checksum_address
 from multiformats import CID
-from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError, TransactionNotFound
+from web3.exceptions import (
+    ContractCustomError,
+    ContractLogicError,
+    ContractPanicError,
+    TransactionNotFound,
+    Web3RPCError,
+)
 from web3.types import TxReceipt
 
 from .backends import Chain
@@ -100,6 +107,9 @@ def _decoded_reverts() -> Iterator[None]:
         raise decode_revert(bytes.fromhex(str(exc.data)[2:])) from exc
     except ContractLogicError as exc:  # a revert without data, or a require() message web3 already decoded
         raise ContractRevert("Error", (str(exc),)) from exc
+    except Web3RPCError as exc:  # not a revert: the chain refused the request (e.g. the sender cannot pay for gas)
+        error = (exc.rpc_response or {}).get("error")
+        raise ChainError(f"the chain refused the request: {error.get('message') if isinstance(error, dict) else exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -193,6 +203,31 @@ def transact(chain: Chain, account: LocalAccount, call: Any, *, value: int = 0) 
         receipt = wait_receipt(chain, signed.tx_hash)
     if receipt["status"] != 1:  # passed simulation, but the state changed before it was mined
         raise ContractRevert("", (), f"transaction 0x{signed.tx_hash.hex()} reverted when mined")
+    return receipt
+
+
+def send_value(chain: Chain, sender: LocalAccount, to: str, amount_wei: int) -> TxReceipt:
+    """Sends ``amount_wei`` of ETH from ``sender`` to ``to`` (a plain transfer, signed locally) and awaits it.
+
+    Raises:
+        ChainError: the transfer could not be sent, was not mined in time, or failed.
+    """
+    w3 = chain.w3
+    with sender_lock(sender.address):
+        nonce = w3.eth.get_transaction_count(sender.address, "pending")
+        tx = {
+            "to": to_checksum_address(to),
+            "value": amount_wei,
+            "gas": 21_000,  # a transfer to an account without code costs exactly this
+            "gasPrice": w3.eth.gas_price,
+            "nonce": nonce,
+            "chainId": chain.chain_id,
+        }
+        signed = sender.sign_transaction(tx)
+        broadcast(chain, SignedTx(bytes(signed.raw_transaction), bytes(signed.hash), nonce))
+        receipt = wait_receipt(chain, bytes(signed.hash))
+    if receipt["status"] != 1:
+        raise ChainError(f"transfer of {amount_wei} wei to {to} failed")
     return receipt
 
 

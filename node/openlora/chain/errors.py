@@ -4,9 +4,12 @@
     ├── ContractRevert              a contract call reverted; carries the Solidity custom error's name and args
     ├── SettlementError             a settlement batch could not be built, sent or reconciled
     ├── LedgerError                 the receipts ledger refuses an operation (wrong state, other chain)
-    ├── InvalidReceipt              a client rejects a node receipt (bad signature, overcharge)
+    ├── InvalidReceipt              a client rejects a node receipt (bad signature, overcharge) or channel account
     └── PaymentError                a call is not paid for: the node must refuse it and stream no tokens
-        ├── AdapterNotPayable       unknown or revoked adapter
+        ├── PaymentRequired         the call costs something and came without a voucher
+        ├── AdapterNotPayable       the adapter is not registered on chain
+        │   └── AdapterRevoked      its publisher revoked it
+        ├── TermsMismatch           the registered publisher, price or royalty differ from the signed manifest's
         ├── InvalidVoucher          malformed voucher, or the signature is not the client's
         ├── WrongNode               the voucher pays another node
         ├── WrongEpoch              the voucher is for another epoch of the channel
@@ -57,7 +60,8 @@ class LedgerError(ChainError):
 
 
 class InvalidReceipt(ChainError):
-    """A node receipt is not signed by the node, is for another call, or charges more than authorised."""
+    """A node receipt is not signed by the node, is for another call, or charges more than authorised; or the
+    node's account of a channel is not backed by the client's own voucher."""
 
 
 class PaymentError(ChainError):
@@ -66,10 +70,25 @@ class PaymentError(ChainError):
     status = "FAILED_PRECONDITION"
 
 
+class PaymentRequired(PaymentError):
+    """The call's max cost is above zero and the request carries no voucher."""
+
+
 class AdapterNotPayable(PaymentError):
     """The adapter is not registered on chain, or its publisher revoked it."""
 
     status = "NOT_FOUND"
+
+
+class AdapterRevoked(AdapterNotPayable):
+    """The adapter's publisher revoked it: nodes refuse new calls to it."""
+
+    status = "FAILED_PRECONDITION"
+
+
+class TermsMismatch(PaymentError):
+    """The adapter's on-chain registration disagrees with its signed manifest: another account registered
+    the CID (a squatter, who must not be paid), or the registered price or royalty differ."""
 
 
 class InvalidVoucher(PaymentError):

@@ -507,6 +507,20 @@ class Ledger:
                 )
             ]
 
+    def channel(self, client: str, epoch: int) -> tuple[ChannelTotals, SignedVoucher] | None:
+        """The ledger's view of one channel epoch and the latest voucher it accepted there; ``None`` when the
+        node never accepted a voucher on it."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT amount, signature, committed, charged, settled FROM channels WHERE client = ? AND epoch = ?",
+                (client, epoch),
+            ).fetchone()
+        if row is None:
+            return None
+        amount, signature, committed, charged, settled = row
+        totals = ChannelTotals(client, epoch, int(amount), int(committed), int(charged), int(settled))
+        return totals, SignedVoucher(Voucher(client, self.node.address, epoch, int(amount)), bytes(signature))
+
     def receipt_totals(self, settled_only: bool = True) -> dict[bytes, ReceiptTotals]:
         """Per adapter id: calls, tokens and wei of final receipts (only those in settled batches by default)."""
         query = "SELECT r.adapter, r.tokens, r.cost FROM receipts r LEFT JOIN batches b ON r.batch = b.id"

@@ -11,6 +11,11 @@ one (it is never charged). Every voucher is strictly above the previous one, whi
 
 A receipt is accepted only if the node signed it, it is for this client and epoch, its cost is within the
 call's max cost, and ``chargedTotal`` does not exceed what the client ever authorised.
+
+A client that lost its state (a new process; another process paying with the same key) ``resume``s from the
+node's account of the channel: the latest voucher the node accepted and what it charged. Only the client's own
+signature is trusted there, and the charged total counts only up to that voucher's amount, so a node that lies
+about it can take at most the unused rest of what the client already authorised, never more.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from eth_account.signers.local import LocalAccount
 from .contracts import PaymentChannels
 from .errors import InvalidReceipt
 from .records import ChannelState, Receipt, SignedReceipt, SignedVoucher, Voucher
-from .vouchers import recover_receipt_signer, sign_voucher
+from .vouchers import recover_receipt_signer, recover_voucher_signer, sign_voucher
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,34 @@ class Payer:
             if state.epoch != self.epoch:  # the previous epoch was withdrawn: start over
                 self.epoch, self.signed_amount, self.charged, self.reserved = state.epoch, 0, 0, 0
         return state
+
+    def refresh(self) -> ChannelState:
+        """Re-reads the channel on chain; a new epoch (the client withdrew and deposited again) starts over."""
+        state = self.channels.channel(self.account.address, self.node)
+        with self._lock:
+            if state.epoch != self.epoch:
+                self.epoch, self.signed_amount, self.charged, self.reserved = state.epoch, 0, 0, 0
+        return state
+
+    def resume(self, latest: SignedVoucher, charged_total: int) -> None:
+        """Catches up with the node's account of this epoch: ``latest`` is the last voucher it accepted,
+        ``charged_total`` what it says it charged (wei). Never lowers what this payer already knows.
+
+        Raises:
+            InvalidReceipt: ``latest`` is not this client's voucher for this node and epoch (the node lies).
+        """
+        v = latest.voucher
+        if (v.client, v.node, v.epoch) != (self.account.address, self.node, self.epoch):
+            raise InvalidReceipt(
+                f"the node reports a voucher of {v.client} to {v.node} for epoch {v.epoch}; expected this "
+                f"client's to {self.node} for epoch {self.epoch}"
+            )
+        signer = recover_voucher_signer(latest, self.channels.domain)
+        if signer != self.account.address:
+            raise InvalidReceipt(f"the node reports a voucher signed by {signer}, not by this client")
+        with self._lock:
+            self.signed_amount = max(self.signed_amount, v.cumulative_amount)
+            self.charged = max(self.charged, min(charged_total, v.cumulative_amount))
 
     def pay(self, max_cost: int) -> PendingPayment:
         """Reserves ``max_cost`` wei for one call and signs the voucher to send with it.

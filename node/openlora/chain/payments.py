@@ -1,22 +1,71 @@
 """The node's payment gate: what the API layer calls around every paid call.
 
-    GetQuote  → quote(cid)                                    price per 1k tokens (publisher's + node fee)
-    Generate  → authorize(voucher, cid, max_tokens)           raises PaymentError → refuse, stream nothing
+    GetQuote  → price_call(cid, manifest terms, prompt tokens, max new tokens) → CallPrice
+                (+ channel_view(client): the channel on chain and in the ledger, for the client to resume)
+    Generate  → price_call(...), then open_call(voucher, price)   raises PaymentError → refuse, stream nothing
                 ... stream tokens ...
-              → finalize(authorization, tokens) → receipt     node-signed; wakes the settler
-                or void(authorization)                        the call failed before producing anything
+              → close_call(authorization, billed tokens) → receipt    node-signed; wakes the settler
+                (0 billed tokens: the call is voided and costs nothing)
+    GetUsage  → usage(cid)                                    settled per-adapter totals, read from the chain
 
-``authorize`` re-reads the adapter's terms (a revoked adapter is refused at once) and the channel's on-chain
-state for every call, then lets the ledger check and persist the voucher atomically.
+A call's billed tokens are its prompt tokens plus the completion tokens delivered; its max cost, which the
+voucher must newly authorise, is ``cost_wei(prompt_tokens + max_new_tokens)`` at the quoted price. A call is
+free (no voucher needed) exactly when that max cost is 0: the base model (no adapter to attribute the payment
+to: settlement only pays registered adapters), or, on a node without a fee, an adapter registered at price 0
+or not registered at all (``pricing.call_quote``).
+
+Every call re-reads the adapter's registration (a revoked adapter is refused at once) and the channel's on-chain
+state, then lets the ledger check and persist the voucher atomically.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from .attribution import UsageRow, usage_report
 from .contracts import AdapterRegistry, PaymentChannels
-from .ledger import Authorization, Ledger
-from .pricing import Quote, make_quote
-from .records import SignedReceipt, SignedVoucher
+from .errors import PaymentRequired
+from .ledger import Authorization, ChannelTotals, Ledger
+from .pricing import AdapterTerms, Quote, call_quote, make_quote
+from .records import ChannelState, SignedReceipt, SignedVoucher
 from .settlement import Settler
+
+
+@dataclass(frozen=True)
+class CallPrice:
+    """The price of one call: ``quote`` is ``None`` for a free call.
+
+    Attributes:
+        prompt_tokens / max_new_tokens: the call's prompt length and generation limit, tokens.
+    """
+
+    quote: Quote | None
+    prompt_tokens: int
+    max_new_tokens: int
+
+    @property
+    def max_tokens(self) -> int:
+        """Most tokens the call can bill: prompt + max new tokens."""
+        return self.prompt_tokens + self.max_new_tokens
+
+    @property
+    def max_cost(self) -> int:
+        """Most wei the call can cost (0 when free)."""
+        return 0 if self.quote is None else self.quote.cost_wei(self.max_tokens)
+
+    @property
+    def required(self) -> bool:
+        """Whether the call needs a voucher (its max cost is above 0)."""
+        return self.max_cost > 0
+
+
+@dataclass(frozen=True)
+class ChannelView:
+    """A client's channel with this node: ``state`` on chain; ``ledger`` (totals and the latest accepted
+    voucher) for the current epoch, ``None`` before the node accepted a voucher on it."""
+
+    state: ChannelState
+    ledger: tuple[ChannelTotals, SignedVoucher] | None
 
 
 class NodePayments:
@@ -65,9 +114,75 @@ class NodePayments:
             ValueError: bad ``cid`` or ``max_tokens`` < 1.
             PaymentError: not paid for (the subclass and message say why and what to do).
         """
-        quote = self.quote(cid)
+        return self._authorize(signed, self.quote(cid), max_tokens)
+
+    def _authorize(self, signed: SignedVoucher, quote: Quote, max_tokens: int) -> Authorization:
         state = self.channels.channel(signed.voucher.client, self.node_address)
         return self.ledger.authorize(signed, quote, max_tokens, state)
+
+    def price_call(
+        self, cid: str | None, terms: AdapterTerms | None, prompt_tokens: int, max_new_tokens: int
+    ) -> CallPrice:
+        """The price of one call to adapter ``cid`` (``None``: the base model, free) whose signed manifest asks
+        ``terms``.
+
+        Raises:
+            ValueError: ``cid`` is not a CID, a token count is below 1, or ``terms`` is missing for an adapter.
+            AdapterRevoked, AdapterNotPayable, TermsMismatch: see ``pricing.call_quote``.
+        """
+        if prompt_tokens < 1 or max_new_tokens < 1:
+            raise ValueError(f"prompt and max new tokens must be >= 1, got {prompt_tokens} and {max_new_tokens}")
+        if cid is None:
+            return CallPrice(None, prompt_tokens, max_new_tokens)
+        if terms is None:
+            raise ValueError(f"adapter {cid} has no verified manifest, so its terms are unknown")
+        return CallPrice(call_quote(self.registry, cid, terms, self.node_fee_per_1k), prompt_tokens, max_new_tokens)
+
+    def open_call(self, signed: SignedVoucher | None, price: CallPrice) -> Authorization | None:
+        """Authorises a priced call and records it durably (``None``: the call is free, nothing to record).
+
+        Raises:
+            PaymentRequired: the call costs something and ``signed`` is ``None``.
+            PaymentError: ``signed`` does not pay for the call (see ``vouchers.check_voucher``).
+        """
+        if price.quote is None:
+            return None
+        if signed is None:
+            raise PaymentRequired(
+                f"this call costs up to {price.max_cost} wei ({price.max_tokens} tokens at "
+                f"{price.quote.price_per_1k_tokens} wei per 1k); ask GetQuote and send a voucher signed by your "
+                "key (openlora generate --key PATH does both)"
+            )
+        return self._authorize(signed, price.quote, price.max_tokens)
+
+    def close_call(self, authorization: Authorization, tokens: int) -> SignedReceipt | None:
+        """Bills ``tokens`` for a call that ended (cut-off calls: the tokens delivered); 0 voids it.
+
+        Returns:
+            the node-signed receipt, ``None`` when voided.
+
+        Raises:
+            ValueError: ``tokens`` above the authorised maximum.
+            LedgerError: the call was already closed.
+        """
+        if tokens == 0:
+            self.void(authorization)
+            return None
+        return self.finalize(authorization, tokens)
+
+    def channel_view(self, client: str) -> ChannelView:
+        """``client``'s channel with this node, on chain and in the ledger (current epoch)."""
+        state = self.channels.channel(client, self.node_address)
+        return ChannelView(state, self.ledger.channel(client, state.epoch))
+
+    def usage(self, cid: str | None = None) -> list[UsageRow]:
+        """Settled on-chain usage of adapter ``cid``, or of every registered adapter.
+
+        Raises:
+            ValueError: ``cid`` is not a CID.
+            ContractRevert: ``UnknownAdapter`` when ``cid`` is not registered.
+        """
+        return usage_report(self.registry, self.channels, cid)
 
     def finalize(self, authorization: Authorization, tokens: int) -> SignedReceipt:
         """Bills ``tokens`` tokens (1..max_tokens) for the call; returns the node-signed receipt.

@@ -8,6 +8,18 @@
 Rounding up keeps every billed call above zero wei; because ``cost_wei`` is monotonic, the charge never exceeds
 the authorised max cost. Which tokens count (prompt + generated is the natural choice) is the caller's choice;
 it must use the same count for the max and the actual.
+
+A node prices a call to an adapter with ``call_quote``. The publisher's price is the one registered on chain
+(settlement pays only registered adapters, at their registered royalty), and the registration must agree with
+the adapter's signed manifest (``AdapterTerms``):
+
+    not registered, node fee 0                                    → free: nothing could be settled for it
+    not registered, node fee > 0                                  → AdapterNotPayable (the fee cannot be settled)
+    registered by another account than the manifest's publisher  → TermsMismatch: a squatter is never paid
+    revoked by its publisher                                      → AdapterRevoked (even a free call)
+    registered price or royalty differ from the manifest's        → TermsMismatch
+    registered price + node fee == 0                              → free
+    otherwise                                                     → the Quote
 """
 
 from __future__ import annotations
@@ -15,7 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .contracts import AdapterRegistry, adapter_id
-from .errors import AdapterNotPayable, ContractRevert
+from .errors import AdapterNotPayable, AdapterRevoked, ContractRevert, TermsMismatch
+from .records import AdapterInfo
 
 
 @dataclass(frozen=True)
@@ -70,19 +83,96 @@ def make_quote(registry: AdapterRegistry, cid: str, node_fee_per_1k: int) -> Quo
             call cannot be settled, so it cannot be attributed either).
         AdapterNotPayable: the adapter is not registered, or its publisher revoked it.
     """
-    if node_fee_per_1k < 0:
-        raise ValueError(f"node fee must be >= 0 wei per 1k tokens, got {node_fee_per_1k}")
-    key = adapter_id(cid)
-    try:
-        info = registry.adapter(key)
-    except ContractRevert as exc:
-        if exc.error == "UnknownAdapter":
-            raise AdapterNotPayable(
-                f"adapter {cid} is not registered on chain; its publisher must register it"
-            ) from exc
-        raise
+    _check_fee(node_fee_per_1k)
+    info = registration(registry, cid)
+    if info is None:
+        raise AdapterNotPayable(_unregistered(cid))
     if info.revoked_at:
-        raise AdapterNotPayable(f"adapter {cid} was revoked by its publisher {info.publisher}; it is not served")
+        raise AdapterRevoked(_revoked(cid, info))
     if info.price_per_1k_tokens + node_fee_per_1k == 0:
         raise ValueError(f"adapter {cid} would be free on this node; set a node fee above 0 wei per 1k tokens")
-    return Quote(key, info.cid, info.publisher, info.royalty_bps, info.price_per_1k_tokens, node_fee_per_1k)
+    return _quote(info, node_fee_per_1k)
+
+
+@dataclass(frozen=True)
+class AdapterTerms:
+    """What an adapter's signed manifest asks: its ``publisher`` (checksummed address), ``price_per_1k_tokens``
+    (wei per 1000 tokens) and ``royalty_bps`` (basis points)."""
+
+    publisher: str
+    price_per_1k_tokens: int
+    royalty_bps: int
+
+
+def call_quote(registry: AdapterRegistry, cid: str, terms: AdapterTerms, node_fee_per_1k: int) -> Quote | None:
+    """Prices calls to adapter ``cid`` whose signed manifest asks ``terms``; ``None`` when they are free.
+
+    The rules are in the module doc: the registry's terms are what is charged and settled, and they must be the
+    manifest's, registered by the manifest's publisher.
+
+    Raises:
+        ValueError: ``cid`` is not a CID, or ``node_fee_per_1k`` is negative.
+        AdapterNotPayable: the node charges a fee and the adapter is not registered.
+        TermsMismatch: registered by someone else, or at other terms.
+        AdapterRevoked: the publisher revoked the adapter.
+    """
+    _check_fee(node_fee_per_1k)
+    info = registration(registry, cid)
+    if info is None:
+        if node_fee_per_1k == 0:
+            return None
+        raise AdapterNotPayable(_unregistered(cid))
+    if info.publisher != terms.publisher:
+        raise TermsMismatch(
+            f"adapter {cid} is registered on chain by {info.publisher}, but its manifest is signed by "
+            f"{terms.publisher}; it is not served (nobody but the publisher may earn from it). "
+            "The publisher can republish it under a new CID (e.g. with another --name) and register that"
+        )
+    if info.revoked_at:
+        raise AdapterRevoked(_revoked(cid, info))
+    registered = (info.price_per_1k_tokens, info.royalty_bps)
+    if registered != (terms.price_per_1k_tokens, terms.royalty_bps):
+        raise TermsMismatch(
+            f"adapter {cid} is registered at {registered[0]} wei per 1k tokens and {registered[1]} bps, but its "
+            f"signed manifest asks {terms.price_per_1k_tokens} wei and {terms.royalty_bps} bps; the publisher must "
+            "republish it with the registered terms"
+        )
+    if info.price_per_1k_tokens + node_fee_per_1k == 0:
+        return None
+    return _quote(info, node_fee_per_1k)
+
+
+def registration(registry: AdapterRegistry, cid: str) -> AdapterInfo | None:
+    """The registry's record of ``cid``, ``None`` when it was never registered.
+
+    Raises:
+        ValueError: ``cid`` is not a CID.
+    """
+    try:
+        return registry.adapter(adapter_id(cid))
+    except ContractRevert as exc:
+        if exc.error == "UnknownAdapter":
+            return None
+        raise
+
+
+def _check_fee(node_fee_per_1k: int) -> None:
+    if node_fee_per_1k < 0:
+        raise ValueError(f"node fee must be >= 0 wei per 1k tokens, got {node_fee_per_1k}")
+
+
+def _quote(info: AdapterInfo, node_fee_per_1k: int) -> Quote:
+    return Quote(
+        info.adapter_id, info.cid, info.publisher, info.royalty_bps, info.price_per_1k_tokens, node_fee_per_1k
+    )
+
+
+def _unregistered(cid: str) -> str:
+    return (
+        f"adapter {cid} is not registered on chain, so calls to it cannot be paid; its publisher must register it "
+        f"(openlora-node register {cid} --node HOST:PORT --key PUBLISHER_KEY)"
+    )
+
+
+def _revoked(cid: str, info: AdapterInfo) -> str:
+    return f"adapter {cid} was revoked by its publisher {info.publisher}; it is not served"

@@ -230,8 +230,10 @@ class Settler:
             self._wake.set()
 
     def start(self) -> None:
-        """Runs ``recover()``, then settles in a background thread until ``stop()``."""
+        """Runs ``recover()``, then settles in a background thread until ``stop()`` (at once if ``every_calls``
+        receipts are already waiting, e.g. left by a node that was killed)."""
         self.recover()
+        self.notify()
         self._thread = threading.Thread(target=self._loop, name="openlora-settler", daemon=True)
         self._thread.start()
 

@@ -22,6 +22,7 @@ class AdapterStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ADAPTER_STATUS_READY: _ClassVar[AdapterStatus]
     ADAPTER_STATUS_RESIDENT: _ClassVar[AdapterStatus]
     ADAPTER_STATUS_REJECTED: _ClassVar[AdapterStatus]
+    ADAPTER_STATUS_AVAILABLE: _ClassVar[AdapterStatus]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -32,6 +33,7 @@ ADAPTER_STATUS_VERIFYING: AdapterStatus
 ADAPTER_STATUS_READY: AdapterStatus
 ADAPTER_STATUS_RESIDENT: AdapterStatus
 ADAPTER_STATUS_REJECTED: AdapterStatus
+ADAPTER_STATUS_AVAILABLE: AdapterStatus
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -64,16 +66,56 @@ class SamplingParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("adapter", "prompt", "chat", "sampling")
+    __slots__ = ("adapter", "prompt", "chat", "sampling", "voucher")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    VOUCHER_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     prompt: str
     chat: ChatMessages
     sampling: SamplingParams
-    def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
+    voucher: Voucher
+    def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., voucher: _Optional[_Union[Voucher, _Mapping]] = ...) -> None: ...
+
+class Voucher(_message.Message):
+    __slots__ = ("client", "node", "epoch", "cumulative_amount", "signature")
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CUMULATIVE_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    client: str
+    node: str
+    epoch: int
+    cumulative_amount: str
+    signature: bytes
+    def __init__(self, client: _Optional[str] = ..., node: _Optional[str] = ..., epoch: _Optional[int] = ..., cumulative_amount: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class Receipt(_message.Message):
+    __slots__ = ("node", "client", "epoch", "sequence", "adapter_id", "publisher", "tokens", "cost", "charged_total", "signature")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHER_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    CHARGED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    client: str
+    epoch: int
+    sequence: int
+    adapter_id: bytes
+    publisher: str
+    tokens: int
+    cost: str
+    charged_total: str
+    signature: bytes
+    def __init__(self, node: _Optional[str] = ..., client: _Optional[str] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., adapter_id: _Optional[bytes] = ..., publisher: _Optional[str] = ..., tokens: _Optional[int] = ..., cost: _Optional[str] = ..., charged_total: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
@@ -84,16 +126,18 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateDone(_message.Message):
-    __slots__ = ("usage", "finish_reason", "adapter", "ttft_ms")
+    __slots__ = ("usage", "finish_reason", "adapter", "ttft_ms", "receipt")
     USAGE_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     usage: Usage
     finish_reason: FinishReason
     adapter: str
     ttft_ms: float
-    def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., adapter: _Optional[str] = ..., ttft_ms: _Optional[float] = ...) -> None: ...
+    receipt: Receipt
+    def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., adapter: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "done")
@@ -216,7 +260,7 @@ class SlotInfo(_message.Message):
     def __init__(self, capacity: _Optional[int] = ..., resident: _Optional[_Iterable[str]] = ..., host_cached: _Optional[int] = ..., max_rank: _Optional[int] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("version", "base_model", "base_fingerprint", "dtype", "device", "slots", "running", "waiting", "adapters_known")
+    __slots__ = ("version", "base_model", "base_fingerprint", "dtype", "device", "slots", "running", "waiting", "adapters_known", "chain")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     BASE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +270,7 @@ class NodeInfo(_message.Message):
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     ADAPTERS_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     version: str
     base_model: str
     base_fingerprint: str
@@ -235,4 +280,115 @@ class NodeInfo(_message.Message):
     running: int
     waiting: int
     adapters_known: int
-    def __init__(self, version: _Optional[str] = ..., base_model: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., slots: _Optional[_Union[SlotInfo, _Mapping]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., adapters_known: _Optional[int] = ...) -> None: ...
+    chain: ChainInfo
+    def __init__(self, version: _Optional[str] = ..., base_model: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., slots: _Optional[_Union[SlotInfo, _Mapping]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., adapters_known: _Optional[int] = ..., chain: _Optional[_Union[ChainInfo, _Mapping]] = ...) -> None: ...
+
+class ChainInfo(_message.Message):
+    __slots__ = ("chain_id", "rpc_url", "registry", "channels", "node_address", "node_fee_per_1k", "embedded", "withdraw_timeout_s")
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    RPC_URL_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NODE_FEE_PER_1K_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAW_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    chain_id: int
+    rpc_url: str
+    registry: str
+    channels: str
+    node_address: str
+    node_fee_per_1k: str
+    embedded: bool
+    withdraw_timeout_s: int
+    def __init__(self, chain_id: _Optional[int] = ..., rpc_url: _Optional[str] = ..., registry: _Optional[str] = ..., channels: _Optional[str] = ..., node_address: _Optional[str] = ..., node_fee_per_1k: _Optional[str] = ..., embedded: _Optional[bool] = ..., withdraw_timeout_s: _Optional[int] = ...) -> None: ...
+
+class GetQuoteRequest(_message.Message):
+    __slots__ = ("adapter", "prompt", "chat", "max_new_tokens", "client")
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    CHAT_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    adapter: str
+    prompt: str
+    chat: ChatMessages
+    max_new_tokens: int
+    client: str
+    def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., client: _Optional[str] = ...) -> None: ...
+
+class ChannelState(_message.Message):
+    __slots__ = ("epoch", "deposited", "redeemed", "withdraw_at", "latest_voucher", "charged_total", "committed")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    DEPOSITED_FIELD_NUMBER: _ClassVar[int]
+    REDEEMED_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAW_AT_FIELD_NUMBER: _ClassVar[int]
+    LATEST_VOUCHER_FIELD_NUMBER: _ClassVar[int]
+    CHARGED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    deposited: str
+    redeemed: str
+    withdraw_at: int
+    latest_voucher: Voucher
+    charged_total: str
+    committed: str
+    def __init__(self, epoch: _Optional[int] = ..., deposited: _Optional[str] = ..., redeemed: _Optional[str] = ..., withdraw_at: _Optional[int] = ..., latest_voucher: _Optional[_Union[Voucher, _Mapping]] = ..., charged_total: _Optional[str] = ..., committed: _Optional[str] = ...) -> None: ...
+
+class Quote(_message.Message):
+    __slots__ = ("payment_required", "adapter", "prompt_tokens", "max_new_tokens", "price_per_1k_tokens", "publisher_price_per_1k", "node_fee_per_1k", "max_cost_wei", "publisher", "royalty_bps", "node_address", "chain_id", "channels", "channel")
+    PAYMENT_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PRICE_PER_1K_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHER_PRICE_PER_1K_FIELD_NUMBER: _ClassVar[int]
+    NODE_FEE_PER_1K_FIELD_NUMBER: _ClassVar[int]
+    MAX_COST_WEI_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHER_FIELD_NUMBER: _ClassVar[int]
+    ROYALTY_BPS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    payment_required: bool
+    adapter: str
+    prompt_tokens: int
+    max_new_tokens: int
+    price_per_1k_tokens: str
+    publisher_price_per_1k: str
+    node_fee_per_1k: str
+    max_cost_wei: str
+    publisher: str
+    royalty_bps: int
+    node_address: str
+    chain_id: int
+    channels: str
+    channel: ChannelState
+    def __init__(self, payment_required: _Optional[bool] = ..., adapter: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., price_per_1k_tokens: _Optional[str] = ..., publisher_price_per_1k: _Optional[str] = ..., node_fee_per_1k: _Optional[str] = ..., max_cost_wei: _Optional[str] = ..., publisher: _Optional[str] = ..., royalty_bps: _Optional[int] = ..., node_address: _Optional[str] = ..., chain_id: _Optional[int] = ..., channels: _Optional[str] = ..., channel: _Optional[_Union[ChannelState, _Mapping]] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("adapter",)
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    adapter: str
+    def __init__(self, adapter: _Optional[str] = ...) -> None: ...
+
+class AdapterUsage(_message.Message):
+    __slots__ = ("adapter", "calls", "tokens", "amount_wei", "publisher_earnings_wei")
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_WEI_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHER_EARNINGS_WEI_FIELD_NUMBER: _ClassVar[int]
+    adapter: str
+    calls: int
+    tokens: int
+    amount_wei: str
+    publisher_earnings_wei: str
+    def __init__(self, adapter: _Optional[str] = ..., calls: _Optional[int] = ..., tokens: _Optional[int] = ..., amount_wei: _Optional[str] = ..., publisher_earnings_wei: _Optional[str] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("adapters",)
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    adapters: _containers.RepeatedCompositeFieldContainer[AdapterUsage]
+    def __init__(self, adapters: _Optional[_Iterable[_Union[AdapterUsage, _Mapping]]] = ...) -> None: ...

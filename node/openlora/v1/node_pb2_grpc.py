@@ -59,6 +59,16 @@ class NodeStub:
                 request_serializer=openlora_dot_v1_dot_node__pb2.GetNodeInfoRequest.SerializeToString,
                 response_deserializer=openlora_dot_v1_dot_node__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.GetQuote = channel.unary_unary(
+                '/openlora.v1.Node/GetQuote',
+                request_serializer=openlora_dot_v1_dot_node__pb2.GetQuoteRequest.SerializeToString,
+                response_deserializer=openlora_dot_v1_dot_node__pb2.Quote.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/openlora.v1.Node/GetUsage',
+                request_serializer=openlora_dot_v1_dot_node__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=openlora_dot_v1_dot_node__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -66,9 +76,17 @@ class NodeServicer:
 
     def Generate(self, request, context):
         """Generate a completion with the base model or one adapter. Streams text chunks, then one
-        final message with token usage. NOT_FOUND: unknown adapter CID; INVALID_ARGUMENT: bad CID,
+        final message with token usage (and, for a paid call, the node-signed receipt). NOT_FOUND:
+        unknown adapter CID, or a paid adapter not registered on chain; INVALID_ARGUMENT: bad CID,
         prompt or sampling; FAILED_PRECONDITION: the adapter was rejected (reason in the message);
         RESOURCE_EXHAUSTED: the queue is full, retry later.
+        Payment (README "Economics"): a call whose GetQuote says payment_required must carry a
+        voucher; a missing, stale, underpaying or closing-channel voucher is FAILED_PRECONDITION, a
+        forged one or one for another node PERMISSION_DENIED, a revoked adapter or one registered by
+        someone other than its manifest's publisher FAILED_PRECONDITION; no text is streamed then.
+        Refusals carry the trailing metadata "openlora-payment-error" (the error's name, e.g.
+        "StaleVoucher"); a call cut off after some text carries its receipt, serialized, in
+        "openlora-receipt-bin".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,7 +118,25 @@ class NodeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetNodeInfo(self, request, context):
-        """The base model, its fingerprint, slots and load.
+        """The base model, its fingerprint, slots and load; the chain and contracts calls are paid on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQuote(self, request, context):
+        """The price of one call before making it: the prompt is tokenized as Generate would, and
+        max_cost_wei = (prompt_tokens + max_new_tokens) × price_per_1k_tokens / 1000, rounded up,
+        with price = the publisher's registered price + this node's fee. Same errors as Generate's
+        adapter and payment checks (without a voucher).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """Settled on-chain usage per registered adapter (PaymentChannels.usage): the attribution
+        record. NOT_FOUND for an adapter CID that is not registered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +169,16 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.GetNodeInfo,
                     request_deserializer=openlora_dot_v1_dot_node__pb2.GetNodeInfoRequest.FromString,
                     response_serializer=openlora_dot_v1_dot_node__pb2.NodeInfo.SerializeToString,
+            ),
+            'GetQuote': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQuote,
+                    request_deserializer=openlora_dot_v1_dot_node__pb2.GetQuoteRequest.FromString,
+                    response_serializer=openlora_dot_v1_dot_node__pb2.Quote.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=openlora_dot_v1_dot_node__pb2.GetUsageRequest.FromString,
+                    response_serializer=openlora_dot_v1_dot_node__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +316,60 @@ class Node:
             '/openlora.v1.Node/GetNodeInfo',
             openlora_dot_v1_dot_node__pb2.GetNodeInfoRequest.SerializeToString,
             openlora_dot_v1_dot_node__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQuote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openlora.v1.Node/GetQuote',
+            openlora_dot_v1_dot_node__pb2.GetQuoteRequest.SerializeToString,
+            openlora_dot_v1_dot_node__pb2.Quote.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openlora.v1.Node/GetUsage',
+            openlora_dot_v1_dot_node__pb2.GetUsageRequest.SerializeToString,
+            openlora_dot_v1_dot_node__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

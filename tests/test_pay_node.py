@@ -1,0 +1,297 @@
+"""Pay per call through a real node on its embedded dev chain (no chain flags): a client in another process opens a
+channel, pays per call and sees the usage on chain; every way a call can be unpaid is refused with a status and
+no text; concurrent calls, a cancelled call, a revoked adapter, a squatted CID.
+
+Below the API the same rules are tested by the library tests: test_chain_payments.py (each voucher check, the
+payer's receipt checks, the ledger), test_chain_settlement.py (batching, kill -9 at every settlement step),
+test_chain_contracts.py (every revert of the contracts).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from pay_fixtures import (
+    CLIENT,
+    CLIENT2,
+    FINANCE,
+    LEGAL,
+    MEDICAL,
+    PUBLISHER,
+    QUESTION,
+    SQUATTER,
+    channel_of,
+    keys,  # noqa: F401 (fixture)
+    paid_request,
+    raw_stub,
+    refusal,
+    start_node,
+    voucher,
+    wait_usage,
+)
+
+from openlora.chain.attribution import usage_events
+from openlora.chain.backends import rpc_chain
+from openlora.chain.contracts import PaymentChannels
+from openlora.chain.pricing import cost_wei
+from openlora.client import NodeClient, PaidSession, node_contracts, payment_error
+from openlora.local import cli
+
+PRICE, ROYALTY = 1000, 2500  # wei per 1k tokens, bps
+DEPOSIT = 10**15
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    proc = start_node(tmp_path_factory.mktemp("node"), "--settle-every-calls", "1")
+    yield proc
+    assert proc.stop() == 0, "".join(proc.stderr[-20:])
+
+
+@pytest.fixture(scope="module")
+def client(node):
+    with NodeClient(node.address, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def info(client):
+    return client.node_info()
+
+
+@pytest.fixture(scope="module")
+def stub(node):
+    channel, stub = raw_stub(node.address)
+    yield stub
+    channel.close()
+
+
+def publish(node, keys, folder, price: int, royalty: int) -> str:  # noqa: F811
+    """Publishes ``folder`` through the CLI at ``price``; the CID (a priced adapter is registered on chain)."""
+    out = cli(
+        "openlora-node", "publish", str(folder), "--node", node.address, "--key", str(keys["publisher"]),
+        "--price-per-1k", str(price), "--royalty-bps", str(royalty),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"registered {out.stdout.split()[-1]} on chain as {PUBLISHER.address}" in out.stderr
+    return out.stdout.split()[-1]
+
+
+@pytest.fixture(scope="module")
+def priced(node, keys):  # noqa: F811
+    return publish(node, keys, MEDICAL, PRICE, ROYALTY)
+
+
+@pytest.fixture(scope="module")
+def funded(node, keys, priced):  # noqa: F811
+    """The client's channel, opened through the CLI."""
+    out = cli("openlora", "channel", "open", "--node", node.address, "--key", str(keys["client"]), "--amount", str(DEPOSIT))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"epoch=0 deposited_wei={DEPOSIT} redeemed_wei=0 withdraw_at=0"
+
+
+@pytest.fixture(scope="module")
+def session(client, funded):
+    return PaidSession(client, CLIENT)
+
+
+def test_node_info_tells_clients_where_to_pay(node, info):
+    c = info.chain
+    assert c.embedded and c.rpc_url.startswith("http://127.0.0.1:") and c.node_fee_per_1k == "0"
+    assert f"chain={c.rpc_url} account={c.node_address}" in node.ready_line
+    assert rpc_chain(c.rpc_url).chain_id == c.chain_id
+
+
+def test_client_in_another_process_pays_per_call_and_sees_usage_on_chain(node, client, info, keys, priced, funded):  # noqa: F811
+    before = wait_usage(client, priced, 0)
+    billed = []
+    for _ in range(3):
+        out = cli(
+            "openlora", "generate", "--node", node.address, "--adapter", priced, "--max-tokens", "6", "--temperature",
+            "0", "--usage", "--key", str(keys["client"]), QUESTION,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("Clinical note:")
+        usage = dict(re.findall(r"(\w+)=(\d+)", out.stderr))
+        tokens = int(usage["prompt_tokens"]) + int(usage["completion_tokens"])
+        assert int(usage["cost_wei"]) == cost_wei(tokens, PRICE)
+        billed.append((tokens, int(usage["cost_wei"])))
+
+    row = wait_usage(client, priced, before.calls + 3)
+    assert row.calls - before.calls == 3
+    assert row.tokens - before.tokens == sum(t for t, _ in billed)
+    assert int(row.amount_wei) - int(before.amount_wei) == sum(c for _, c in billed)
+    # The chain's own record: the events sum to the totals, each paying the publisher its royalty share.
+    events = usage_events(PaymentChannels(rpc_chain(info.chain.rpc_url), info.chain.channels), cid=priced)
+    assert sum(e.calls for e in events) == row.calls and sum(e.amount for e in events) == int(row.amount_wei)
+    assert all(e.publisher_amount == e.amount * ROYALTY // 10_000 and e.client == CLIENT.address for e in events)
+    assert int(row.publisher_earnings_wei) == sum(e.publisher_amount for e in events)
+
+    out = cli("openlora", "usage", "--node", node.address, "--adapter", priced, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [
+        {"adapter": priced, "calls": row.calls, "tokens": row.tokens, "publisher_earnings_wei": int(row.publisher_earnings_wei)}
+    ]
+    out = cli("openlora", "usage", "--node", node.address)
+    assert f"{priced}  calls={row.calls} tokens={row.tokens}" in out.stdout
+
+
+def test_free_calls_need_no_voucher(client, node, keys):  # noqa: F811
+    free = client.publish(FINANCE, PUBLISHER, "finance-free").cid  # price 0 on a node without a fee: not registered
+    # Priced but never registered: nothing could be settled for it, so a node without a fee serves it free.
+    unregistered = client.publish(FINANCE, PUBLISHER, "finance-unregistered", price_per_1k_tokens=700).cid
+    for adapter in (None, free, unregistered):
+        request = paid_request(adapter or "", None, max_new_tokens=4)
+        quote = client.quote(request)
+        assert not quote.payment_required and quote.max_cost_wei == "0"
+        assert client.generate(QUESTION, adapter=adapter, max_new_tokens=4).text()
+    with pytest.raises(grpc.RpcError) as e:
+        client.usage(free)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "not registered" in e.value.details()
+
+
+def test_quote_prices_prompt_plus_max_new_tokens(node, client, info, priced):
+    quote = client.quote(paid_request(priced, None, max_new_tokens=20), CLIENT2.address)
+    assert quote.payment_required and quote.adapter == priced
+    assert (quote.price_per_1k_tokens, quote.publisher_price_per_1k, quote.node_fee_per_1k) == (str(PRICE), str(PRICE), "0")
+    assert int(quote.max_cost_wei) == cost_wei(quote.prompt_tokens + 20, PRICE)
+    assert (quote.publisher, quote.royalty_bps) == (PUBLISHER.address, ROYALTY)
+    assert (quote.node_address, quote.chain_id, quote.channels) == (info.chain.node_address, info.chain.chain_id, info.chain.channels)
+    assert quote.channel.deposited == "0" and not quote.channel.HasField("latest_voucher")
+    out = cli("openlora", "quote", "--node", node.address, "--adapter", priced, "--max-tokens", "20", "--raw", QUESTION)
+    assert out.returncode == 0, out.stderr
+    printed = json.loads(out.stdout)
+    assert printed["paymentRequired"] and printed["pricePer1kTokens"] == str(PRICE)
+    assert int(printed["maxCostWei"]) == cost_wei(printed["promptTokens"] + 20, PRICE)
+    assert printed["promptTokens"] < quote.prompt_tokens  # --raw: the text alone, without the chat template
+
+
+@pytest.fixture(scope="module")
+def overspender(client):
+    """A second client whose channel holds 10 wei: less than any call's max cost."""
+    PaidSession(client, CLIENT2).open_channel(10)
+
+
+@pytest.mark.parametrize(
+    "case, code, error",
+    [
+        ("unpaid", grpc.StatusCode.FAILED_PRECONDITION, "PaymentRequired"),
+        ("underpaid", grpc.StatusCode.FAILED_PRECONDITION, "InsufficientAuthorization"),
+        ("forged", grpc.StatusCode.PERMISSION_DENIED, "InvalidVoucher"),
+        ("malformed", grpc.StatusCode.PERMISSION_DENIED, "InvalidVoucher"),
+        ("other_node", grpc.StatusCode.PERMISSION_DENIED, "WrongNode"),
+        ("other_epoch", grpc.StatusCode.FAILED_PRECONDITION, "WrongEpoch"),
+        ("replayed", grpc.StatusCode.FAILED_PRECONDITION, "StaleVoucher"),
+        ("overspent", grpc.StatusCode.FAILED_PRECONDITION, "InsufficientDeposit"),
+    ],
+)
+def test_unpaid_call_is_refused_before_any_text(case, code, error, client, info, stub, priced, session, overspender):
+    session.generate(QUESTION, adapter=priced, max_new_tokens=2).text()  # so that there is a voucher to replay
+    before = channel_of(client, CLIENT)
+    latest, committed = int(before.latest_voucher.cumulative_amount), int(before.committed)
+    max_cost = int(client.quote(paid_request(priced, None)).max_cost_wei)
+    enough = max(latest + 1, committed + max_cost)
+    assert latest + 1 < committed + max_cost  # so that "underpaid" is not also stale
+    signed = {
+        "unpaid": None,
+        "underpaid": voucher(info, CLIENT, latest + 1),
+        "forged": voucher(info, CLIENT, enough, signer=SQUATTER),
+        "malformed": voucher(info, CLIENT, enough),
+        "other_node": voucher(info, CLIENT, enough, node=CLIENT2.address),
+        "other_epoch": voucher(info, CLIENT, enough, epoch=1),
+        "replayed": None,
+        "overspent": voucher(info, CLIENT2, max_cost),
+    }[case]
+    request = paid_request(priced, signed)
+    if case == "malformed":
+        request.voucher.signature = request.voucher.signature[:64]
+    if case == "replayed":
+        request.voucher.CopyFrom(before.latest_voucher)
+
+    e = refusal(stub, request)
+    assert (e.code(), payment_error(e)) == (code, error), e.details()
+    after = channel_of(client, CLIENT)  # nothing was recorded
+    assert (after.latest_voucher, after.committed, after.charged_total) == (
+        before.latest_voucher,
+        before.committed,
+        before.charged_total,
+    )
+
+
+def test_concurrent_calls_from_one_client_are_each_charged_their_tokens(client, priced, session):
+    before = channel_of(client, CLIENT)
+
+    def call(i: int):
+        stream = session.generate(QUESTION, adapter=priced, max_new_tokens=3 + i % 4, temperature=0)
+        stream.text()
+        return stream.done, stream.receipt
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(call, range(8)))
+
+    for done, receipt in results:
+        assert receipt.tokens == done.usage.prompt_tokens + done.usage.completion_tokens
+        assert receipt.cost == cost_wei(receipt.tokens, PRICE)
+    after = channel_of(client, CLIENT)
+    charged = sum(r.cost for _, r in results)
+    assert int(after.charged_total) - int(before.charged_total) == charged
+    assert after.committed == after.charged_total  # no reservation left behind
+    assert max(r.charged_total for _, r in results) == int(after.charged_total)
+
+
+def test_cancelled_call_is_billed_only_the_text_it_delivered(client, priced, session):
+    before = channel_of(client, CLIENT)
+    stream = session.generate(QUESTION, adapter=priced, max_new_tokens=64, temperature=0)
+    quote = stream.quote
+    next(iter(stream))
+    stream.cancel()
+    deadline = time.monotonic() + 30
+    while (after := channel_of(client, CLIENT)).committed != after.charged_total and time.monotonic() < deadline:
+        time.sleep(0.05)  # the node closes the call when it sees the cancellation
+    assert after.committed == after.charged_total
+    charged = int(after.charged_total) - int(before.charged_total)
+    assert cost_wei(quote.prompt_tokens + 1, PRICE) <= charged < int(quote.max_cost_wei)
+    assert stream.receipt is None
+    # The client's next call builds on what the node says it charged, backed by the client's own voucher.
+    follow = session.generate(QUESTION, adapter=priced, max_new_tokens=2)
+    follow.text()
+    assert follow.receipt.charged_total == int(after.charged_total) + follow.receipt.cost
+
+
+def test_revoked_adapter_is_refused(node, client, keys, session):  # noqa: F811
+    cid = publish(node, keys, LEGAL, 2000, 1000)
+    assert session.generate(QUESTION, adapter=cid, max_new_tokens=2).text()
+    out = cli("openlora-node", "revoke", cid, "--node", node.address, "--key", str(keys["publisher"]))
+    assert out.returncode == 0, out.stderr
+    for call in (
+        lambda: session.generate(QUESTION, adapter=cid, max_new_tokens=2),
+        lambda: client.quote(paid_request(cid, None)),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert (e.value.code(), payment_error(e.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "AdapterRevoked")
+        assert "revoked by its publisher" in e.value.details()
+
+
+def test_squatted_cid_earns_the_squatter_nothing(node, client, info, keys, session):  # noqa: F811
+    cid = client.publish(FINANCE, PUBLISHER, "finance-priced", price_per_1k_tokens=500, royalty_bps=5000).cid
+    registry, _ = node_contracts(info.chain)
+    registry.register(SQUATTER, cid, 500, 5000)  # before the publisher does
+    with pytest.raises(grpc.RpcError) as e:
+        session.generate(QUESTION, adapter=cid, max_new_tokens=2)
+    assert (e.value.code(), payment_error(e.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "TermsMismatch")
+    assert f"registered on chain by {SQUATTER.address}" in e.value.details()
+    out = cli("openlora-node", "register", cid, "--node", node.address, "--key", str(keys["publisher"]))
+    assert out.returncode == 1 and f"already registered by {SQUATTER.address}" in out.stderr
+
+
+def test_usage_of_bad_cid_is_invalid_argument(client):
+    with pytest.raises(grpc.RpcError) as e:
+        client.usage("not-a-cid")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
