@@ -66,10 +66,13 @@ def cid(swarm):
         return a.publish(DEMO_ADAPTERS / "medical", PUBLISHER, name="medical").cid
 
 
-def test_ready_line_carries_the_full_multiaddr(swarm):
+def test_ready_line_and_node_info_carry_the_full_multiaddr(swarm):
     for node in swarm.values():
         addr = multiaddr_of(node)
         assert addr.startswith("/ip4/127.0.0.1/tcp/") and "/p2p/16Uiu2" in addr
+    with NodeClient(swarm["b"].address, timeout=30) as b:
+        info = wait_until(lambda: (i := b.node_info()).p2p.peers >= 1 and i, "B connected to A", 10.0)
+    assert info.p2p.multiaddr == multiaddr_of(swarm["b"]) and info.p2p.peer_id in info.p2p.multiaddr
 
 
 def test_b_and_c_list_the_published_adapter_within_5_s(swarm, cid):

@@ -499,6 +499,16 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             waiting=stats["waiting"],
             adapters_known=len(self.store.catalog.list()),
             chain=self._chain_info(),
+            p2p=await self._p2p_info(),
+        )
+
+    async def _p2p_info(self) -> pb.P2PInfo | None:
+        if self.swarm_link is None:
+            return None
+        swarm = self.swarm_link.swarm
+        peers = await asyncio.to_thread(swarm.connected_peers)
+        return pb.P2PInfo(
+            peer_id=swarm.peer_id, multiaddr=swarm.multiaddr, peers=len(peers), nodes_known=len(swarm.peer_table())
         )
 
     def _chain_info(self) -> pb.ChainInfo | None:

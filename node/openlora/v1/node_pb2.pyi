@@ -260,7 +260,7 @@ class SlotInfo(_message.Message):
     def __init__(self, capacity: _Optional[int] = ..., resident: _Optional[_Iterable[str]] = ..., host_cached: _Optional[int] = ..., max_rank: _Optional[int] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("version", "base_model", "base_fingerprint", "dtype", "device", "slots", "running", "waiting", "adapters_known", "chain")
+    __slots__ = ("version", "base_model", "base_fingerprint", "dtype", "device", "slots", "running", "waiting", "adapters_known", "chain", "p2p")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     BASE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +271,7 @@ class NodeInfo(_message.Message):
     WAITING_FIELD_NUMBER: _ClassVar[int]
     ADAPTERS_KNOWN_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
+    P2P_FIELD_NUMBER: _ClassVar[int]
     version: str
     base_model: str
     base_fingerprint: str
@@ -281,7 +282,20 @@ class NodeInfo(_message.Message):
     waiting: int
     adapters_known: int
     chain: ChainInfo
-    def __init__(self, version: _Optional[str] = ..., base_model: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., slots: _Optional[_Union[SlotInfo, _Mapping]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., adapters_known: _Optional[int] = ..., chain: _Optional[_Union[ChainInfo, _Mapping]] = ...) -> None: ...
+    p2p: P2PInfo
+    def __init__(self, version: _Optional[str] = ..., base_model: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., slots: _Optional[_Union[SlotInfo, _Mapping]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., adapters_known: _Optional[int] = ..., chain: _Optional[_Union[ChainInfo, _Mapping]] = ..., p2p: _Optional[_Union[P2PInfo, _Mapping]] = ...) -> None: ...
+
+class P2PInfo(_message.Message):
+    __slots__ = ("peer_id", "multiaddr", "peers", "nodes_known")
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    MULTIADDR_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    NODES_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    peer_id: str
+    multiaddr: str
+    peers: int
+    nodes_known: int
+    def __init__(self, peer_id: _Optional[str] = ..., multiaddr: _Optional[str] = ..., peers: _Optional[int] = ..., nodes_known: _Optional[int] = ...) -> None: ...
 
 class ChainInfo(_message.Message):
     __slots__ = ("chain_id", "rpc_url", "registry", "channels", "node_address", "node_fee_per_1k", "embedded", "withdraw_timeout_s")
