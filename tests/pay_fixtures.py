@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -121,27 +118,4 @@ def wait_usage(client: NodeClient, cid: str, calls: int, timeout_s: float = 60.0
             return row
         time.sleep(0.1)
 
-
-class ChainProcess:
-    """``python -m openlora.chain.rpc_server``: an embedded chain in its own process that outlives nodes."""
-
-    def __init__(self, deployment_file: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "openlora.chain.rpc_server"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"chain process did not start: {self.proc.stderr.read()}")
-        data = json.loads(line)
-        self.url = data.pop("url")
-        deployment_file.write_text(json.dumps(data))
-        self.deployment_file = deployment_file
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 

@@ -16,11 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import trio
 from eth_account import Account
-from libp2p.bitswap import BitswapClient, MemoryBlockStore
-from libp2p.crypto.secp256k1 import create_new_key_pair
-from libp2p.tools.anyio_service import background_trio_service
 from openlora.adapters.manifest import (
     MANIFEST_VERSION,
     BaseRef,
@@ -40,7 +36,6 @@ from openlora.content import (
     cid_text,
     import_bytes,
     make_cid,
-    parse_cid,
 )
 from openlora.content.importer import CHUNK_SIZE
 from openlora.p2p import (
@@ -51,17 +46,14 @@ from openlora.p2p import (
     SwarmNotRunning,
     SwarmStartError,
 )
-from openlora.p2p.gossip import build_pubsub
-from openlora.p2p.host import build_host, listen_multiaddr, parse_peer_multiaddr
+from openlora.p2p.host import parse_peer_multiaddr
 from openlora.p2p.identity import IDENTITY_FILE
 from openlora.p2p.messages import (
     MAX_ANNOUNCEMENT_BYTES,
-    TOPIC_ADAPTERS,
     Announcement,
     LocalStatus,
     encode,
 )
-from openlora.p2p.runner import TrioThread
 from openlora.p2p.swarm import Swarm, SwarmConfig
 from p2p_helpers import RawPeer, raw_peers  # noqa: F401  (fixture)
 
@@ -306,7 +298,6 @@ def test_catalog_survives_a_restart(spawn, tmp_path: Path) -> None:
 
 
 def test_announcements_for_another_base_are_relayed_but_not_kept(spawn) -> None:
-    import torch
     from openlora.adapters.verify import BaseProfile, Verifier
 
     def node_hook(fingerprint: str) -> Callable[[bytes], Manifest]:  # the node's real check

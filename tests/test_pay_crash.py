@@ -15,7 +15,6 @@ from pay_fixtures import (
     MEDICAL,
     PUBLISHER,
     QUESTION,
-    ChainProcess,
     keys,  # noqa: F401 (fixture)
     node_key,
     start_node,
@@ -23,6 +22,7 @@ from pay_fixtures import (
 )
 
 from openlora.chain.attribution import usage_events, usage_report
+from openlora.local import ChainProcess
 from openlora.chain.backends import rpc_chain
 from openlora.chain.contracts import AdapterRegistry, Deployment, PaymentChannels
 from openlora.chain.pricing import cost_wei

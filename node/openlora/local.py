@@ -1,4 +1,5 @@
-"""Run ``openlora-node start`` as a subprocess on a free loopback port (demo, tests, soak).
+"""Local processes for the demo, tests and soak runs: ``openlora-node start`` on a free loopback port,
+and a stand-alone dev chain.
 
     node = NodeProcess(Path(".data/demo"), "--dtype", "float32")
     print(node.address)        # 127.0.0.1:PORT from the ready line
@@ -8,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -78,3 +80,35 @@ def cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         subprocess.TimeoutExpired: it ran longer than ``timeout`` seconds.
     """
     return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout)
+
+
+class ChainProcess:
+    """``python -m openlora.chain.rpc_server``: an in-process EVM in a process of its own, so it outlives the
+    nodes that use it (``--chain-rpc URL --contracts FILE``) and several nodes can share it.
+
+    Args:
+        deployment_file: where the contracts' addresses are written (the ``--contracts`` file).
+
+    Raises:
+        RuntimeError: the chain did not start.
+    """
+
+    def __init__(self, deployment_file: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "openlora.chain.rpc_server"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"chain process did not start: {self.proc.stderr.read()}")
+        data = json.loads(line)
+        self.url = data.pop("url")
+        deployment_file.write_text(json.dumps(data))
+        self.deployment_file = deployment_file
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

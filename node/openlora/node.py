@@ -112,6 +112,7 @@ class Node:
                 base_name=self.base_name,
                 base_fingerprint=self.fingerprint,
                 resident=tuple(engine.slots.resident()),
+                node_fee_per_1k_wei=self.chain.info.node_fee_per_1k if self.chain is not None else 0,
                 active=stats["running"],
                 waiting=stats["waiting"],
                 max_batch=engine.max_batch,
