@@ -208,8 +208,8 @@ def parse_manifest(raw: bytes) -> Manifest:
         raise AdapterRejected(RejectReason.BAD_MANIFEST, f"manifest is {len(raw)} bytes; the limit is {MAX_MANIFEST_BYTES}")
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AdapterRejected(RejectReason.BAD_MANIFEST, f"manifest is not JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # also a number over Python's 4300 digits, or nesting too deep
+        raise AdapterRejected(RejectReason.BAD_MANIFEST, f"manifest is not JSON this node reads: {e}") from None
     if not isinstance(obj, dict):
         raise AdapterRejected(RejectReason.BAD_MANIFEST, "manifest must be a JSON object")
     try:

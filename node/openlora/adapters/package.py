@@ -62,8 +62,8 @@ def read_config(raw: bytes) -> dict:
     """
     try:
         cfg = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AdapterRejected(RejectReason.BAD_CONFIG, f"{CONFIG_FILE} is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # also a number over Python's 4300 digits, or nesting too deep
+        raise AdapterRejected(RejectReason.BAD_CONFIG, f"{CONFIG_FILE} is not JSON this node reads: {e}") from None
     if not isinstance(cfg, dict):
         raise AdapterRejected(RejectReason.BAD_CONFIG, f"{CONFIG_FILE} must be a JSON object")
     return cfg

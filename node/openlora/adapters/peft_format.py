@@ -12,7 +12,9 @@ this base, every shape must fit the base, and every feature that would change th
 and that the engine does not implement (DoRA, LoRA bias, trained ``modules_to_save``,
 embedding / lm_head targets, …) is refused with a reason instead of ignored. Target matching,
 ``rank_pattern``/``alpha_pattern`` resolution and ``layers_to_transform`` are PEFT's own
-helpers, so we agree with PEFT by construction. Cheap checks run before expensive ones: the rank
+helpers, so we agree with PEFT by construction; PEFT reads several of these fields as regexes with
+Python's ``re``, which has no timeout, so each such pattern is first checked for a shape that
+cannot backtrack without end (``_check_pattern``). Cheap checks run before expensive ones: the rank
 limit before the weights are read, names/shapes/dtypes on the header before any tensor is
 materialised.
 """
@@ -22,9 +24,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
+import re._parser as re_parser  # to inspect a pattern's structure before PEFT runs it
+from re._constants import BRANCH, MAX_REPEAT, MIN_REPEAT, POSSESSIVE_REPEAT
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .package import WEIGHTS_FILE, read_config
 from .reasons import AdapterRejected, RejectReason
@@ -54,6 +61,77 @@ _UNSUPPORTED = {
     "velora_config": (None, "VeLoRA"),
     "megatron_config": (None, "Megatron parallel layers"),
 }
+
+
+MAX_PATTERN_CHARS = 256
+MAX_PATTERN_REPEATS = 2  # * + {m,n} per pattern: matching one module name stays polynomial and small
+MAX_PATTERN_KEYS = 64  # rank_pattern / alpha_pattern keys: each is tried against every module
+_REPEATS = (MAX_REPEAT, MIN_REPEAT, POSSESSIVE_REPEAT)
+
+
+def _pattern_shape(parsed) -> tuple[int, bool]:
+    """``(repeats, branches?)`` of a parsed regex.
+
+    Raises:
+        ValueError: a repeat around a repeat or an alternation (``(.*)*x``, ``(a|ab)+``): the
+            shapes that make Python's backtracking ``re`` take exponential time.
+    """
+    repeats, branch = 0, False
+    for op, av in parsed:
+        inner, inner_branch = 0, op is BRANCH
+        stack = [av]
+        while stack:  # the sub-patterns of this item, wherever its arguments hold them
+            x = stack.pop()
+            if isinstance(x, re_parser.SubPattern):
+                r, b = _pattern_shape(x)
+                inner, inner_branch = inner + r, inner_branch or b
+            elif isinstance(x, (tuple, list)):
+                stack.extend(x)
+        if op in _REPEATS and av[1] > 1:
+            if inner or inner_branch:
+                raise ValueError("a repeated group that itself repeats or alternates")
+            inner += 1
+        repeats, branch = repeats + inner, branch or inner_branch
+    return repeats, branch
+
+
+def _check_pattern(field: str, pattern: str) -> None:
+    """Refuse a regex from the config that PEFT's ``re`` could spend unbounded time on.
+
+    PEFT matches ``target_modules`` (a string), ``exclude_modules`` (a string), the keys of
+    ``rank_pattern`` / ``alpha_pattern`` and ``layers_pattern`` as regexes against every module
+    name; Python's ``re`` has no timeout, so one hostile pattern would pin a CPU forever.
+
+    Raises:
+        AdapterRejected: BAD_CONFIG (too long, not a regex, nested repeats, too many repeats).
+    """
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise AdapterRejected(RejectReason.BAD_CONFIG, f"{field} pattern is {len(pattern)} characters; the limit is {MAX_PATTERN_CHARS}")
+    try:
+        repeats, _ = _pattern_shape(re_parser.parse(pattern))
+    except (re.error, ValueError, RecursionError) as e:
+        raise AdapterRejected(RejectReason.BAD_CONFIG, f"{field} pattern {pattern!r} is refused: {e}") from None
+    if repeats > MAX_PATTERN_REPEATS:
+        raise AdapterRejected(
+            RejectReason.BAD_CONFIG, f"{field} pattern {pattern!r} has {repeats} repeats; at most {MAX_PATTERN_REPEATS} are accepted"
+        )
+
+
+class _MatchingFields(BaseModel):
+    """Types of the config fields the checks below interpret; ``LoraConfig`` itself checks none
+    (a ``rank_pattern`` of ``null`` or an ``r`` of ``"8"`` would otherwise fail deep inside PEFT)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    r: Annotated[int, Field(ge=1)] = 8
+    lora_alpha: int | float = 8
+    target_modules: list[str] | str
+    rank_pattern: Annotated[dict[str, Annotated[int, Field(ge=1)]], Field(max_length=MAX_PATTERN_KEYS)] = {}
+    alpha_pattern: Annotated[dict[str, int | float], Field(max_length=MAX_PATTERN_KEYS)] = {}
+    use_rslora: bool = False
+    layers_to_transform: list[Annotated[int, Field(ge=0)]] | Annotated[int, Field(ge=0)] | None = None
+    layers_pattern: list[str] | str | None = None
+    exclude_modules: list[str] | str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +179,8 @@ def parse_config(raw: bytes):
         ``(config_dict, peft.LoraConfig)``.
 
     Raises:
-        AdapterRejected: BAD_CONFIG (not JSON, not LoRA, unknown or invalid fields),
+        AdapterRejected: BAD_CONFIG (not JSON, not LoRA, unknown, wrong-typed or invalid fields,
+            a module regex that is invalid or could backtrack without end: ``_check_pattern``),
             UNSUPPORTED_PEFT (a feature listed in ``_UNSUPPORTED``).
     """
     from peft import LoraConfig
@@ -124,9 +203,22 @@ def parse_config(raw: bytes):
     if not cfg.get("target_modules"):
         raise AdapterRejected(RejectReason.BAD_CONFIG, "target_modules is empty")
     try:
+        fields = _MatchingFields.model_validate(cfg)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise AdapterRejected(RejectReason.BAD_CONFIG, f"adapter_config field {where}: {first['msg']}") from None
+    # Lists in target_modules / exclude_modules are matched as name suffixes, not as regexes.
+    regexes = [(name, getattr(fields, name)) for name in ("target_modules", "exclude_modules") if isinstance(getattr(fields, name), str)]
+    layers = fields.layers_pattern
+    regexes += [("layers_pattern", p) for p in ([layers] if isinstance(layers, str) else layers or [])]
+    regexes += [(name, key) for name in ("rank_pattern", "alpha_pattern") for key in getattr(fields, name)]
+    for name, pattern in regexes:
+        _check_pattern(name, pattern)
+    try:
         lc = LoraConfig(**{k: v for k, v in cfg.items() if k not in ("peft_type", "auto_mapping", "peft_version")})
-    except (TypeError, ValueError) as e:
-        raise AdapterRejected(RejectReason.BAD_CONFIG, f"invalid LoRA config: {e}") from None
+    except Exception as e:  # PEFT's own checks raise assorted types on hostile values; all mean "bad config"
+        raise AdapterRejected(RejectReason.BAD_CONFIG, f"invalid LoRA config: {type(e).__name__}: {e}") from None
     if not isinstance(lc.r, int) or isinstance(lc.r, bool) or lc.r <= 0:
         raise AdapterRejected(RejectReason.BAD_CONFIG, f"r must be a positive integer, got {lc.r!r}")
     return cfg, lc
@@ -155,11 +247,14 @@ def _expected_modules(lc, base_modules: dict[str, tuple[int, int]]) -> dict[str,
                 raise AdapterRejected(RejectReason.UNSUPPORTED_PEFT, f"LoRA on {t} (embedding/output head) is not supported")
     kinds = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in base_modules}))
     out: dict[str, tuple[int, float]] = {}
-    for name in base_modules:
-        if _targets(lc, name):
-            r = lc.rank_pattern.get(get_pattern_key(lc.rank_pattern.keys(), name), lc.r)
-            alpha = lc.alpha_pattern.get(get_pattern_key(lc.alpha_pattern.keys(), name), lc.lora_alpha)
-            out[name] = (r, alpha)
+    try:
+        for name in base_modules:
+            if _targets(lc, name):
+                r = lc.rank_pattern.get(get_pattern_key(lc.rank_pattern.keys(), name), lc.r)
+                alpha = lc.alpha_pattern.get(get_pattern_key(lc.alpha_pattern.keys(), name), lc.lora_alpha)
+                out[name] = (r, alpha)
+    except re.error as e:  # PEFT reads target_modules (a string), pattern keys and layers_pattern as regexes
+        raise AdapterRejected(RejectReason.BAD_CONFIG, f"a module pattern in the config is not a valid regex: {e}") from None
     if not out:
         raise AdapterRejected(
             RejectReason.UNKNOWN_MODULE, f"target_modules {lc.target_modules!r} match no linear module of the base (it has {kinds})"

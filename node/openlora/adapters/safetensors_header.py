@@ -120,7 +120,7 @@ def parse_header(raw: bytes, file_name: str = "adapter_model.safetensors", max_h
         if not text.startswith(b"{"):
             raise ValueError("the header must start with '{'")
         header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; nesting can be too deep
         raise AdapterRejected(RejectReason.BAD_SAFETENSORS, f"{file_name} header is not a valid JSON object: {e}") from None
     if not isinstance(header, dict):
         raise AdapterRejected(RejectReason.BAD_SAFETENSORS, f"{file_name} header must be a JSON object")

@@ -1,4 +1,9 @@
-"""The node's gRPC server: ``openlora.v1.Node`` plus ``grpc.health.v1`` and server reflection."""
+"""The node's gRPC server: ``openlora.v1.Node`` plus ``grpc.health.v1`` and server reflection.
+
+    request ──► grpc core: messages over MAX_MESSAGE_BYTES refused (RESOURCE_EXHAUSTED)
+            ──► RateLimitInterceptor (Generate / PublishAdapter / GetQuote, per client; ratelimit.py)
+            ──► NodeServicer (servicer.py: per-request limits, payment, engine)
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,24 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..v1 import node_pb2, node_pb2_grpc
+from .ratelimit import RateLimiter, RateLimitInterceptor
 from .servicer import NodeServicer
 
 SERVICE = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
-async def start_server(servicer: NodeServicer, host: str, port: int) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+async def start_server(
+    servicer: NodeServicer, host: str, port: int, limiter: RateLimiter | None = None
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Bind and start the server.
 
     Args:
         servicer: the Node implementation.
         host: interface to listen on (the node defaults to 127.0.0.1).
         port: TCP port; 0 picks a free one.
+        limiter: per-client buckets for Generate / PublishAdapter / GetQuote (``None``: no limit);
+            pass the same one to the HTTP API so a client has one budget across both.
 
     Returns:
         ``(server, bound port, health servicer)``; health reports SERVING for the Node service.
@@ -28,6 +38,7 @@ async def start_server(servicer: NodeServicer, host: str, port: int) -> tuple[gr
         RuntimeError: the address cannot be bound.
     """
     server = grpc.aio.server(
+        interceptors=[RateLimitInterceptor(limiter)] if limiter is not None else [],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -65,7 +65,7 @@ def parse_cid(value: str | bytes | CID) -> CID:
         raise InvalidCID(f"invalid CID of type {type(value).__name__}: {_HINT}")
     try:
         return CID.decode(value)
-    except (ValueError, KeyError) as exc:  # multiformats/bases raise both kinds
+    except (ValueError, KeyError, IndexError) as exc:  # multiformats/bases raise all three (a lone "b": IndexError)
         reason = str(exc.args[0]).rstrip(".") if exc.args else type(exc).__name__
         raise InvalidCID(f"invalid CID {shown!r}: {reason}; {_HINT}") from exc
 

@@ -91,7 +91,9 @@ def sample_next(logits: torch.Tensor, params: list[SamplingParams], gens: list[t
     for i, p in enumerate(params):
         if p.greedy:
             continue
-        row = logits[i].float() / p.temperature
+        # shifted so the largest logit is 0: a tiny temperature then gives -inf, not inf - inf = nan
+        row = logits[i].float()
+        row = (row - row.max()) / p.temperature
         if p.top_k:
             kth = torch.topk(row, min(p.top_k, row.numel())).values[-1]
             row = row.masked_fill(row < kth, float("-inf"))
