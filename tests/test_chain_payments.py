@@ -228,6 +228,15 @@ def test_unknown_adapter_is_refused(setup):
         setup.payments.authorize(setup.voucher(setup.max_cost), make_cid("unknown"), MAX_TOKENS)
 
 
+def test_registration_after_an_unknown_answer_is_seen_by_the_next_call(setup):
+    # Registrations are read once per block: the "not registered" answer must not outlive its block.
+    cid = make_cid("late")
+    with pytest.raises(AdapterNotPayable, match="not registered"):
+        setup.payments.quote(cid)
+    setup.world.registry.register(setup.world.publisher, cid, 1500, 2500)
+    assert setup.payments.quote(cid).price_per_1k_tokens >= 1500
+
+
 @pytest.mark.parametrize(
     "error, status",
     [

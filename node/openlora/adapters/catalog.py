@@ -7,6 +7,9 @@
                                                         │ only if the reason is retryable
                      FETCHING / VERIFYING / READY ◄─────┘ (reasons.py)
 
+A local publish may complete an adapter while a fetch of it is in flight (FETCHING ──► READY); the fetch then
+finds it READY and leaves it so (``set_state(..., unless=...)`` compares and sets in one transaction).
+
 AVAILABLE: a peer announced it and its manifest passed the checks (signature, base), but its
 files are not here yet; the first request for it fetches them.
 
@@ -43,7 +46,9 @@ _ALLOWED = {
     AdapterState.AVAILABLE: {
         AdapterState.AVAILABLE, AdapterState.FETCHING, AdapterState.VERIFYING, AdapterState.READY, AdapterState.REJECTED
     },
-    AdapterState.FETCHING: {AdapterState.AVAILABLE, AdapterState.FETCHING, AdapterState.VERIFYING, AdapterState.REJECTED},
+    AdapterState.FETCHING: {
+        AdapterState.AVAILABLE, AdapterState.FETCHING, AdapterState.VERIFYING, AdapterState.READY, AdapterState.REJECTED
+    },
     AdapterState.VERIFYING: {AdapterState.READY, AdapterState.REJECTED},
     AdapterState.READY: {AdapterState.READY, AdapterState.REJECTED},
     AdapterState.REJECTED: {AdapterState.REJECTED},
@@ -101,9 +106,12 @@ class Catalog:
     def get(self, cid: str) -> CatalogEntry | None:
         """The entry for ``cid`` or ``None``."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT cid, state, reason, detail, name, manifest, updated_at FROM adapters WHERE cid = ?", (cid,)
-            ).fetchone()
+            return self._entry_of(cid)
+
+    def _entry_of(self, cid: str) -> CatalogEntry | None:
+        row = self._db.execute(
+            "SELECT cid, state, reason, detail, name, manifest, updated_at FROM adapters WHERE cid = ?", (cid,)
+        ).fetchone()
         return _entry(row) if row else None
 
     def list(self) -> list[CatalogEntry]:
@@ -123,8 +131,13 @@ class Catalog:
         detail: str = "",
         name: str | None = None,
         manifest: bytes | None = None,
+        unless: frozenset[AdapterState] = frozenset(),
     ) -> CatalogEntry:
         """Move ``cid`` to ``state`` (creating the entry if new).
+
+        Args:
+            unless: states to leave alone: when ``cid`` is in one of them, nothing changes and its entry is
+                returned (checked and set in one transaction, so a concurrent change cannot slip in between).
 
         Raises:
             BadTransition: the lifecycle forbids the move (e.g. leaving REJECTED for a reason
@@ -135,6 +148,9 @@ class Catalog:
             try:
                 row = self._db.execute("SELECT state, name, manifest, reason FROM adapters WHERE cid = ?", (cid,)).fetchone()
                 current = AdapterState(row[0]) if row else None
+                if current in unless:
+                    self._db.execute("ROLLBACK")
+                    return self._entry_of(cid)
                 allowed = _ALLOWED[current]
                 if current is AdapterState.REJECTED and RejectReason(row[3]).retryable:
                     allowed = _RETRY

@@ -125,10 +125,13 @@ class AdapterStore:
         Returns:
             The parsed adapter (the engine's host cache can take it directly).
 
+        An adapter published here while it was being fetched is READY already and stays READY while its
+        blocks are checked again.
+
         Raises:
             AdapterRejected: any check failed (recorded under ``cid``).
         """
-        self.catalog.set_state(cid, AdapterState.VERIFYING)
+        self.catalog.set_state(cid, AdapterState.VERIFYING, unless=frozenset({AdapterState.READY}))
         adapter = self.load(cid)
         raw = self.blocks.get(cid)
         self.catalog.set_state(cid, AdapterState.READY, name=parse_manifest(raw).name, manifest=raw)

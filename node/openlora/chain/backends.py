@@ -10,6 +10,9 @@ is written once. Reverts look the same on both: the embedded provider answers li
 (``{"code": 3, "message": "execution reverted", "data": "0x<selector><args>"}``), so web3 raises
 ``ContractCustomError`` with the revert data in both cases.
 
+A JSON-RPC endpoint that stops answering (refused, reset, timed out) raises ``ChainUnreachable`` from every call,
+so callers can tell an outage (run on credit, retry later) from a chain that answered no.
+
 Transactions are always signed locally (``eth_sendRawTransaction``): no key ever leaves the process that owns it.
 """
 
@@ -21,12 +24,13 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
+import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from web3 import EthereumTesterProvider, Web3
+from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.types import RPCEndpoint, RPCResponse
 
-from .errors import ChainError
+from .errors import ChainError, ChainUnreachable
 
 #: The well-known development mnemonic (anvil's and hardhat's default). Its keys are public: dev chains only.
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
@@ -161,6 +165,16 @@ def _revert_response(exc: Exception) -> RPCResponse:
     return {"jsonrpc": "2.0", "id": 0, "error": error}  # type: ignore[typeddict-item]
 
 
+class _RpcProvider(HTTPProvider):
+    """web3's HTTP provider, with transport failures raised as ``ChainUnreachable``."""
+
+    def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        try:
+            return super().make_request(method, params)
+        except requests.RequestException as exc:
+            raise ChainUnreachable(f"the chain RPC {self.endpoint_uri} did not answer {method}: {exc}") from exc
+
+
 def embedded_chain() -> EmbeddedChain:
     """A fresh in-process chain (post-merge, Prague rules) with ``dev_accounts()`` funded and a genesis hash
     no other embedded chain shares."""
@@ -176,7 +190,7 @@ def rpc_chain(url: str, timeout_s: float = 30.0) -> RpcChain:
     """
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"chain RPC URL must start with http:// or https://, got {url!r}")
-    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout_s}))
+    w3 = Web3(_RpcProvider(url, request_kwargs={"timeout": timeout_s}))
     chain = RpcChain(w3, url)
     try:
         _ = chain.chain_id

@@ -1,6 +1,7 @@
 """Typed errors of the chain layer, in two families.
 
     ChainError                      the chain or the ledger cannot do what was asked
+    ├── ChainUnreachable            the chain's JSON-RPC endpoint does not answer (refused, reset, timed out)
     ├── ContractRevert              a contract call reverted; carries the Solidity custom error's name and args
     ├── SettlementError             a settlement batch could not be built, sent or reconciled
     ├── LedgerError                 the receipts ledger refuses an operation (wrong state, other chain)
@@ -16,7 +17,8 @@
         ├── ChannelClosing          the client asked to withdraw: no new calls on this channel
         ├── StaleVoucher            cumulative amount not above the latest one accepted (replays land here)
         ├── InsufficientAuthorization   the voucher's unused authorisation is below the call's max cost
-        └── InsufficientDeposit     the channel's deposit does not cover what the node would claim
+        ├── InsufficientDeposit     the channel's deposit does not cover what the node would claim
+        └── CreditLimitReached      the chain is unreachable and the client's unconfirmed calls hit the credit limit
 
 Every ``PaymentError`` has ``status``, the name of the gRPC status code the API layer should answer with,
 and a message that says what the client has to do.
@@ -27,6 +29,11 @@ from __future__ import annotations
 
 class ChainError(RuntimeError):
     """Base of every error raised by ``openlora.chain``."""
+
+
+class ChainUnreachable(ChainError):
+    """The chain's JSON-RPC endpoint does not answer (connection refused or reset, timeout): a transient fault,
+    unlike a revert or a refusal. Payments run on credit meanwhile (``NodePayments``); settlement retries."""
 
 
 class ContractRevert(ChainError):
@@ -121,3 +128,10 @@ class InsufficientAuthorization(PaymentError):
 
 class InsufficientDeposit(PaymentError):
     """The channel's deposit does not cover what the node committed plus this call's max cost."""
+
+
+class CreditLimitReached(PaymentError):
+    """The chain is unreachable, so the channel cannot be checked, and this client's calls accepted since it
+    was last checked would exceed the node's credit limit (``chain.credit_limit_wei``)."""
+
+    status = "UNAVAILABLE"

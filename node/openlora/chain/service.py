@@ -117,7 +117,9 @@ class NodeChain:
         )
         self._settler.start()
         registry = AdapterRegistry(chain, deployment.registry)
-        self.payments = NodePayments(registry, channels, self._ledger, s.node_fee_per_1k, self._settler)
+        self.payments = NodePayments(
+            registry, channels, self._ledger, s.node_fee_per_1k, self._settler, credit_limit_wei=s.credit_limit_wei
+        )
         rpc_url = self._server.url if self._server is not None else s.rpc_url
         self.info = ChainInfo(
             deployment.chain_id,

@@ -17,6 +17,10 @@ what it already redeemed and only when usage entries sum to exactly the new delt
 would revert rather than pay or attribute twice. A kill -9 anywhere leaves the ledger in a state ``resolve``
 understands: nothing recorded (receipts simply stay unsettled), recorded but unsent, sent, or mined.
 
+When the chain cannot be reached (or a batch is not mined in time) the background loop retries with exponential
+backoff: ``retry_min_s``, doubling up to ``every_seconds``, and back to the normal rhythm after a success. An
+open batch is retried too (the same signed bytes), even when no new receipt waits.
+
 ``recover()`` runs at start: it resolves the open batch, then checks every channel's on-chain ``redeemed`` against
 the ledger's ``settled`` and refuses to run (SettlementError) when they differ.
 
@@ -42,7 +46,7 @@ from .contracts import (
     tx_receipt,
     wait_receipt,
 )
-from .errors import ChainError, ContractRevert, SettlementError
+from .errors import ChainError, ChainUnreachable, ContractRevert, SettlementError
 from .ledger import ChannelClaim, Ledger, OpenBatch
 
 log = logging.getLogger(__name__)
@@ -70,9 +74,14 @@ class Settler:
         every_seconds: settle at least this often while anything is unsettled (T, seconds).
         max_redemptions: channels per transaction (bounds its gas; the rest goes in the next batch).
         tx_timeout_s: seconds to wait for a settlement transaction to be mined.
+        retry_min_s: first delay after a failed attempt, seconds (doubles per failure, up to ``every_seconds``).
+
+    Attributes:
+        failures: consecutive failed attempts of the background loop (0 again after a success).
 
     Raises:
-        ValueError: a threshold is below 1, or ``node`` is not the ledger's node.
+        ValueError: a threshold is below 1, ``retry_min_s`` is not above 0, or ``node`` is not the ledger's
+            node.
     """
 
     def __init__(
@@ -85,9 +94,10 @@ class Settler:
         every_seconds: float = 30.0,
         max_redemptions: int = 100,
         tx_timeout_s: float = 120.0,
+        retry_min_s: float = 1.0,
     ) -> None:
-        if every_calls < 1 or every_seconds <= 0 or max_redemptions < 1:
-            raise ValueError("every_calls and max_redemptions must be >= 1 and every_seconds > 0")
+        if every_calls < 1 or every_seconds <= 0 or max_redemptions < 1 or retry_min_s <= 0:
+            raise ValueError("every_calls and max_redemptions must be >= 1, every_seconds and retry_min_s > 0")
         if node.address != ledger.node.address:
             raise ValueError(f"settler account {node.address} is not the ledger's node {ledger.node.address}")
         self.ledger = ledger
@@ -97,6 +107,9 @@ class Settler:
         self.every_seconds = every_seconds
         self.max_redemptions = max_redemptions
         self.tx_timeout_s = tx_timeout_s
+        self.retry_min_s = retry_min_s
+        self.failures = 0  # consecutive failed attempts of the background loop
+        self._retry_at: float | None = None
         self._run_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -250,19 +263,35 @@ class Settler:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            self._wake.wait(timeout=max(0.0, self._last_settle + self.every_seconds - time.monotonic()))
+            next_at = self._retry_at if self._retry_at is not None else self._last_settle + self.every_seconds
+            self._wake.wait(timeout=max(0.0, next_at - time.monotonic()))
             self._wake.clear()
             if self._stopping.is_set():
                 return
+            now = time.monotonic()
+            if self._retry_at is not None and now < self._retry_at:
+                continue  # woken by a new receipt while backing off
             waiting = self.ledger.unsettled_count()
-            overdue = time.monotonic() - self._last_settle >= self.every_seconds
-            if waiting >= self.every_calls or (waiting and overdue):
+            overdue = now - self._last_settle >= self.every_seconds
+            retrying = self._retry_at is not None
+            if waiting >= self.every_calls or retrying or (waiting and overdue):
                 try:
                     self.settle_now()
+                    failed = bool(self.ledger.open_batches())  # sent but not mined in time
+                except ChainUnreachable as exc:  # an outage: expected, no traceback
+                    log.warning("settlement attempt %d: %s", self.failures + 1, exc)
+                    failed = True
                 except ChainError:
-                    log.exception("settlement failed; retrying in %.0f s", self.every_seconds)
-                    self._last_settle = time.monotonic()
+                    log.exception("settlement attempt %d failed", self.failures + 1)
+                    failed = True
+                if failed:
+                    self.failures += 1
+                    # capped exponent: a days-long outage must not overflow the float
+                    delay = min(self.every_seconds, self.retry_min_s * 2 ** min(self.failures - 1, 32))
+                    self._retry_at = time.monotonic() + delay
                     continue
+                self.failures = 0
+                self._retry_at = None
                 if self.ledger.unsettled_count() >= self.every_calls:
                     self._wake.set()  # more than one batch was waiting (max_redemptions): go on at once
             elif overdue:

@@ -20,6 +20,7 @@ from .errors import (
     InvalidCID,
     InvalidDag,
     LimitExceeded,
+    StoreFull,
     UnsupportedCID,
 )
 from .importer import ImportResult, file_cid, import_bytes, import_path, import_stream
@@ -38,6 +39,7 @@ __all__ = [
     "InvalidCID",
     "InvalidDag",
     "LimitExceeded",
+    "StoreFull",
     "UnsupportedCID",
     "cid_text",
     "file_cid",

@@ -12,6 +12,9 @@ longer matches its CID (bit rot, a copy torn by a crash) raises :class:`CorruptB
 deleted, so it is fetched (or re-added) again. That self-healing is why blocks are not fsync'd:
 on this kind of disk an fsync per 256 KiB block cut imports from ~350 to ~65 MB/s, and a block
 lost to a power cut costs one re-fetch, never a wrong answer.
+A write the disk refuses (no space left, quota, file size limit) raises :class:`StoreFull` ("disk full: …");
+the temp file is removed, so the store holds the block wholly or not at all, and reads go on as before.
+
 Lock discipline: writing a temp file needs no lock; the rename into place and the deletion of a
 corrupt block take one lock, and a deletion re-checks the file under it, so a good copy that a
 concurrent ``put`` just renamed in is never deleted.
@@ -20,6 +23,7 @@ concurrent ``put`` just renamed in is never deleted.
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import tempfile
 import threading
@@ -28,9 +32,12 @@ from pathlib import Path
 from multiformats import CID
 
 from .cid import check_supported, cid_text, parse_cid, verify_block
-from .errors import BlockHashMismatch, BlockNotFound, CorruptBlock, LimitExceeded
+from .errors import BlockHashMismatch, BlockNotFound, CorruptBlock, LimitExceeded, StoreFull
 from .importer import import_bytes, import_path
 from .reader import DEFAULT_LIMITS, DagLimits, iter_file, missing_blocks
+
+#: errno values that mean "this disk takes no more bytes": no space, quota, the process's file size limit.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class BlockStore:
@@ -71,7 +78,8 @@ class BlockStore:
             InvalidCID, UnsupportedCID: ``cid`` is not a usable CID.
             LimitExceeded: the block is larger than ``limits.max_block_size`` bytes.
             BlockHashMismatch: the bytes do not hash to ``cid``; nothing is stored.
-            OSError: the disk write failed.
+            StoreFull: the disk refused the write (full, quota, file size limit); nothing is stored.
+            OSError: the disk write failed otherwise.
         """
         cid = parse_cid(cid)
         if len(block) > self.limits.max_block_size:
@@ -95,6 +103,17 @@ class BlockStore:
             path.parent.mkdir(exist_ok=True)
             with self._lock:
                 os.replace(tmp, path)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            if exc.errno in _FULL:
+                full = StoreFull(
+                    f"disk full: cannot store block {cid_text(cid)} ({len(block)} bytes) under {self.root}: "
+                    f"{exc.strerror}; free space on that disk (or raise its quota or file size limit) and retry",
+                    cid=cid_text(cid),
+                )
+                full.errno = exc.errno
+                raise full from exc
+            raise
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -152,7 +171,8 @@ class BlockStore:
 
         Raises:
             ValueError: ``cid_version`` is not 0 or 1.
-            OSError: a disk write failed.
+            StoreFull: the disk refused a block (see :meth:`put`).
+            OSError: a disk write failed otherwise.
         """
         return cid_text(import_bytes(data, cid_version=cid_version, on_block=self._write).root)
 
@@ -161,7 +181,8 @@ class BlockStore:
 
         Raises:
             ValueError: ``cid_version`` is not 0 or 1.
-            OSError: the file cannot be read, or a disk write failed.
+            StoreFull: the disk refused a block (see :meth:`put`).
+            OSError: the file cannot be read, or a disk write failed otherwise.
         """
         return cid_text(import_path(path, cid_version=cid_version, on_block=self._write).root)
 

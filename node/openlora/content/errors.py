@@ -8,7 +8,8 @@
     │   └── CorruptBlock      ...and they came from our own disk (the file has been removed)
     ├── BlockNotFound         no such block in the local store (KeyError)
     ├── InvalidDag            a block decodes to something that is not a UnixFS file (ValueError)
-    └── LimitExceeded         a block or DAG is bigger/deeper/wider than allowed (ValueError)
+    ├── LimitExceeded         a block or DAG is bigger/deeper/wider than allowed (ValueError)
+    └── StoreFull             the disk refused a block write: no space, quota, file size limit (OSError)
 
 Every error that concerns one block carries its CID (canonical text) in ``cid``, so a fetcher
 can penalise the peer that served it and retry elsewhere.
@@ -59,3 +60,8 @@ class InvalidDag(ContentError, ValueError):
 class LimitExceeded(ContentError, ValueError):
     """A block or DAG exceeds a configured bound (block size, file size, depth, links per node,
     number of blocks); the message names the bound and how to raise it."""
+
+
+class StoreFull(ContentError, OSError):
+    """The disk refused to store a block (ENOSPC, EDQUOT, or EFBIG from a file size limit). Nothing of the block
+    is visible in the store; ``errno`` is the operating system's code. The message starts with "disk full:"."""

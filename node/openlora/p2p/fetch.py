@@ -238,7 +238,7 @@ async def fetch_dag(
         stats = await job.run(root)
     if scope.cancelled_caught:
         left = await anyio.to_thread.run_sync(store.missing, root)
-        raise FetchTimeout(f"fetching {root} timed out after {timeout_s} s with {len(left)} block(s) missing", left)
+        raise FetchTimeout(f"fetching {root} timed out after {timeout_s:g} s with {len(left)} block(s) missing", left)
     stats.seconds = time.perf_counter() - started
     return stats
 
@@ -281,6 +281,29 @@ async def fetch_adapter(
 
     total = FetchStats()
     started = time.perf_counter()
+    try:
+        return await _fetch_adapter(store, cid, sources, validate_manifest, base_fingerprint, on_bad_block, left, total)
+    except FetchTimeout as e:
+        # fetch_dag knows only the time that was left for its part; the caller asked for ``timeout_s``.
+        raise FetchTimeout(
+            f"fetching adapter {cid} timed out after {timeout_s:g} s with {len(e.missing)} block(s) missing "
+            f"(first {e.missing[0] if e.missing else '?'})",
+            e.missing,
+        ) from None
+    finally:
+        total.seconds = time.perf_counter() - started
+
+
+async def _fetch_adapter(
+    store: BlockStore,
+    cid: str,
+    sources: Sequence[BlockSource],
+    validate_manifest: ManifestValidator,
+    base_fingerprint: str,
+    on_bad_block: BadBlockHandler | None,
+    left: Callable[[], float | None],
+    total: FetchStats,
+) -> FetchedAdapter:
     total.add(await fetch_dag(store, cid, sources, on_bad_block=on_bad_block, timeout_s=left()))
     raw = await anyio.to_thread.run_sync(store.get, cid)
     try:
@@ -297,5 +320,4 @@ async def fetch_adapter(
         )
     for f in manifest.files:
         total.add(await fetch_dag(store, f.cid, sources, on_bad_block=on_bad_block, timeout_s=left()))
-    total.seconds = time.perf_counter() - started
     return FetchedAdapter(cid, raw, manifest, total)
