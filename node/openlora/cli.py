@@ -6,13 +6,17 @@ client command and ``--help`` start instantly.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from .config import LoadedSettings
 
 DEFAULT_NODE = os.environ.get("OPENLORA_NODE", "127.0.0.1:50051")
 
@@ -74,66 +78,64 @@ def _route(swarm: str, adapter: str | None) -> str:
 # ----- openlora-node -----
 
 
+# Every setting's flag keeps "not given" (None) as its default, so that an OPENLORA_* variable or the
+# --config file can supply the value; show_default tells --help what applies when nothing does.
 @node_app.command()
 def start(
-    port: Annotated[int, typer.Option(help="gRPC port on the listen host; 0 picks a free one.")] = 50051,
-    data_dir: Annotated[Path, typer.Option(help="Blockstore, catalog and converted base model.")] = Path(".data"),
-    host: Annotated[str, typer.Option(help="Listen address. Loopback unless you mean to expose the node.")] = "127.0.0.1",
+    config: Annotated[Optional[Path], typer.Option("--config", envvar="OPENLORA_CONFIG", help="TOML settings file: top-level keys named as the flags below (with underscores), chain flags in a table named chain; OPENLORA_* variables and flags override it.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="gRPC port on the listen host; 0 picks a free one.", show_default="50051")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Blockstore, catalog and converted base model.", show_default=".data")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Listen address. Loopback unless you mean to expose the node.", show_default="127.0.0.1")] = None,
+    http: Annotated[Optional[bool], typer.Option("--http/--no-http", help="Serve the OpenAI-compatible HTTP API and /metrics beside gRPC.", show_default="--http")] = None,
+    http_port: Annotated[Optional[int], typer.Option(help="HTTP port on the listen host (default: the gRPC port + 1; a free one when that is 0).")] = None,
     base_model: Annotated[Optional[str], typer.Option(help="A .gguf file or HF causal-LM folder; default SmolLM2-135M-Instruct.")] = None,
-    model_cache: Annotated[Optional[Path], typer.Option(help="Where GGUF conversions go (env OPENLORA_MODEL_CACHE; default DATA_DIR/models).")] = None,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "bfloat16",
-    max_loras: Annotated[int, typer.Option(help="Adapter slots on the device.")] = 8,
-    max_cpu_loras: Annotated[int, typer.Option(help="Adapters kept parsed in host RAM.")] = 64,
-    max_lora_rank: Annotated[int, typer.Option(help="Largest adapter rank served.")] = 64,
-    max_batch: Annotated[int, typer.Option(help="Rows decoded together.")] = 16,
-    max_waiting: Annotated[int, typer.Option(help="Queued requests before RESOURCE_EXHAUSTED.")] = 256,
+    model_cache: Annotated[Optional[Path], typer.Option(help="Where GGUF conversions go (default DATA_DIR/models).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16.", show_default="bfloat16")] = None,
+    max_loras: Annotated[Optional[int], typer.Option(help="Adapter slots on the device.", show_default="8")] = None,
+    max_cpu_loras: Annotated[Optional[int], typer.Option(help="Adapters kept parsed in host RAM.", show_default="64")] = None,
+    max_lora_rank: Annotated[Optional[int], typer.Option(help="Largest adapter rank served.", show_default="64")] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help="Rows decoded together.", show_default="16")] = None,
+    max_waiting: Annotated[Optional[int], typer.Option(help="Queued requests before RESOURCE_EXHAUSTED.", show_default="256")] = None,
+    max_prompt_tokens: Annotated[Optional[int], typer.Option(help="Longest prompt accepted, tokens.", show_default="4096")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Most tokens generated per request.", show_default="1024")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: all cores).")] = None,
-    p2p: Annotated[bool, typer.Option("--p2p/--no-p2p", help="Join the libp2p swarm (discovery, block exchange).")] = True,
-    p2p_port: Annotated[int, typer.Option(help="libp2p TCP port on the listen host; 0 picks a free one.")] = 0,
-    bootstrap: Annotated[Optional[list[str]], typer.Option(help="Peer multiaddr /ip4/…/tcp/N/p2p/ID to join (repeatable).")] = None,
+    p2p: Annotated[Optional[bool], typer.Option("--p2p/--no-p2p", help="Join the libp2p swarm (discovery, block exchange).", show_default="--p2p")] = None,
+    p2p_port: Annotated[Optional[int], typer.Option(help="libp2p TCP port on the listen host; 0 picks a free one.", show_default="0")] = None,
+    bootstrap: Annotated[Optional[list[str]], typer.Option(help="Peer multiaddr /ip4/…/tcp/N/p2p/ID to join (repeatable; OPENLORA_BOOTSTRAP takes a comma-separated list).")] = None,
     ipfs_api: Annotated[Optional[str], typer.Option(help="Kubo RPC URL to fetch blocks from, e.g. http://127.0.0.1:5001.")] = None,
-    chain: Annotated[str, typer.Option(help="embedded: an in-process dev chain, gone when the node stops (use --chain-rpc for any other).")] = "embedded",
+    log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning, error.", show_default="info")] = None,
+    log_format: Annotated[Optional[str], typer.Option(help="Log lines on stderr: text, or json (one object per line).", show_default="text")] = None,
+    fetch_timeout: Annotated[Optional[float], typer.Option(help="Seconds a fetch of an unknown adapter from peers may take.", show_default="60.0")] = None,
+    client_rate_limit: Annotated[Optional[float], typer.Option(help="Requests per second per client (token bucket); 0 turns the limit off.", show_default="50.0")] = None,
+    client_rate_limit_burst: Annotated[Optional[int], typer.Option(help="Requests a client may make at once (the bucket's size).", show_default="100")] = None,
+    metrics_max_adapters: Annotated[Optional[int], typer.Option(help="Adapters with their own /metrics label; the rest count as adapter=\"other\".", show_default="64")] = None,
+    chain: Annotated[Optional[str], typer.Option(help="embedded: an in-process dev chain, gone when the node stops (use --chain-rpc for any other).", show_default="embedded")] = None,
     chain_rpc: Annotated[Optional[str], typer.Option(help="Any EVM JSON-RPC URL instead of the embedded chain; needs --contracts.")] = None,
-    chain_port: Annotated[int, typer.Option(help="The embedded chain's JSON-RPC port on 127.0.0.1; 0 picks a free one.")] = 0,
+    chain_port: Annotated[Optional[int], typer.Option(help="The embedded chain's JSON-RPC port on 127.0.0.1; 0 picks a free one.", show_default="0")] = None,
     contracts: Annotated[Optional[Path], typer.Option(help="Deployment JSON for --chain-rpc (`openlora-node chain deploy` writes it).")] = None,
     node_key: Annotated[Optional[Path], typer.Option(help="Node keystore (default DATA_DIR/node-key.json, made on first start; passphrase $OPENLORA_NODE_KEY_PASSPHRASE, else empty).")] = None,
-    node_fee_per_1k: Annotated[int, typer.Option("--node-fee-per-1k", help="Wei per 1000 tokens added to every adapter's price.", min=0)] = 0,
-    settle_every_calls: Annotated[int, typer.Option(help="Settle on chain once this many paid calls are unsettled.", min=1)] = 50,
-    settle_every_seconds: Annotated[float, typer.Option(help="Settle at least this often while calls are unsettled.")] = 30.0,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    node_fee_per_1k: Annotated[Optional[int], typer.Option("--node-fee-per-1k", help="Wei per 1000 tokens added to every adapter's price.", show_default="0")] = None,
+    settle_every_calls: Annotated[Optional[int], typer.Option(help="Settle on chain once this many paid calls are unsettled.", show_default="50")] = None,
+    settle_every_seconds: Annotated[Optional[float], typer.Option(help="Settle at least this often while calls are unsettled.", show_default="30.0")] = None,
+    withdraw_timeout: Annotated[Optional[int], typer.Option(help="Embedded chain: seconds clients wait between a withdraw request and the refund.", show_default="3600")] = None,
+    credit_limit_wei: Annotated[Optional[int], typer.Option(help="Wei of not-yet-checkable vouchers one client may run up while the chain RPC is unreachable.", show_default="1000000000000000")] = None,
 ) -> None:
-    """Start a node: load the base model, serve gRPC, print a line with `ready` once it accepts calls."""
+    """Start a node: load the base model, serve gRPC, print a line with `ready` once it accepts calls.
+
+    Each setting comes from its flag, else OPENLORA_<NAME> (OPENLORA_CHAIN__<NAME> for chain settings), else the --config file, else its default; `openlora-node config show` prints the result.
+    """
     import asyncio
     import signal
 
-    from pydantic import ValidationError
+    settings = _settings(locals()).settings
+    from .logs import configure_logging
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from .config import ChainSettings, NodeSettings
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.log_format == "json":
+        # transformers' tqdm bars (GGUF conversion, weight loading) would break one-object-per-line stderr.
+        from transformers.utils import logging as hf_logging
 
-    if chain != "embedded":
-        _fail(f"--chain: only 'embedded' is built in, got {chain!r}; use --chain-rpc URL for any other chain", 2)
-    try:
-        chain_settings = ChainSettings(
-            rpc_url=chain_rpc, port=chain_port, contracts=contracts, node_key=node_key, node_fee_per_1k=node_fee_per_1k,
-            settle_every_calls=settle_every_calls, settle_every_seconds=settle_every_seconds,
-        )  # fmt: skip
-    except ValidationError as e:
-        first = e.errors()[0]
-        flag = {"rpc_url": "chain-rpc", "port": "chain-port"}.get(str(first["loc"][0]), "") if first["loc"] else ""
-        where = f"--{flag or str(first['loc'][0]).replace('_', '-')}: " if first["loc"] else ""
-        _fail(where + first["msg"].removeprefix("Value error, "), 2)
-    try:
-        settings = NodeSettings(chain=chain_settings,
-            host=host, port=port, data_dir=data_dir, base_model=base_model, model_cache=model_cache, dtype=dtype,
-            max_loras=max_loras, max_cpu_loras=max_cpu_loras, max_lora_rank=max_lora_rank, max_batch=max_batch,
-            max_waiting=max_waiting, threads=threads, p2p=p2p, p2p_port=p2p_port, bootstrap=bootstrap or [],
-            ipfs_api=ipfs_api,
-        )  # fmt: skip
-    except ValidationError as e:
-        first = e.errors()[0]
-        _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}", 2)
-
+        hf_logging.disable_progress_bar()
     from .engine.base import BaseModelError
     from .node import Node
     from .p2p.errors import SwarmError
@@ -147,9 +149,11 @@ def start(
             _fail(str(e))
         p2p_part = f"p2p={node.multiaddr} " if node.multiaddr else ""
         chain_part = f" chain={node.chain.info.rpc_url} account={node.chain.info.node_address}"
+        http_address = getattr(node, "http_address", None)
+        http_part = f" http={http_address}" if http_address else ""
         print(
             f"openlora-node ready on {node.address} {p2p_part}base={node.base_name} "
-            f"fingerprint={node.fingerprint} data={settings.data_dir.resolve()}{chain_part}",
+            f"fingerprint={node.fingerprint} data={settings.data_dir.resolve()}{chain_part}{http_part}",
             flush=True,
         )
         stopped = asyncio.Event()
@@ -161,6 +165,44 @@ def start(
         await node.stop()
 
     asyncio.run(run())
+
+
+def _settings(params: dict) -> LoadedSettings:
+    """The settings of ``start``'s parameters (flags not given are None) layered over the environment and
+    the --config file; exits 2 with the message (naming each bad setting's source) when they are invalid."""
+    from .config import SettingsError, flag_name, load_settings, setting_paths
+
+    if params["chain"] not in (None, "embedded"):
+        _fail(f"--chain: only 'embedded' is built in, got {params['chain']!r}; use --chain-rpc URL for any other chain", 2)
+    given = {path: params[_param(flag_name(path))] for path in setting_paths()}
+    try:
+        # An empty list is what click passes for a repeatable flag that was not given.
+        return load_settings({path: v for path, v in given.items() if v not in (None, [], ())}, params["config"])
+    except SettingsError as e:
+        _fail(str(e), 2)
+
+
+def _param(flag: str) -> str:
+    """``start``'s parameter name for a flag (``--node-fee-per-1k`` → ``node_fee_per_1k``)."""
+    return flag.removeprefix("--").replace("-", "_")
+
+
+config_app = typer.Typer(help="The node's settings (flags > OPENLORA_* environment > --config file > defaults).", no_args_is_help=True)
+node_app.add_typer(config_app, name="config")
+
+
+def config_show(**params) -> None:
+    """Print the settings `openlora-node start` would run with, given the same flags, environment and
+    --config file: a TOML file (usable as --config) with each value's origin as a comment."""
+    from .config import effective_toml
+
+    typer.echo(effective_toml(_settings(params)), nl=False)
+
+
+# `config show` takes exactly the flags of `start`, so "what would this command line run with?" is answered
+# by replacing `start` with `config show`.
+config_show.__signature__ = inspect.signature(start, eval_str=True)
+config_app.command("show")(config_show)
 
 
 @node_app.command()
@@ -263,7 +305,7 @@ def revoke(
 def chain_deploy(
     chain_rpc: Annotated[str, typer.Option("--chain-rpc", help="The chain's JSON-RPC URL.")],
     key: Annotated[Path, typer.Option(help="Keystore of the deploying account (pays the gas).")],
-    withdraw_timeout_s: Annotated[int, typer.Option(help="Seconds clients wait between a withdraw request and the refund.", min=1)] = 3600,
+    withdraw_timeout_s: Annotated[int, typer.Option("--withdraw-timeout", help="Seconds clients wait between a withdraw request and the refund.", min=1)] = 3600,
     out: Annotated[Optional[Path], typer.Option(help="Also write the Deployment JSON here (for `start --contracts`).")] = None,
 ) -> None:
     """Deploy AdapterRegistry and PaymentChannels; prints the Deployment JSON (chain_id, registry, channels)."""
