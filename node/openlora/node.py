@@ -3,9 +3,13 @@
     start:  base model (resolve → convert once → fingerprint → load, LoRA slots injected)
             → blockstore + catalog + adapter store → engine thread
             → chain (embedded or RPC, node key, ledger, settler: chain/service.py) → gRPC server
-            → libp2p swarm (announce, fetch, status) → "ready"
-    stop:   health NOT_SERVING → server drains (grace) → swarm stops → engine stops
+            → HTTP server (OpenAI-compatible API + /metrics, same asyncio loop) → libp2p swarm
+            (announce, fetch, status) → "ready"
+    stop:   health NOT_SERVING, HTTP 503 → both servers drain (grace) → swarm stops → engine stops
             → chain (final settlement, ledger closed) → catalog closed
+
+gRPC and HTTP share one request core (``api/calls.py``), one rate limiter (a client has one
+budget across both) and one metrics registry (``metrics.py``).
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import torch
 
 from .adapters.catalog import Catalog
 from .adapters.store import AdapterStore, BaseProfile
+from .api.ratelimit import RateLimiter
 from .api.server import start_server
-from .api.servicer import NodeServicer, ServingLimits
+from .api.calls import Calls, ServingLimits
+from .api.servicer import NodeServicer
 from .api.swarm_link import SwarmLink
 from .chain.service import NodeChain
 from .config import NodeSettings
@@ -27,6 +33,7 @@ from .engine.base import resolve_base_model
 from .engine.model import load_resident
 from .engine.scheduler import Engine
 from .engine.slots import HostCache, SlotManager
+from .metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +47,10 @@ class Node:
     Attributes (after :meth:`start`):
         port: the bound gRPC port.
         base_name / fingerprint: the base model's name and fingerprint.
+        http_address: ``host:port`` of the HTTP API (``None`` when ``settings.http`` is off).
         multiaddr: the libp2p address ``/ip4/…/tcp/N/p2p/PEERID`` ("" without a swarm).
         chain: the chain services (``chain.info``: chain id, RPC URL, contracts, node account, fee).
+        metrics: this node's metrics (its own registry).
     """
 
     def __init__(self, settings: NodeSettings) -> None:
@@ -51,6 +60,9 @@ class Node:
         self.fingerprint = ""
         self._server = None
         self._health = None
+        self._http = None
+        self.http_address: str | None = None
+        self.metrics = NodeMetrics(settings.metrics_max_adapters)
         self._engine: Engine | None = None
         self._catalog: Catalog | None = None
         self._swarm = None
@@ -67,7 +79,7 @@ class Node:
 
         Raises:
             engine.base.BaseModelError: the base model cannot be found or loaded.
-            RuntimeError: the port cannot be bound.
+            RuntimeError: a port (gRPC or HTTP) cannot be bound.
         """
         s = self.settings
         if s.threads:
@@ -81,23 +93,35 @@ class Node:
         self._catalog = Catalog(data / "catalog.sqlite")
         store = AdapterStore(BlockStore(data / "blocks"), self._catalog, profile)
         slots = SlotManager(rm.lora_layers, rm.routing, s.max_loras)
+        metrics = self.metrics
         self._engine = Engine(
-            rm, slots, HostCache(s.max_cpu_loras), store.load, max_batch=s.max_batch, max_waiting=s.max_waiting
-        )
+            rm, slots, HostCache(s.max_cpu_loras), metrics.timed_load(store.load), max_batch=s.max_batch,
+            max_waiting=s.max_waiting, on_cache=metrics.cache_lookup,
+        )  # fmt: skip
         self._engine.start()
-        limits = ServingLimits(s.max_prompt_tokens, s.max_new_tokens)
-        servicer = NodeServicer(self._engine, store, limits, device="cpu")
+        metrics.watch_engine(self._engine.stats)
+        calls = Calls(self._engine, store, ServingLimits(s.max_prompt_tokens, s.max_new_tokens), metrics)
+        servicer = NodeServicer(calls, device="cpu")
         # ── chain (before the server: any call it serves may have to be paid) ──
         self.chain = NodeChain(s.chain, data)
         await asyncio.to_thread(self.chain.start)
-        servicer.chain = self.chain
+        calls.chain = self.chain
         # ── end chain ──
-        self._server, self.port, self._health = await start_server(servicer, s.host, s.port)
+        limiter = RateLimiter(s.client_rate_limit_rps, s.client_rate_limit_burst) if s.client_rate_limit_rps else None
+        self._server, self.port, self._health = await start_server(servicer, s.host, s.port, limiter)
+        http_port = s.resolved_http_port()
+        if http_port is not None:
+            from .api.http import HttpServer, build_app  # fastapi + uvicorn load only when HTTP is on
+
+            app = build_app(calls, metrics, base_name=self.base_name, limiter=limiter)
+            self._http = HttpServer(app, s.host, http_port)
+            await self._http.start()
+            self.http_address = f"{s.host}:{self._http.port}"
         # ── swarm (after the server: its status names the bound gRPC address) ──
         if s.p2p:
             self._swarm = await asyncio.to_thread(self._start_swarm, data, store)
             self.multiaddr = self._swarm.multiaddr
-            servicer.swarm_link = SwarmLink(self._swarm, store, self._engine.host)
+            calls.swarm_link = SwarmLink(self._swarm, store, self._engine.host, timeout_s=s.fetch_timeout_s)
 
     def _start_swarm(self, data, store: AdapterStore):
         from .p2p.messages import LocalStatus
@@ -134,8 +158,12 @@ class Node:
         """Stop serving: in-flight streams get ``grace_s`` seconds, then everything closes."""
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        stopping = []
         if self._server is not None:
-            await self._server.stop(grace_s)
+            stopping.append(self._server.stop(grace_s))
+        if self._http is not None:
+            stopping.append(self._http.stop(grace_s))
+        await asyncio.gather(*stopping)
         if self._swarm is not None:
             await asyncio.to_thread(self._swarm.stop)
         if self._engine is not None:

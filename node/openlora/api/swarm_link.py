@@ -6,19 +6,27 @@
       ─► store.admit_fetched: the full verification pipeline, catalog VERIFYING → READY
       ─► engine host cache (so the first request does not parse it twice)
 
-A fetch that finds no peer with the blocks leaves an AVAILABLE adapter AVAILABLE (peers may come
-back) and an unknown CID unknown.
+Each fetch logs a line when it starts (cid, connected peers) and one when its blocks are in (bytes,
+blocks, sources, seconds, MB/s), as ``extra`` fields too for JSON logs.
+
+A fetch that finds no peer with the blocks, or no room on disk for them, leaves an AVAILABLE
+adapter AVAILABLE (peers may come back, disk may be freed) and an unknown CID unknown; an adapter
+published here meanwhile stays READY.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from ..adapters.catalog import AdapterState
 from ..adapters.reasons import AdapterRejected
 from ..adapters.store import AdapterStore
 from ..engine.slots import HostCache
+
+if TYPE_CHECKING:
+    from ..p2p.fetch import FetchStats
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,8 @@ class SwarmLink:
         Raises:
             AdapterUnavailable: no peer could provide it within the timeout.
             AdapterRejected: it arrived and failed verification (recorded in the catalog).
+            content.StoreFull: the blockstore could not write its blocks (disk full or a file
+                size limit); the blocks already verified stay, the rest is retried next time.
         """
         pending = self._inflight.get(cid)
         if pending is None:
@@ -58,6 +68,7 @@ class SwarmLink:
         await asyncio.shield(pending)
 
     async def _fetch(self, cid: str) -> None:
+        from ..content import StoreFull
         from ..p2p.errors import SwarmError
 
         catalog = self.store.catalog
@@ -65,17 +76,24 @@ class SwarmLink:
         if known is not None:
             catalog.set_state(cid, AdapterState.FETCHING)
         try:
-            await asyncio.wrap_future(self.swarm.fetch_adapter(cid, self.timeout_s))
+            peers = len(await asyncio.to_thread(self.swarm.connected_peers))
+            log.info("fetching adapter %s from %d peer(s)", cid, peers, extra={"cid": cid, "peers": peers})
+            fetched = await asyncio.wrap_future(self.swarm.fetch_adapter(cid, self.timeout_s))
         except AdapterRejected as e:
+            log.warning("fetched adapter %s rejected: %s", cid, e, extra={"cid": cid, "reason": e.reason.value})
             catalog.set_state(cid, AdapterState.REJECTED, reason=e.reason.value, detail=e.detail)
             raise
-        except SwarmError as e:
+        except (SwarmError, StoreFull) as e:
+            log.warning("fetching adapter %s failed: %s", cid, e, extra={"cid": cid})
             if known is not None:
-                catalog.set_state(cid, AdapterState.AVAILABLE)
+                catalog.set_state(cid, AdapterState.AVAILABLE, unless=frozenset({AdapterState.READY}))
+            if isinstance(e, StoreFull):
+                raise
             raise AdapterUnavailable(f"adapter {cid} is not known to this node and no peer provided it ({e})") from None
+        _log_fetched(cid, fetched.stats)
         adapter = await asyncio.to_thread(self.store.admit_fetched, cid)
         self.host_cache.put(cid, adapter)
-        log.info("adapter %s fetched from the swarm and verified", cid)
+        log.info("adapter %s fetched from the swarm and verified", cid, extra={"cid": cid})
 
     def announce(self, cid: str) -> None:
         """Gossip ``cid`` to the swarm (fire and forget; a failure is logged)."""
@@ -85,3 +103,13 @@ class SwarmLink:
                 log.warning("announcing %s failed: %s", cid, fut.exception())
 
         self.swarm.announce(cid).add_done_callback(done)
+
+
+def _log_fetched(cid: str, stats: FetchStats) -> None:
+    """One line for a finished fetch (:class:`~openlora.p2p.fetch.FetchStats`: bytes, blocks, seconds)."""
+    mb_s = stats.bytes / 1e6 / stats.seconds if stats.seconds > 0 else 0.0
+    log.info(
+        "fetched adapter %s: %d bytes in %d blocks from %s in %.2f s (%.1f MB/s)",
+        cid, stats.bytes, stats.blocks, ", ".join(stats.by_source) or "the local store", stats.seconds, mb_s,
+        extra={"cid": cid, "bytes": stats.bytes, "blocks": stats.blocks, "seconds": round(stats.seconds, 3), "mb_per_s": round(mb_s, 2)},
+    )  # fmt: skip

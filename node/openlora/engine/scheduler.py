@@ -143,6 +143,9 @@ class Engine:
         max_waiting: requests queued (not yet running) at most; beyond it :class:`QueueFull`.
         max_prefill_tokens: prompt tokens admitted in one prefill at most (bounds the pause a
             prefill causes to running rows).
+        on_cache: ``(tier, hit)`` per adapter lookup, from the engine thread (metrics): ``("device", …)``
+            once per admitted adapter request (hit: already in a slot); ``("host", …)`` once per slot
+            install (hit: it was in RAM without a load for it) and once per load started (a miss).
     """
 
     def __init__(
@@ -154,6 +157,7 @@ class Engine:
         max_batch: int = 16,
         max_waiting: int = 256,
         max_prefill_tokens: int = 4096,
+        on_cache: Callable[[str, bool], None] = lambda tier, hit: None,
     ) -> None:
         self.rm = rm
         self.slots = slots
@@ -162,6 +166,8 @@ class Engine:
         self.max_batch = max_batch
         self.max_waiting = max_waiting
         self.max_prefill_tokens = max_prefill_tokens
+        self._on_cache = on_cache
+        self._fresh: set[str] = set()  # loaded to the host tier and not installed since (their miss is counted)
         tok = rm.tokenizer
         self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(rm.eos_ids, default=0)
         self._cv = threading.Condition()
@@ -206,12 +212,25 @@ class Engine:
                 f"model's context of {self.rm.max_context} tokens"
             )
         with self._cv:
-            if self._stopping:
-                raise QueueFull("the engine is shutting down")
-            if len(self._inbox) + len(self._waiting) >= self.max_waiting:
-                raise QueueFull(f"{self.max_waiting} requests already waiting; retry later")
+            self._check_room()
             self._inbox.append(req)
             self._cv.notify()
+
+    def check_room(self) -> None:
+        """Refuse early: whether :meth:`submit` would find room now (the API asks before it prices a call,
+        so that refusing under overload costs no chain read or ledger write).
+
+        Raises:
+            QueueFull: ``max_waiting`` requests are already queued, or the engine is stopping.
+        """
+        with self._cv:
+            self._check_room()
+
+    def _check_room(self) -> None:
+        if self._stopping:
+            raise QueueFull("the engine is shutting down")
+        if len(self._inbox) + len(self._waiting) >= self.max_waiting:
+            raise QueueFull(f"{self.max_waiting} requests already waiting; retry later")
 
     def cancel(self, request_id: str) -> None:
         """Cancel a queued or running request; its row is freed before the next step."""
@@ -281,6 +300,7 @@ class Engine:
             self._retire()
 
     def _start_load(self, cid: str) -> None:
+        self._on_cache("host", False)
         fut = self._pool.submit(self._load_adapter, cid)
         self._loads[cid] = fut
 
@@ -299,6 +319,7 @@ class Engine:
             exc = fut.exception()
             if exc is None:
                 self.host.put(cid, fut.result())
+                self._fresh.add(cid)
                 continue
             log.info("adapter %s failed to load: %s", cid, exc)
             keep = deque()
@@ -344,13 +365,14 @@ class Engine:
             return 0
         slot = self.slots.acquire(cid)
         if slot is not None:
+            self._on_cache("device", True)
             return slot
         adapter = self.host.get(cid)
         if adapter is None:
             self._prefetch(cid)
             return None
         try:
-            return self.slots.install(cid, adapter)
+            slot = self.slots.install(cid, adapter)
         except NoFreeSlot as e:
             if busy:
                 return None  # a running row will free a slot
@@ -359,6 +381,12 @@ class Engine:
         except ValueError as e:
             self._emit(req, Failed(e))
             return -1
+        self._on_cache("device", False)
+        if cid in self._fresh:
+            self._fresh.discard(cid)
+        else:
+            self._on_cache("host", True)
+        return slot
 
     def _forward(self, rows_slots: list[int], **inputs) -> torch.Tensor | None:
         self.rm.routing.set(rows_slots)
@@ -408,16 +436,25 @@ class Engine:
             )
         except Exception as e:  # the shared cache may be inconsistent now: fail the batch, keep serving
             log.exception("decode step failed")
-            for row in self._rows:
-                self.slots.release(row.slot)
-                self._emit(row.req, Failed(e))
-            self._rows, self._kv = [], None
+            self._fail_batch(e)
             return
         self._sample(logits, self._rows)
         self._retire()
 
+    def _fail_batch(self, error: Exception) -> None:
+        """Fail every running row with ``error`` and drop the shared KV cache (the engine keeps serving)."""
+        for row in self._rows:
+            self.slots.release(row.slot)
+            self._emit(row.req, Failed(error))
+        self._rows, self._kv = [], None
+
     def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> None:
-        tokens = sample_next(logits, [r.req.sampling for r in rows], [r.gen for r in rows])
+        try:
+            tokens = sample_next(logits, [r.req.sampling for r in rows], [r.gen for r in rows])
+        except Exception as e:  # e.g. non-finite logits: fail this batch, never the engine thread
+            log.exception("sampling failed")
+            self._fail_batch(e)
+            return
         now = time.perf_counter()
         for row, tok in zip(rows, tokens):
             if row.done is not None:

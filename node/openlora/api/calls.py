@@ -1,0 +1,461 @@
+"""One Generate call, whatever the transport: the steps gRPC (``servicer.py``) and HTTP (``openai_http.py``) share.
+
+    CallInput ─► resolve adapter (catalog; fetched from the swarm when missing) ─► sampling + prompt limits
+      ─► price (chain) ─► open the paid call (voucher checked, reservation committed to the ledger)
+      ─► engine submit ─► TextDelta* ─► close the call (receipt) ─► CallDone
+    any refusal ─► CallError(code, message)  ── gRPC: the status code; HTTP: an HTTP status (openai_http.py)
+
+Errors carry a gRPC status code because it is the one vocabulary both transports already map
+from (google.rpc.Code); the HTTP layer translates it. Paying (when ``chain`` is set; rules in
+``chain/payments.py``): the voucher is checked and the call recorded before the engine sees the
+request; a finished call bills prompt + completion tokens; a call cut off after it delivered text
+(client cancel, engine failure) bills prompt + the completion tokens whose text it delivered (each
+``TextDelta`` says how many tokens it completes); one that delivered nothing is voided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+
+from ..adapters.catalog import AdapterState, CatalogEntry
+from ..adapters.reasons import AdapterRejected, RejectReason
+from ..adapters.store import AdapterNotFound, AdapterStore
+from ..chain import wire
+from ..chain.errors import ChainError, PaymentError
+from ..chain.ledger import Authorization
+from ..chain.payments import CallPrice
+from ..chain.pricing import AdapterTerms
+from ..chain.records import SignedReceipt
+from ..content.cid import cid_text
+from ..content.errors import InvalidCID, StoreFull
+from ..engine.sampling import SamplingError, SamplingParams
+from ..engine.scheduler import Engine, Failed, FinishReason, Finished, GenerationRequest, QueueFull, TextDelta
+from ..engine.slots import NoFreeSlot
+from ..metrics import NodeMetrics
+from ..v1 import node_pb2 as pb
+from .swarm_link import AdapterUnavailable, SwarmLink
+
+if TYPE_CHECKING:
+    from ..chain.service import NodeChain
+
+log = logging.getLogger(__name__)
+
+ROLES = frozenset({"system", "user", "assistant"})
+
+
+class CallError(Exception):
+    """A call refused or failed; ``code`` is the gRPC status it maps to, the message says what to fix.
+
+    Attributes:
+        code: the status code.
+        payment_error: the ``PaymentError`` subclass name when the call was not paid for, else ``None``.
+        receipt: the receipt of a paid call cut off after it delivered text, else ``None``.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        payment_error: str | None = None,
+        receipt: SignedReceipt | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.payment_error = payment_error
+        self.receipt = receipt
+
+
+class ServingLimits:
+    """Per-request bounds enforced before work reaches the engine.
+
+    Attributes:
+        max_prompt_tokens: longest prompt accepted, tokens.
+        max_new_tokens: largest ``max_new_tokens`` accepted, tokens.
+        default_new_tokens: used when the request leaves it 0 (at most ``max_new_tokens``).
+        max_prompt_chars: longest raw prompt / chat text accepted before tokenising, characters.
+    """
+
+    def __init__(
+        self, max_prompt_tokens: int = 4096, max_new_tokens: int = 1024, default_new_tokens: int = 128
+    ) -> None:
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.default_new_tokens = min(default_new_tokens, max_new_tokens)
+        self.max_prompt_chars = max_prompt_tokens * 16
+
+
+@dataclass(frozen=True)
+class CallInput:
+    """What a client asked for, transport-neutral.
+
+    Attributes:
+        adapter: adapter CID text ("" for the base model).
+        prompt: a raw prompt, or ``None`` when ``chat`` is used (exactly one of them is set).
+        chat: ``(role, content)`` messages rendered by the base's chat template.
+        max_new_tokens: tokens to generate at most (0: the node's default).
+        temperature / top_p / top_k / seed / stop: sampling (see ``engine.sampling.SamplingParams``).
+        voucher: the payment voucher as sent (decoded and checked only when the call must be paid).
+    """
+
+    adapter: str = ""
+    prompt: str | None = None
+    chat: tuple[tuple[str, str], ...] | None = None
+    max_new_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    voucher: pb.Voucher | None = None
+
+
+@dataclass(frozen=True)
+class CallDone:
+    """The last item of :meth:`Calls.generate`: how it ended, for which adapter, and the receipt if paid."""
+
+    finished: Finished
+    adapter: str | None
+    receipt: SignedReceipt | None
+
+
+class Calls:
+    """The request core over an :class:`Engine` and an :class:`AdapterStore`.
+
+    ``swarm_link`` is set by the node when it runs a swarm (``None``: a standalone node); ``chain``
+    when it takes payments (``None``: every call is free).
+
+    Args:
+        engine: the running engine.
+        store: the adapter store.
+        limits: per-request bounds.
+        metrics: where calls are counted.
+    """
+
+    swarm_link: SwarmLink | None = None
+    chain: NodeChain | None = None
+
+    def __init__(self, engine: Engine, store: AdapterStore, limits: ServingLimits, metrics: NodeMetrics) -> None:
+        self.engine = engine
+        self.store = store
+        self.limits = limits
+        self.metrics = metrics
+
+    # ----- adapter -----
+
+    async def known_cid(self, raw: str) -> CatalogEntry:
+        """The catalog entry of ``raw``.
+
+        Raises:
+            CallError: INVALID_ARGUMENT (not a CID), NOT_FOUND (not known here).
+        """
+        try:
+            cid = cid_text(raw)
+        except InvalidCID as e:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        entry = self.store.catalog.get(cid)
+        if entry is None:
+            raise CallError(
+                grpc.StatusCode.NOT_FOUND,
+                f"adapter {cid} is not known to this node; publish it (openlora-node publish) or check the CID",
+            )
+        return entry
+
+    async def resolve_adapter(self, raw: str) -> str | None:
+        """The canonical CID of a servable adapter (``None`` for the base, ``raw == ""``).
+
+        An adapter this node lacks (unknown, or only announced) is fetched from the swarm first when
+        the node has one (``swarm_link``).
+
+        Raises:
+            CallError: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (rejected), UNAVAILABLE (not ready yet).
+        """
+        if not raw:
+            return None
+        try:
+            cid = cid_text(raw)
+        except InvalidCID as e:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        entry = self.store.catalog.get(cid)
+        if self.swarm_link is not None and _fetchable(entry):
+            try:
+                await self.swarm_link.fetch(cid)
+            except AdapterUnavailable as e:
+                if entry is None or entry.state is not AdapterState.REJECTED:
+                    raise CallError(grpc.StatusCode.NOT_FOUND, str(e)) from None
+                # a damaged local copy no peer could replace: answer with the rejection below
+            except AdapterRejected as e:
+                self.metrics.rejected("fetch", e)
+                raise CallError(grpc.StatusCode.FAILED_PRECONDITION, f"adapter {cid} was rejected ({e})") from None
+            except StoreFull as e:
+                raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot store adapter {cid}: {e}") from None
+        entry = await self.known_cid(cid)
+        if entry.state is AdapterState.REJECTED:
+            raise CallError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"adapter {entry.cid} was rejected ({entry.reason}): {entry.detail}",
+            )
+        if entry.state is not AdapterState.READY:
+            raise CallError(
+                grpc.StatusCode.UNAVAILABLE, f"adapter {cid} is {entry.state.value} on this node; retry shortly"
+            )
+        return entry.cid
+
+    # ----- input -----
+
+    def sampling(self, call: CallInput) -> SamplingParams:
+        """Validated sampling parameters of ``call``.
+
+        Raises:
+            CallError: INVALID_ARGUMENT naming the bad field.
+        """
+        params = SamplingParams(
+            max_new_tokens=call.max_new_tokens or self.limits.default_new_tokens,
+            temperature=call.temperature,
+            top_p=call.top_p,
+            top_k=call.top_k,
+            seed=call.seed,
+            stop=call.stop,
+        )
+        if params.max_new_tokens > self.limits.max_new_tokens:
+            raise CallError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"max_new_tokens is {params.max_new_tokens}; this node accepts up to {self.limits.max_new_tokens} "
+                "(its operator sets that with --max-new-tokens)",
+            )
+        try:
+            params.validate(self.limits.max_new_tokens)
+        except SamplingError as e:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        return params
+
+    def prompt_ids(self, call: CallInput) -> list[int]:
+        """Prompt token ids of ``call`` (raw prompt, or chat through the chat template).
+
+        Raises:
+            CallError: INVALID_ARGUMENT: no input, empty, too long (characters or tokens), a bad role.
+        """
+        try:
+            return self._prompt_ids(call)
+        except ValueError as e:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+
+    def _prompt_ids(self, call: CallInput) -> list[int]:
+        rm = self.engine.rm
+        if call.prompt is None and call.chat is None:
+            raise ValueError("set either prompt or chat")
+        if call.prompt is not None:
+            if not call.prompt:
+                raise ValueError("prompt is empty")
+            if len(call.prompt) > self.limits.max_prompt_chars:
+                raise ValueError(f"prompt is longer than {self.limits.max_prompt_chars} characters (16 per token of --max-prompt-tokens)")
+            ids = rm.encode_prompt(call.prompt)
+        else:
+            if not call.chat:
+                raise ValueError("chat has no messages")
+            bad = [role for role, _ in call.chat if role not in ROLES]
+            if bad:
+                raise ValueError(f"chat role {bad[0]!r} is not one of {sorted(ROLES)}")
+            if sum(len(content) for _, content in call.chat) > self.limits.max_prompt_chars:
+                raise ValueError(f"chat is longer than {self.limits.max_prompt_chars} characters (16 per token of --max-prompt-tokens)")
+            ids = rm.encode_chat([{"role": role, "content": content} for role, content in call.chat])
+        if len(ids) > self.limits.max_prompt_tokens:
+            raise ValueError(
+                f"prompt is {len(ids)} tokens; this node accepts up to {self.limits.max_prompt_tokens} "
+                "(its operator sets that with --max-prompt-tokens)"
+            )
+        return ids
+
+    # ----- the call -----
+
+    async def generate(self, call: CallInput, api: str) -> AsyncIterator[TextDelta | CallDone]:
+        """Run one call: ``TextDelta`` items, then one :class:`CallDone`.
+
+        Args:
+            call: the request.
+            api: the transport, for metrics (``grpc``, ``http``).
+
+        Raises:
+            CallError: refused before any text, or failed (the message and code say why; a paid call cut off
+                after it delivered text carries its receipt).
+        """
+        adapter: str | None = None
+        resolved = False
+        code = "CANCELLED"
+        try:
+            try:
+                # first: under overload a refusal must cost no catalog read, tokenizing or chain read
+                self.engine.check_room()
+            except QueueFull as e:
+                raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
+            adapter = await self.resolve_adapter(call.adapter)
+            resolved = True
+            # closed with this generator, at once: its ``finally`` closes the paid call
+            async with aclosing(self._run(call, adapter)) as run:
+                async for item in run:
+                    yield item
+            code = "OK"
+        except CallError as e:
+            code = e.code.name
+            raise
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            self.metrics.outcome(api, adapter, code, resolved)
+
+    async def _run(self, call: CallInput, adapter: str | None) -> AsyncIterator[TextDelta | CallDone]:
+        sampling = self.sampling(call)
+        ids = self.prompt_ids(call)
+        price = await self.price(adapter, len(ids), sampling.max_new_tokens)
+        # From here on the call is recorded in the ledger (when paid): every way out below closes it.
+        paid = await self._open(call.voucher, price, adapter)
+
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        req = GenerationRequest(ids, sampling, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev), adapter)
+        delivered = 0  # completion tokens whose text reached the client
+        try:
+            try:
+                self.engine.submit(req)
+            except QueueFull as e:
+                raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
+            except ValueError as e:
+                raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+            while True:
+                ev = await events.get()
+                if isinstance(ev, TextDelta):
+                    yield ev
+                    delivered += ev.tokens
+                elif isinstance(ev, Finished):
+                    receipt = None
+                    if paid is not None:
+                        # A call the engine cut short (node stopping) bills what it delivered, like a cancel.
+                        completion = delivered if ev.reason is FinishReason.CANCELLED else ev.completion_tokens
+                        receipt = self._close(paid, adapter, ev.prompt_tokens, completion)
+                        paid = None
+                    self.metrics.finished(adapter, ev.prompt_tokens, ev.completion_tokens, ev.ttft_ms, ev.itl_ms)
+                    yield CallDone(ev, adapter, receipt)
+                    return
+                elif isinstance(ev, Failed):
+                    code, msg = _failure_status(ev.error, adapter)
+                    receipt = None
+                    if paid is not None:
+                        receipt = self._close(paid, adapter, len(ids), delivered)
+                        paid = None
+                    raise CallError(code, msg, receipt=receipt)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.engine.cancel(req.request_id)
+            raise
+        finally:
+            if paid is not None:  # refused by the engine, cancelled by the client, or the stream was closed
+                self._close(paid, adapter, len(ids), delivered)
+
+    # ----- payment (see the module doc) -----
+
+    def _refusal(self, error: PaymentError) -> CallError:
+        name = type(error).__name__
+        self.metrics.refusals.labels(name).inc()
+        return CallError(grpc.StatusCode[error.status], str(error), payment_error=name)
+
+    async def price(self, adapter: str | None, prompt_tokens: int, max_new_tokens: int) -> CallPrice | None:
+        """The call's price (``None``: this node takes no payments).
+
+        Raises:
+            CallError: the payment refusal (``payment_error`` set), or UNAVAILABLE (the chain did not answer, the
+                adapter is not verified yet).
+        """
+        if self.chain is None:
+            return None
+        terms = None
+        if adapter is not None:
+            manifest = self.store.manifest(adapter)
+            if manifest is None:
+                raise CallError(
+                    grpc.StatusCode.UNAVAILABLE, f"adapter {adapter} is not verified on this node yet; retry shortly"
+                )
+            terms = AdapterTerms(manifest.publisher, manifest.price_wei, manifest.royalty_bps)
+        try:
+            return await asyncio.to_thread(
+                self.chain.payments.price_call, adapter, terms, prompt_tokens, max_new_tokens
+            )
+        except PaymentError as e:
+            raise self._refusal(e) from None
+        except ChainError as e:
+            raise CallError(
+                grpc.StatusCode.UNAVAILABLE, f"cannot price the call: the chain did not answer: {e}"
+            ) from None
+
+    async def _open(
+        self, voucher: pb.Voucher | None, price: CallPrice | None, adapter: str | None
+    ) -> Authorization | None:
+        """Checks the voucher and records the paid call, durably (``None``: a free call)."""
+        if price is None or not price.required:
+            return None
+        signed = None
+        if voucher is not None:
+            try:
+                signed = wire.voucher_from_pb(voucher)
+            except PaymentError as e:
+                raise self._refusal(e) from None
+        payments = self.chain.payments
+        opening = asyncio.get_running_loop().run_in_executor(None, payments.open_call, signed, price)
+        try:
+            paid = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The client left while the ledger recorded the call: release its reservation once it is recorded.
+            opening.add_done_callback(lambda f: _void_if_opened(payments, f))
+            raise
+        except PaymentError as e:
+            raise self._refusal(e) from None
+        except ChainError as e:
+            raise CallError(
+                grpc.StatusCode.UNAVAILABLE, f"cannot check the voucher: the chain did not answer: {e}"
+            ) from None
+        if paid is not None:
+            self.metrics.authorized.labels(self.metrics.label(adapter)).inc(paid.max_cost)
+        return paid
+
+    def _close(self, paid: Authorization, adapter: str | None, prompt_tokens: int, completion_tokens: int):
+        """Bills prompt + ``completion_tokens`` (nothing, voided, when no completion token was delivered)."""
+        tokens = prompt_tokens + completion_tokens if completion_tokens else 0
+        receipt = self.chain.payments.close_call(paid, tokens)
+        if receipt is not None:
+            self.metrics.charged.labels(self.metrics.label(adapter)).inc(receipt.receipt.cost)
+        return receipt
+
+
+def _void_if_opened(payments, opening: asyncio.Future) -> None:
+    """Voids the call ``opening`` recorded, if it recorded one (its client is gone)."""
+    if not opening.cancelled() and opening.exception() is None and opening.result() is not None:
+        payments.void(opening.result())
+
+
+def _failure_status(error: Exception, adapter: str | None) -> tuple[grpc.StatusCode, str]:
+    """Map an engine-side failure to a status code and message."""
+    if isinstance(error, AdapterRejected):
+        return grpc.StatusCode.FAILED_PRECONDITION, f"adapter {adapter} was rejected at load ({error})"
+    if isinstance(error, AdapterNotFound):
+        return grpc.StatusCode.NOT_FOUND, f"adapter {adapter} is not available on this node: {error}"
+    if isinstance(error, NoFreeSlot):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+    log.error("generation failed: %r", error)
+    return grpc.StatusCode.INTERNAL, f"generation failed: {type(error).__name__}: {error}"
+
+
+def _fetchable(entry: CatalogEntry | None) -> bool:
+    """Whether the swarm should be asked for this adapter before serving it: unknown, only
+    announced, or refused because the local copy is damaged or incomplete (a peer's copy may
+    be whole; refusals for what the adapter is, or for this node's limits, stand)."""
+    if entry is None or entry.state in (AdapterState.AVAILABLE, AdapterState.FETCHING):
+        return True
+    return entry.state is AdapterState.REJECTED and entry.reason in _DAMAGED_COPY
+
+
+_DAMAGED_COPY = {RejectReason.HASH_MISMATCH.value, RejectReason.ABSENT_FILE.value}

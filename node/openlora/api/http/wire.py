@@ -1,0 +1,191 @@
+"""What crosses the HTTP boundary: OpenAI request bodies, error objects and codes, voucher and receipt JSON.
+
+    CallError (gRPC code, payment error) ──http_status──► 400 402 403 404 422 429 500 503 + {"error": {…}}
+    X-OpenLoRA-Voucher: {"client", "node", "epoch", "cumulative_amount", "signature": "0x…"} ──► pb.Voucher
+    SignedReceipt ──► {"node", "client", …, "cost", "charged_total", "signature": "0x…"} (X-OpenLoRA-Receipt)
+
+Fields follow OpenAI's API reference (https://platform.openai.com/docs/api-reference/chat); this node
+implements ``model``, ``messages`` / ``prompt``, ``max_tokens`` (``max_completion_tokens``), ``temperature``,
+``top_p``, ``seed``, ``stop``, ``stream`` and ``n == 1``, refuses ``logprobs``, ``tools`` and ``echo``, and
+ignores the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+import grpc
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...chain.records import SignedReceipt
+from ...engine.scheduler import FinishReason
+from ...v1 import node_pb2 as pb
+from ..calls import CallDone, CallError, CallInput
+
+VOUCHER_HEADER = "X-OpenLoRA-Voucher"
+RECEIPT_HEADER = "X-OpenLoRA-Receipt"
+BASE_MODEL = "base"
+FINISH = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length", FinishReason.CANCELLED: "cancelled"}
+_HTTP = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.FAILED_PRECONDITION: 422,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+}
+_TYPE = {
+    400: "invalid_request_error",
+    402: "payment_required",
+    403: "permission_error",
+    404: "not_found_error",
+    422: "adapter_rejected",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable",
+}
+
+
+# ----- request bodies (OpenAI's fields this node implements; others are ignored) -----
+
+
+class _TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class _Message(BaseModel):
+    role: str
+    content: str | list[_TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class RequestBody(BaseModel):
+    """Fields chat and text completions share; ``model`` is an adapter CID, a verified adapter's name, or ``base``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    stream: bool = False
+    logprobs: bool | int | None = None
+
+    def call(self, adapter: str, voucher: pb.Voucher | None, **prompt) -> CallInput:
+        """The core's input; raises :class:`CallError` for fields this node does not implement."""
+        if self.n != 1:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"n must be 1 (one choice per request), got {self.n}")
+        if self.logprobs:
+            raise CallError(
+                grpc.StatusCode.INVALID_ARGUMENT, "logprobs are not supported by this node; leave them unset"
+            )
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return CallInput(
+            adapter=adapter,
+            max_new_tokens=self._max_tokens() or 0,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            seed=self.seed,
+            stop=stop,
+            voucher=voucher,
+            **prompt,
+        )
+
+    def _max_tokens(self) -> int | None:
+        return self.max_tokens
+
+
+class ChatBody(RequestBody):
+    """``POST /v1/chat/completions``."""
+
+    messages: Annotated[list[_Message], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    tools: list | None = None
+
+    def _max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionBody(RequestBody):
+    """``POST /v1/completions``."""
+
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    echo: bool = False
+
+
+# ----- wire helpers -----
+
+
+def http_status(error: CallError) -> int:
+    """The HTTP status of a core error: payment refusals are 402 unless the voucher is bad (403) or the
+    adapter is not payable (404); other codes by :data:`_HTTP`, 500 for the rest."""
+    if error.payment_error is not None and error.code not in (
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
+    ):
+        return 503 if error.code is grpc.StatusCode.UNAVAILABLE else 402
+    return _HTTP.get(error.code, 500)
+
+
+def error_body(status: int, message: str, code: str) -> dict:
+    """OpenAI's error object: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": _TYPE.get(status, "server_error"), "param": None, "code": code}}
+
+
+def receipt_json(signed: SignedReceipt) -> dict:
+    """A node-signed receipt as JSON: the gRPC Receipt's fields, wei as decimal strings, bytes as 0x-hex."""
+    r = signed.receipt
+    return {
+        "node": r.node, "client": r.client, "epoch": r.epoch, "sequence": r.sequence, "adapter_id": "0x" + r.adapter.hex(),
+        "publisher": r.publisher, "tokens": r.tokens, "cost": str(r.cost), "charged_total": str(r.charged_total),
+        "signature": "0x" + signed.signature.hex(),
+    }  # fmt: skip
+
+
+def parse_voucher(text: str) -> pb.Voucher:
+    """The ``X-OpenLoRA-Voucher`` header as a gRPC Voucher (its checks run in the core, as for gRPC).
+
+    Raises:
+        CallError: PERMISSION_DENIED (``InvalidVoucher``): not a JSON object with the five fields of the right types.
+    """
+    try:
+        data = json.loads(text)
+        sig = data["signature"]
+        if not isinstance(sig, str) or not sig.startswith("0x"):
+            raise ValueError("signature must be 0x-hex")
+        return pb.Voucher(
+            client=str(data["client"]), node=str(data["node"]), epoch=int(data["epoch"]),
+            cumulative_amount=str(data["cumulative_amount"]), signature=bytes.fromhex(sig[2:]),
+        )  # fmt: skip
+    except (ValueError, TypeError, KeyError) as e:
+        raise CallError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{VOUCHER_HEADER} must be a JSON object with client, node, epoch, cumulative_amount (decimal wei) and "
+            f"signature (0x-hex): {type(e).__name__}: {e}",
+            payment_error="InvalidVoucher",
+        ) from None
+
+
+def error_response(error: CallError) -> JSONResponse:
+    """The OpenAI error response of ``error`` (with the receipt header when a paid call was cut off)."""
+    status = http_status(error)
+    headers = {RECEIPT_HEADER: json.dumps(receipt_json(error.receipt))} if error.receipt is not None else None
+    return JSONResponse(error_body(status, str(error), error.payment_error or error.code.name.lower()), status, headers)
+
+
+def usage(done: CallDone) -> dict:
+    """OpenAI's ``usage`` object of a finished call, tokens."""
+    f = done.finished
+    return {
+        "prompt_tokens": f.prompt_tokens,
+        "completion_tokens": f.completion_tokens,
+        "total_tokens": f.prompt_tokens + f.completion_tokens,
+    }
