@@ -257,7 +257,7 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", type=Path, help="write a PNG bar chart here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.requests, args.prompt_len, args.output_len = 32, 32, 24
+        args.requests, args.prompt_len, args.output_len = 16, 32, 16
     torch.set_num_threads(args.threads)
     systems = [s for s in args.systems.split(",") if s]
 

@@ -1,0 +1,55 @@
+"""The benchmark scripts run end to end and keep their JSON contracts (issue 3).
+
+Tiny workloads: this checks that the scripts work and report every figure, not how fast anything
+is (performance is read from the scripts' own output, never asserted in tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVING_KEYS = {"tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms"}
+
+
+def _run(script: str, *args: str, timeout: float = 600) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_bench_serving_reports_every_system_and_the_ratios(tmp_path, base_source):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    _run(
+        "bench_serving.py", "--requests", "4", "--adapters", "3", "--concurrency", "2", "--prompt-len", "8",
+        "--output-len", "3", "--threads", "2", "--json", str(out), "--plot", str(png),
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    for system in ("base", "engine", "peft_mixed", "peft_swap"):
+        assert SERVING_KEYS <= result[system].keys(), system
+        assert result[system]["tokens_per_s"] > 0
+        assert result[system]["tokens"] == 4 * 3
+    assert set(result["ratios"]) == {"engine_vs_base", "engine_vs_peft_mixed", "engine_vs_peft_swap"}
+    assert result["ratios"]["engine_vs_base"] == pytest.approx(result["engine"]["tokens_per_s"] / result["base"]["tokens_per_s"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_bench_adapters_reports_memory_and_swap_time(tmp_path, base_source):
+    out = tmp_path / "adapters.json"
+    _run("bench_adapters.py", "--adapters", "6", "--slots", "2", "--swaps", "12", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["adapters"] == 6
+    assert result["adapter_file_bytes"] > 0 and isinstance(result["rss_growth_vs_adapter_bytes"], float)
+    for key in ("publish_ms_p50", "load_verify_ms_p50", "swap_ms_p50", "swap_ms_p99"):
+        assert result[key] > 0, key
+    assert result["swap_ms_p99"] >= result["swap_ms_p50"]
