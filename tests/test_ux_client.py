@@ -350,3 +350,8 @@ def test_async_paid_call_carries_a_voucher_and_returns_a_checked_receipt(node, c
     assert receipt is not None and receipt.cost == cost_wei(usage.prompt_tokens + usage.completion_tokens, PRICE)
     assert receipt.cost <= int(stream.quote.max_cost_wei) and receipt.client == CLIENT.address
     assert int(channel.charged_total) == receipt.charged_total  # the node booked what the receipt says
+
+
+@pytest.mark.parametrize("stop, expected", [("seven", ["seven"]), (("a", "bc"), ["a", "bc"]), ((), [])])
+def test_a_stop_string_is_one_stop_not_its_characters(stop, expected):
+    assert list(generate_request("x", stop=stop).sampling.stop) == expected

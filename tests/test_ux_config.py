@@ -254,3 +254,21 @@ def test_bad_settings_exit_2_naming_the_source(tmp_path, command, args, env, tom
     assert out.exit_code == 2, out.output
     assert out.stderr.startswith("error: " + expected.format(config=config))
     assert out.stdout == ""
+
+
+def test_a_misspelt_variable_is_reported_with_the_nearest_setting(monkeypatch):
+    monkeypatch.setenv("OPENLORA_NODE_FEE_PER_1K", "7")  # the setting lives in [chain]
+    monkeypatch.setenv("OPENLORA_KEY_PASSPHRASE", "x")  # read by `publish`, not a setting: no warning
+    loaded = load_settings()
+    assert loaded.settings.chain.node_fee_per_1k == 0
+    assert loaded.warnings == (
+        "ignoring OPENLORA_NODE_FEE_PER_1K: no such setting; did you mean OPENLORA_CHAIN__NODE_FEE_PER_1K? "
+        "(`openlora-node config show` lists them)",
+    )
+    assert "# warning: ignoring OPENLORA_NODE_FEE_PER_1K" in effective_toml(loaded)
+
+
+def test_every_setting_variable_is_known(monkeypatch):
+    for path in setting_paths():
+        monkeypatch.setenv(env_name(path), "")  # empty values are ignored by the settings (env_ignore_empty)
+    assert load_settings().warnings == ()

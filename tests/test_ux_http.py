@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 
 import grpc
 import httpx
@@ -244,6 +245,19 @@ def test_metrics_have_per_adapter_series(oai, http_url, cids):
     assert m[("openlora_cache_lookups_total", frozenset({"tier": "device", "result": "hit"}.items()))] >= 1
     assert m[("openlora_cache_lookups_total", frozenset({"tier": "host", "result": "miss"}.items()))] >= 1
     assert m[("openlora_queue_waiting", frozenset())] == 0
+
+
+def test_a_non_streaming_client_that_leaves_frees_its_row(http_url):
+    body = {"model": "base", "messages": [{"role": "user", "content": "Count to a thousand."}], "max_tokens": 500,
+            "temperature": 0, "stop": []}  # fmt: skip
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{http_url}/v1/chat/completions", json=body, timeout=2.0)
+    cancelled = ("openlora_requests_total", frozenset({"api": "http", "adapter": "base", "code": "CANCELLED"}.items()))
+    deadline = time.monotonic() + 60  # 500 tokens would take minutes here; the cancel takes a poll interval
+    while (m := _samples(http_url))[("openlora_running", frozenset())] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert m[("openlora_running", frozenset())] == 0
+    assert m.get(cancelled, 0) >= 1
 
 
 def test_health_and_not_found_route(http_url):

@@ -127,12 +127,17 @@ def start(
     import asyncio
     import signal
 
-    settings = _settings(locals()).settings
+    loaded = _settings(locals())
+    settings = loaded.settings
     from .logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    for warning in loaded.warnings:
+        logging.getLogger("openlora.config").warning(warning)
     if settings.log_format == "json":
-        # transformers' tqdm bars (GGUF conversion, weight loading) would break one-object-per-line stderr.
+        # tqdm bars (transformers' weight loading, the GGUF conversion) would break one-object-per-line stderr;
+        # tqdm reads TQDM_DISABLE when a bar is created, so this covers bars transformers does not own too.
+        os.environ["TQDM_DISABLE"] = "1"
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -425,11 +430,11 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="The question or prompt.")],
     node: NodeOpt = DEFAULT_NODE,
     adapter: Annotated[Optional[str], typer.Option(help="Adapter CID (default: the base model).")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Tokens to generate at most (0: node default).")] = 0,
+    max_tokens: Annotated[int, typer.Option(help="Tokens to generate at most (0: node default, 128).", min=0)] = 0,
     temperature: Annotated[Optional[float], typer.Option(help="0 for greedy.")] = None,
     top_p: Annotated[Optional[float], typer.Option()] = None,
-    top_k: Annotated[int, typer.Option()] = 0,
-    seed: Annotated[Optional[int], typer.Option()] = None,
+    top_k: Annotated[int, typer.Option(help="Sample among the k likeliest tokens (0: off).", min=0)] = 0,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of this request's sampler (0..2^63-1).", min=0)] = None,
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable).")] = None,
     system: Annotated[Optional[str], typer.Option(help="System message for the chat template.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Send PROMPT as raw text, without the chat template.")] = False,
@@ -475,7 +480,7 @@ def quote(
     prompt: Annotated[str, typer.Argument(help="The question or prompt.")],
     node: NodeOpt = DEFAULT_NODE,
     adapter: Annotated[Optional[str], typer.Option(help="Adapter CID (default: the base model).")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Tokens to generate at most (0: node default).")] = 0,
+    max_tokens: Annotated[int, typer.Option(help="Tokens to generate at most (0: node default, 128).", min=0)] = 0,
     system: Annotated[Optional[str], typer.Option(help="System message for the chat template.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Price PROMPT as raw text, without the chat template.")] = False,
     client: Annotated[str, typer.Option(help="Your address: adds your channel's state.")] = "",

@@ -14,6 +14,7 @@ addresses default to loopback: a node never exposes itself unless the operator s
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -219,11 +220,35 @@ class LoadedSettings:
         origins: dotted setting name (``"port"``, ``"chain.rpc_url"``) → ``"flag --port"``,
             ``"env OPENLORA_PORT"``, ``"file PATH"``; settings left at their default are absent.
         config_file: the TOML file read, if any.
+        warnings: ``OPENLORA_*`` variables that are no setting (misspelt?), one line each, with the
+            nearest setting's variable; ``start`` logs them and ``config show`` prints them.
     """
 
     settings: NodeSettings
     origins: dict[str, str]
     config_file: Path | None = None
+    warnings: tuple[str, ...] = ()
+
+
+#: ``OPENLORA_*`` variables read outside the node's settings (keys, passphrases, client defaults).
+OTHER_ENV = frozenset(
+    {"OPENLORA_CONFIG", "OPENLORA_KEY", "OPENLORA_KEY_PASSPHRASE", "OPENLORA_NODE_KEY_PASSPHRASE", "OPENLORA_NODE"}
+)
+
+
+def unknown_env(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """One warning per ``OPENLORA_*`` variable in ``environ`` that names no setting (pydantic-settings
+    ignores those silently, so ``OPENLORA_NODE_FEE_PER_1K`` would leave the fee at its default)."""
+    import difflib
+
+    known = {env_name(p) for p in setting_paths()} | {env_name("chain")} | OTHER_ENV
+    out = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and not name.startswith(ENV_PREFIX + "TEST_") and name not in known:
+            near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            out.append(f"ignoring {name}: no such setting{hint} (`openlora-node config show` lists them)")
+    return tuple(out)
 
 
 def setting_paths() -> list[str]:
@@ -291,7 +316,7 @@ def load_settings(flags: Mapping[str, Any] | None = None, config_file: Path | No
         raise SettingsError("\n".join(_describe(err, origins) for err in e.errors())) from None
     finally:
         _CONFIG_FILE.reset(token)
-    return LoadedSettings(settings, origins, config_file)
+    return LoadedSettings(settings, origins, config_file, unknown_env(os.environ))
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -353,6 +378,7 @@ def effective_toml(loaded: LoadedSettings) -> str:
     lines = [
         "# openlora-node effective configuration",
         "# precedence: flags > environment (OPENLORA_*) > --config file > defaults",
+        *(f"# warning: {w}" for w in loaded.warnings),
     ]
     data = loaded.settings.model_dump(mode="json")
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}

@@ -80,7 +80,7 @@ class AsyncNodeClient:
         top_p: float | None = None,
         top_k: int = 0,
         seed: int | None = None,
-        stop: tuple[str, ...] = (),
+        stop: str | tuple[str, ...] = (),
     ) -> AsyncGenerationStream:
         """Start a completion (arguments: :func:`openlora.client.generate_request`); not a coroutine.
 

@@ -40,7 +40,7 @@ def generate_request(
     top_p: float | None = None,
     top_k: int = 0,
     seed: int | None = None,
-    stop: tuple[str, ...] = (),
+    stop: str | tuple[str, ...] = (),
 ) -> pb.GenerateRequest:
     """The ``Generate`` request for these arguments.
 
@@ -50,9 +50,11 @@ def generate_request(
         raw: send ``prompt`` as a raw prompt, without the chat template.
         adapter: adapter CID, ``None`` for the base model.
         max_new_tokens: tokens to generate at most; 0 for the node default.
-        temperature / top_p / top_k / seed / stop: sampling (``None`` / 0: node default).
+        temperature / top_p / top_k / seed / stop: sampling (``None`` / 0: node default); ``stop`` is one
+            stop string or several.
     """
-    sampling = pb.SamplingParams(max_new_tokens=max_new_tokens, top_k=top_k, stop=list(stop))
+    stops = [stop] if isinstance(stop, str) else list(stop)  # a lone string is one stop, not its characters
+    sampling = pb.SamplingParams(max_new_tokens=max_new_tokens, top_k=top_k, stop=stops)
     if temperature is not None:
         sampling.temperature = temperature
     if top_p is not None:

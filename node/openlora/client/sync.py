@@ -75,7 +75,7 @@ class NodeClient:
         top_p: float | None = None,
         top_k: int = 0,
         seed: int | None = None,
-        stop: tuple[str, ...] = (),
+        stop: str | tuple[str, ...] = (),
     ) -> GenerationStream:
         """Start a completion (arguments: :func:`openlora.client.generate_request`).
 

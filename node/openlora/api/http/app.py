@@ -6,11 +6,12 @@ before a stream starts); one after it ends the stream with an ``{"error": …}``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from typing import Annotated
 
 import grpc
@@ -41,6 +42,9 @@ from .wire import (
     receipt_json,
     usage,
 )
+
+
+DISCONNECT_POLL_S = 0.5  # how often a non-streaming call checks that its client is still there
 
 
 def build_app(calls: Calls, metrics: NodeMetrics, base_name: str, limiter: RateLimiter | None = None) -> FastAPI:
@@ -131,15 +135,31 @@ def build_app(calls: Calls, metrics: NodeMetrics, base_name: str, limiter: RateL
             return StreamingResponse(_sse(kind, head, first, items), media_type="text/event-stream")
         text: list[str] = []
         done: CallDone | None = None
-        try:
+
+        async def collect() -> None:
+            nonlocal done
             async with aclosing(items):
                 async for item in items:
                     if isinstance(item, TextDelta):
                         text.append(item.text)
                     else:
                         done = item
+
+        # Nothing is sent before the whole answer, so a client that went away is only seen by asking;
+        # cancelling frees its row at once and bills only what was generated (as a gRPC cancel does).
+        collecting = asyncio.ensure_future(collect())
+        try:
+            while not (await asyncio.wait({collecting}, timeout=DISCONNECT_POLL_S))[0]:
+                if await request.is_disconnected():
+                    collecting.cancel()
+                    with suppress(asyncio.CancelledError, CallError):
+                        await collecting
+                    return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+            collecting.result()
         except CallError as e:
             return error_response(e)
+        finally:
+            collecting.cancel()  # no-op once done; ends the call if this handler itself is cancelled
         choice = {"index": 0, "finish_reason": FINISH[done.finished.reason], "logprobs": None}
         if kind == "chat":
             choice["message"] = {"role": "assistant", "content": "".join(text)}
