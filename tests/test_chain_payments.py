@@ -187,9 +187,10 @@ def test_voucher_for_another_domain_is_refused(setup):
         setup.payments.authorize(elsewhere, setup.cid, MAX_TOKENS)
 
 
-def test_voucher_for_another_epoch_is_refused(setup):
+@pytest.mark.parametrize("epoch", [1, 2**64 - 1])  # the largest uint64 overflows SQLite's INTEGER
+def test_voucher_for_another_epoch_is_refused(setup, epoch):
     with pytest.raises(WrongEpoch, match="epoch 0"):
-        setup.payments.authorize(setup.voucher(setup.max_cost, epoch=1), setup.cid, MAX_TOKENS)
+        setup.payments.authorize(setup.voucher(setup.max_cost, epoch=epoch), setup.cid, MAX_TOKENS)
 
 
 def test_closing_channel_is_refused(setup):

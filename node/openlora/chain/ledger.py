@@ -259,8 +259,10 @@ class Ledger:
         v = signed.voucher
         max_cost = quote.cost_wei(max_tokens)
         with self._transaction() as db:
+            # Keyed by the chain's epoch, not the voucher's: check_voucher refuses any other, and an untrusted
+            # uint64 must not reach SQLite (above 2^63 - 1 it overflows INTEGER).
             row = db.execute(
-                "SELECT amount, committed FROM channels WHERE client = ? AND epoch = ?", (v.client, v.epoch)
+                "SELECT amount, committed FROM channels WHERE client = ? AND epoch = ?", (v.client, channel.epoch)
             ).fetchone()
             latest, committed = (int(row[0]), int(row[1])) if row else (0, 0)
             check_voucher(
