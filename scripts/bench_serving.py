@@ -38,7 +38,8 @@ from openlora.adapters.peft_format import load_adapter
 from openlora.engine.base import resolve_base_model
 from openlora.engine.model import load_resident
 from openlora.engine.sampling import SamplingParams
-from openlora.engine.scheduler import Engine, Failed, Finished, GenerationRequest
+from openlora.engine.interface import Failed, Finished, GenerationRequest
+from openlora.engine.scheduler import TorchEngine
 from openlora.engine.slots import HostCache, SlotManager
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +133,7 @@ def run_engine(rm, slots, host, adapters, workload, args, use_adapters: bool) ->
             rm.base_modules, rm.max_rank,
         )  # fmt: skip
 
-    engine = Engine(rm, slots, host, loader, max_batch=args.concurrency, max_waiting=len(workload) + 1)
+    engine = TorchEngine(rm, slots, host, loader, max_batch=args.concurrency, max_waiting=len(workload) + 1)
     # warm the device slots like a server that has been running: every adapter resident once
     if use_adapters:
         for cid in paths:

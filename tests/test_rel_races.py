@@ -32,7 +32,8 @@ from openlora.chain.records import Voucher
 from openlora.chain.settlement import Settler
 from openlora.chain.vouchers import sign_voucher
 from openlora.content import BlockStore
-from openlora.engine.scheduler import Engine, Finished
+from openlora.engine.interface import Finished
+from openlora.engine.scheduler import TorchEngine
 from openlora.engine.slots import HostCache, SlotManager
 
 # -- load / unload / reload on the running engine ----------------------------------------------------------
@@ -43,7 +44,7 @@ def test_unload_and_reload_racing_requests_never_serve_stale_weights(rm):  # noq
     the device and drop from the host cache) the adapters between requests: every answer equals that
     adapter's answer alone, and unloaded adapters are loaded again."""
     loader = Loader(rm)
-    engine = Engine(rm, SlotManager(rm.lora_layers, rm.routing, 2), HostCache(8), loader, max_batch=8, max_waiting=64)
+    engine = TorchEngine(rm, SlotManager(rm.lora_layers, rm.routing, 2), HostCache(8), loader, max_batch=8, max_waiting=64)
     engine.loader = loader
     engine.start()
     domains = ("medical", "legal", "finance")

@@ -37,7 +37,7 @@ from ..chain import wire
 from ..chain.errors import ChainError, ContractRevert
 from ..content.cid import cid_text
 from ..content.errors import InvalidCID, StoreFull
-from ..engine.scheduler import FinishReason, TextDelta
+from ..engine.interface import FinishReason, TextDelta
 from ..v1 import node_pb2 as pb
 from ..v1 import node_pb2_grpc
 from .calls import CallError, CallInput, Calls
@@ -69,14 +69,12 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
 
     Args:
         calls: the request core (engine, store, limits, chain, swarm link, metrics).
-        device: the device the engine runs on (reported by GetNodeInfo).
     """
 
-    def __init__(self, calls: Calls, device: str) -> None:
+    def __init__(self, calls: Calls) -> None:
         self.calls = calls
         self.engine = calls.engine
         self.store = calls.store
-        self.device = device
 
     # ----- helpers -----
 
@@ -117,7 +115,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
 
     def _info(self, e: CatalogEntry) -> pb.AdapterInfo:
         status = _STATE[e.state]
-        if e.state is AdapterState.READY and self.engine.slots.slot_of(e.cid) is not None:
+        if e.state is AdapterState.READY and e.cid in self.engine.resident():
             status = pb.ADAPTER_STATUS_RESIDENT
         info = pb.AdapterInfo(cid=e.cid, status=status, reason=e.reason, detail=e.detail, name=e.name)
         if e.state is AdapterState.REJECTED:
@@ -321,12 +319,13 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             version=__version__,
             base_model=base.name,
             base_fingerprint=base.fingerprint,
-            dtype=str(eng.rm.dtype).removeprefix("torch."),
-            device=self.device,
+            dtype=eng.info.dtype,
+            device=eng.info.device,
+            engine=eng.info.name,
             slots=pb.SlotInfo(
-                capacity=eng.slots.capacity,
-                resident=eng.slots.resident(),
-                host_cached=len(eng.host),
+                capacity=eng.info.slot_capacity,
+                resident=eng.resident(),
+                host_cached=stats["host_cached"],
                 max_rank=base.max_rank,
             ),
             running=stats["running"],

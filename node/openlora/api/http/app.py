@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ...adapters.catalog import AdapterState
 from ...content.cid import cid_text
 from ...content.errors import InvalidCID
-from ...engine.scheduler import TextDelta
+from ...engine.interface import TextDelta
 from ...metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from ..calls import CallDone, CallError, CallInput, Calls
 from ..ratelimit import RateLimited, RateLimiter, client_key

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...chain.records import SignedReceipt
-from ...engine.scheduler import FinishReason
+from ...engine.interface import FinishReason
 from ...v1 import node_pb2 as pb
 from ..calls import CallDone, CallError, CallInput
 
