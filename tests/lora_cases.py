@@ -25,12 +25,13 @@ CASES = {
 }
 
 
-def save_case_adapters(base_fp32: torch.nn.Module, make_folder) -> dict[str, Path]:
+def save_case_adapters(base_fp32: torch.nn.Module, make_folder, b_scale: float = 1.0) -> dict[str, Path]:
     """Every case saved as a real PEFT adapter folder with random (non-identity) weights, seeded.
 
     Args:
         base_fp32: the base model in float32 (copied per case, not changed).
         make_folder: ``name -> Path`` of an empty folder (``tmp_path_factory.mktemp``).
+        b_scale: multiplies the B weights' spread (a larger delta changes greedy text sooner).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -41,7 +42,7 @@ def save_case_adapters(base_fp32: torch.nn.Module, make_folder) -> dict[str, Pat
         with torch.no_grad():
             for pname, p in peft_model.named_parameters():
                 if "lora_" in pname:
-                    p.normal_(0.0, 0.05 if "lora_A" in pname else 0.03)
+                    p.normal_(0.0, 0.05 if "lora_A" in pname else 0.03 * b_scale)
         folder = make_folder(name)
         peft_model.save_pretrained(str(folder))
         out[name] = folder

@@ -91,6 +91,7 @@ def start(
     base_model: Annotated[Optional[str], typer.Option(help="A .gguf file or HF causal-LM folder; default SmolLM2-135M-Instruct.")] = None,
     model_cache: Annotated[Optional[Path], typer.Option(help="Where GGUF conversions go (default DATA_DIR/models).")] = None,
     engine: Annotated[Optional[str], typer.Option(help="torch (the exact reference engine) or vllm (vLLM's async engine: paged KV, prefix cache, multi-GPU; README: Engines).", show_default="torch")] = None,
+    device: Annotated[Optional[str], typer.Option(help="torch engine: cpu or cuda.", show_default="cpu")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16.", show_default="bfloat16")] = None,
     max_loras: Annotated[Optional[int], typer.Option(help="Adapter slots on the device.", show_default="8")] = None,
     max_cpu_loras: Annotated[Optional[int], typer.Option(help="Adapters kept parsed in host RAM.", show_default="64")] = None,

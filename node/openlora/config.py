@@ -98,6 +98,7 @@ class NodeSettings(BaseSettings):
         model_cache: where GGUF conversions are kept; default ``<data_dir>/models``.
         engine: ``torch`` (the exact reference engine) or ``vllm`` (vLLM's async engine: paged KV,
             prefix cache, tensor / pipeline parallel, multi-node).
+        device: where the torch engine computes, ``cpu`` or ``cuda`` (vLLM picks its own platform).
         dtype: compute dtype of the base and adapter slots.
         max_loras: device adapter slots (vLLM's ``max_loras``).
         max_cpu_loras: adapters kept parsed in host RAM (vLLM's ``max_cpu_loras``).
@@ -145,6 +146,7 @@ class NodeSettings(BaseSettings):
     base_model: str | None = None
     model_cache: Path | None = None
     engine: Literal["torch", "vllm"] = "torch"
+    device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     max_loras: Annotated[int, Field(ge=1, le=1024)] = 8
     max_cpu_loras: Annotated[int, Field(ge=1)] = 64
@@ -175,7 +177,7 @@ class NodeSettings(BaseSettings):
     client_rate_limit_burst: Annotated[int, Field(ge=1)] = 100
     metrics_max_adapters: Annotated[int, Field(ge=1, le=10_000)] = 64
 
-    @field_validator("log_level", "log_format", "dtype", "engine", mode="before")
+    @field_validator("log_level", "log_format", "dtype", "engine", "device", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v

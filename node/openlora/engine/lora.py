@@ -46,7 +46,8 @@ class BatchSlots:
         slot_rank: largest rank held by each slot, kept by the slot manager.
     """
 
-    def __init__(self, n_slots: int) -> None:
+    def __init__(self, n_slots: int, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
         self.slot_ids: torch.Tensor | None = None
         self.present: frozenset[int] = frozenset()
         self.rank = 0
@@ -65,7 +66,7 @@ class BatchSlots:
         if key != self._key:
             self._key = key
             self.version += 1
-            self.slot_ids = torch.tensor(slot_ids, dtype=torch.long)
+            self.slot_ids = torch.tensor(slot_ids, dtype=torch.long, device=self.device)
             self.present = present
             self.rank = rank
 
@@ -203,7 +204,7 @@ def inject_lora(model: nn.Module, n_slots: int, r_max: int) -> tuple[BatchSlots,
     Returns:
         The shared routing object and ``{module name: LoRALinear}``.
     """
-    routing = BatchSlots(n_slots)
+    routing = BatchSlots(n_slots, next(model.parameters()).device)
     layers: dict[str, LoRALinear] = {}
     for name, mod in adaptable_linears(model):
         parent_name, _, child = name.rpartition(".")

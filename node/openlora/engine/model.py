@@ -42,12 +42,17 @@ class ResidentModel:
         return {n: (m.in_features, m.out_features) for n, m in self.lora_layers.items()}
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights (and so the slots and the KV cache) live."""
+        return next(self.model.parameters()).device
+
+    @property
     def max_rank(self) -> int:
         """Largest LoRA rank a slot holds."""
         return next(iter(self.lora_layers.values())).r_max
 
 
-def load_resident(source: BaseModelSource, dtype: str, n_slots: int, max_rank: int) -> ResidentModel:
+def load_resident(source: BaseModelSource, dtype: str, n_slots: int, max_rank: int, device: str = "cpu") -> ResidentModel:
     """Load the base from its safetensors folder and inject ``n_slots`` LoRA slots.
 
     Args:
@@ -55,6 +60,7 @@ def load_resident(source: BaseModelSource, dtype: str, n_slots: int, max_rank: i
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         n_slots: adapter slots on the device (slot 0 for the base is added).
         max_rank: largest adapter rank a slot can hold.
+        device: ``"cpu"`` or ``"cuda"`` (weights, slots and the KV cache live there).
 
     Raises:
         ValueError: unknown dtype.
@@ -64,7 +70,7 @@ def load_resident(source: BaseModelSource, dtype: str, n_slots: int, max_rank: i
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     codec = load_codec(source.path)
-    model = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=DTYPES[dtype])
+    model = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=DTYPES[dtype]).to(device)
     model.eval().requires_grad_(False)
     routing, layers = inject_lora(model, n_slots + 1, max_rank)
     log.info("base %s loaded (%s, %d adaptable modules, eos %s)", source.name, dtype, len(layers), sorted(codec.eos_ids))

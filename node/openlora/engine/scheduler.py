@@ -33,7 +33,7 @@ from ..adapters.peft_format import LoraAdapter
 from .interface import EngineInfo, Failed, FinishReason, Finished, GenerationRequest, QueueFull, TextDelta
 from .kv import KVBatch, left_padded
 from .model import ResidentModel
-from .sampling import Detokenizer, SamplingParams, sample_next
+from .sampling import Detokenizer, sample_next
 from .slots import HostCache, NoFreeSlot, SlotManager
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class TorchEngine:
         self._fresh: set[str] = set()  # loaded to the host tier and not installed since (their miss is counted)
         self.codec = rm.codec
         self.info = EngineInfo(
-            "torch", str(rm.dtype).removeprefix("torch."), "cpu", slots.capacity, rm.max_rank, max_batch
+            "torch", str(rm.dtype).removeprefix("torch."), rm.device.type, slots.capacity, rm.max_rank, max_batch
         )
         self._cv = threading.Condition()
         self._inbox: list[GenerationRequest] = []
@@ -361,7 +361,7 @@ class TorchEngine:
         from transformers import DynamicCache
 
         new_rows = [_Row(req, slot, self.codec.tokenizer) for req, slot in admitted]
-        ids, mask, pos = left_padded([r.req.prompt_ids for r in new_rows], self.codec.pad_id)
+        ids, mask, pos = (t.to(self.rm.device) for t in left_padded([r.req.prompt_ids for r in new_rows], self.codec.pad_id))
         cache = DynamicCache(config=self.rm.model.config)
         try:
             logits = self._forward(
@@ -391,7 +391,7 @@ class TorchEngine:
         kv = self._kv
         pos = kv.next_positions()
         mask = kv.grow()
-        ids = torch.tensor([[r.last] for r in self._rows], dtype=torch.long)
+        ids = torch.tensor([[r.last] for r in self._rows], dtype=torch.long, device=self.rm.device)
         try:
             logits = self._forward(
                 [r.slot for r in self._rows], input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=kv.cache
@@ -412,7 +412,8 @@ class TorchEngine:
 
     def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> None:
         try:
-            tokens = sample_next(logits, [r.req.sampling for r in rows], [r.gen for r in rows])
+            # on the CPU: each row's torch.Generator lives there (a [B, V] copy per step on a GPU)
+            tokens = sample_next(logits.cpu(), [r.req.sampling for r in rows], [r.gen for r in rows])
         except Exception as e:  # e.g. non-finite logits: fail this batch, never the engine thread
             log.exception("sampling failed")
             self._fail_batch(e)

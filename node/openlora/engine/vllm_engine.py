@@ -70,6 +70,7 @@ class VllmOptions:
         kv_cache_gib: KV cache on CPU (``VLLM_CPU_KVCACHE_SPACE``), GiB.
         gpu_memory_utilization: share of GPU memory vLLM may take (GPU only).
         enforce_eager: skip graph capture / compilation (faster start, slower steps).
+        lora: LoRA on (a node always has it on; off only for the benchmark's LoRA-off baseline).
     """
 
     dtype: str = "bfloat16"
@@ -88,6 +89,7 @@ class VllmOptions:
     kv_cache_gib: float = 2.0
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False
+    lora: bool = True
 
     def engine_args(self, model: Path, max_context: int) -> dict:
         """Keyword arguments of ``vllm.AsyncEngineArgs`` for the base folder ``model``.
@@ -102,10 +104,7 @@ class VllmOptions:
             model=str(model),
             tokenizer=str(model),
             dtype=self.dtype,
-            enable_lora=True,
-            max_loras=self.max_loras,
-            max_cpu_loras=max(self.max_cpu_loras, self.max_loras),
-            max_lora_rank=rank,
+            enable_lora=self.lora,
             max_num_seqs=self.max_batch,
             max_model_len=min(self.max_model_len or max_context, max_context),
             tensor_parallel_size=self.tensor_parallel_size,
@@ -118,6 +117,8 @@ class VllmOptions:
             disable_log_stats=True,
             enable_log_requests=False,
         )
+        if self.lora:
+            args.update(max_loras=self.max_loras, max_cpu_loras=max(self.max_cpu_loras, self.max_loras), max_lora_rank=rank)
         if self.distributed_executor_backend:
             args["distributed_executor_backend"] = self.distributed_executor_backend
         return args
