@@ -456,8 +456,10 @@ def _failure_status(error: Exception, adapter: str | None) -> tuple[grpc.StatusC
         return grpc.StatusCode.NOT_FOUND, f"adapter {adapter} is not available on this node: {error}"
     if isinstance(error, EngineUnsupported):
         return grpc.StatusCode.FAILED_PRECONDITION, f"{error}; a node running --engine torch serves it"
-    if isinstance(error, NoFreeSlot):
+    if isinstance(error, (NoFreeSlot, QueueFull)):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+    if isinstance(error, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     log.error("generation failed: %r", error)
     return grpc.StatusCode.INTERNAL, f"generation failed: {type(error).__name__}: {error}"
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..adapters.peft_format import LoraAdapter
+from ..adapters.reasons import AdapterRejected
 from .base import BaseModelSource
 from .interface import (
     EngineInfo,
@@ -429,7 +430,20 @@ def _environment(options: VllmOptions) -> None:
 
 
 def _explained(error: Exception) -> Exception:
-    """vLLM's exceptions carry little text (``EngineGenerateError()``): name the cause."""
+    """vLLM's exception as one of ours, so the API answers with the right status and a message:
+    a request vLLM refuses → ValueError (INVALID_ARGUMENT), its queue limits → QueueFull
+    (RESOURCE_EXHAUSTED), a dead engine core or an error without text → RuntimeError naming it."""
+    from vllm.exceptions import GracefulHTTPError, VLLMClientError
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    if isinstance(error, (EngineUnsupported, AdapterRejected)):
+        return error
+    if isinstance(error, VLLMClientError):
+        return ValueError(f"vLLM refused the request: {error}")
+    if isinstance(error, GracefulHTTPError):
+        return QueueFull(f"vLLM's queue is full ({type(error).__name__}); retry later")
+    if isinstance(error, EngineDeadError):
+        return RuntimeError("vLLM's engine process died; the node must be restarted (see its log)")
     cause = error.__cause__
     if not str(error) and cause is not None:
         return RuntimeError(f"vLLM: {type(cause).__name__}: {cause}")
