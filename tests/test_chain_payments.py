@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass, replace
 
 import pytest
+from eth_account import Account
 from chain_fixtures import World, base_world, make_cid, world  # noqa: F401
 
 from openlora.chain.errors import (
@@ -27,6 +28,7 @@ from openlora.chain.errors import (
 from openlora.chain.ledger import Ledger
 from openlora.chain.payer import Payer
 from openlora.chain.payments import NodePayments
+
 from openlora.chain.pricing import cost_wei, make_quote
 from openlora.chain.records import Eip712Domain, SignedReceipt, SignedVoucher, Voucher
 from openlora.chain.settlement import Settler
@@ -165,6 +167,31 @@ def test_malformed_signature_is_refused(setup, signature):
     signed = replace(setup.voucher(setup.max_cost), signature=signature)
     with pytest.raises(InvalidVoucher):
         setup.payments.authorize(signed, setup.cid, MAX_TOKENS)
+
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def chain_rejected_forms(signature: bytes) -> dict[str, bytes]:
+    """Re-encodings of a valid (r, s, v) signature that eth-account still recovers to the same key but the
+    contract's ECDSA refuses: v as 0/1, v as EIP-155 35+, and the high-s twin (n - s, flipped v)."""
+    r, s, v = signature[:32], int.from_bytes(signature[32:64], "big"), signature[64]
+    return {
+        "v-0-1": r + signature[32:64] + bytes([v - 27]),
+        "v-35": r + signature[32:64] + bytes([v - 27 + 35]),
+        "high-s": r + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - v]),
+    }
+
+
+@pytest.mark.parametrize("form", ["v-0-1", "v-35", "high-s"])
+def test_signature_the_chain_rejects_is_refused_before_serving(setup, form):
+    signed = setup.voucher(setup.max_cost)
+    bad = replace(signed, signature=chain_rejected_forms(signed.signature)[form])
+    # eth-account alone accepts it: the node would serve a call whose claim reverts on chain
+    assert Account.recover_message(voucher_message(bad.voucher, setup.world.channels.domain), signature=bad.signature) == setup.world.client.address
+    with pytest.raises(InvalidVoucher, match="27 or 28|lower half"):
+        setup.payments.authorize(bad, setup.cid, MAX_TOKENS)
+    assert setup.ledger.channel(setup.world.client.address, 0) is None  # nothing recorded, nothing served
 
 
 def test_voucher_with_tampered_amount_is_refused(setup):

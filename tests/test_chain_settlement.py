@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import time
@@ -165,6 +166,32 @@ def test_batch_whose_nonce_was_reused_is_abandoned_then_resettled(world, tmp_pat
     assert world.chain.w3.eth.get_transaction_count(world.node.address) > batch.tx.nonce
     result = settler.settle_now()
     assert result.ok and result.batch_id != batch.id
+    assert_attribution_matches_receipts(world, ledger, [cid])
+
+
+def test_a_claim_the_chain_refuses_is_set_aside_and_the_others_settle(world, tmp_path):  # noqa: F811
+    cid = world.register()
+    ledger, payments, settler = node_side(world, tmp_path / "l.sqlite")
+    bad, good = (Payer(world.channels, c, world.node.address) for c in (world.client, world.other))
+    for p in (bad, good):
+        p.deposit(10**6)
+        serve(payments, p, cid, 10)
+    # A ledger written before the gate refused them: the bad client's latest voucher has v = 0/1, which
+    # eth-account recovers and the contract's ECDSA refuses (InvalidSignature), reverting any batch it is in.
+    with sqlite3.connect(tmp_path / "l.sqlite") as db:
+        (sig,) = db.execute("SELECT signature FROM channels WHERE client = ?", (world.client.address,)).fetchone()
+        db.execute(
+            "UPDATE channels SET signature = ? WHERE client = ?", (sig[:64] + bytes([sig[64] - 27]), world.client.address)
+        )
+    result = settler.settle_now()
+    assert result.ok and result.redemptions == 1
+    assert world.channels.channel(world.other.address, world.node.address).redeemed > 0
+    assert world.channels.channel(world.client.address, world.node.address).redeemed == 0
+    ((client, epoch, _, reason),) = ledger.set_aside_claims()
+    assert (client, epoch, settler.set_aside) == (world.client.address, 0, 1) and "InvalidSignature" in reason
+    assert ledger.unsettled_count() == 0 and settler.settle_now() is None  # not retried on the same voucher
+    serve(payments, bad, cid, 5)  # the client's next (valid) voucher replaces the refused one: all is claimed
+    assert settler.settle_now().ok
     assert_attribution_matches_receipts(world, ledger, [cid])
 
 

@@ -404,6 +404,15 @@ class PaymentChannels(_Wrapper):
         """The ``settle`` contract call for ``redemptions`` (to sign with ``sign_call``)."""
         return self.contract.functions.settle([_redemption_arg(r) for r in redemptions])
 
+    def simulate_settle(self, node: str, redemptions: Sequence[Redemption]) -> None:
+        """Runs ``settle(redemptions)`` from ``node`` as an eth_call on the pending block (nothing is sent).
+
+        Raises:
+            ContractRevert: the settlement would revert (the decoded contract error).
+        """
+        with _decoded_reverts():
+            self.settle_call(redemptions).call({"from": node}, block_identifier="pending")
+
     def settle(self, node: LocalAccount, redemptions: Sequence[Redemption]) -> TxReceipt:
         """Redeems ``redemptions`` in one transaction signed by ``node``.
 

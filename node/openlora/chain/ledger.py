@@ -22,6 +22,8 @@ Settlement (driven by ``settlement.Settler``) moves final receipts into batches:
     batch_settled()     the transaction succeeded: the channels' ``settled`` move to the claimed totals
     batch_failed()      it reverted or can never be mined: the receipts return to the unsettled pool
     forfeit()           the client withdrew before the node settled an epoch: those receipts are lost
+    set_aside()         the chain refuses a channel's claim (simulated alone): it stays out of batches, with its
+                        reason, until the client's next voucher replaces the refused one
 
 Only one batch is open at a time, so ``settled`` always equals what the chain has redeemed for the channel.
 Amounts are wei and stored as decimal TEXT (they overflow SQLite's 64-bit INTEGER).
@@ -94,7 +96,22 @@ CREATE TABLE IF NOT EXISTS receipts (
     finalized_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS receipts_unsettled ON receipts (state, batch);
+CREATE TABLE IF NOT EXISTS set_aside (
+    client TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    amount TEXT NOT NULL,           -- the channel's latest voucher amount when its claim failed simulation
+    reason TEXT NOT NULL,           -- the decoded contract error
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (client, epoch, amount)
+);
 """
+
+# unsettled final receipts whose channel's latest voucher was not set aside (a newer voucher is tried again)
+_CLAIMABLE = (
+    "state = 'final' AND batch IS NULL AND NOT EXISTS (SELECT 1 FROM set_aside a JOIN channels c"
+    " ON c.client = a.client AND c.epoch = a.epoch AND c.amount = a.amount"
+    " WHERE a.client = receipts.client AND a.epoch = receipts.epoch)"
+)
 
 
 @dataclass(frozen=True)
@@ -364,11 +381,9 @@ class Ledger:
     # -- settlement ---------------------------------------------------------------------------------------
 
     def unsettled_count(self) -> int:
-        """Final receipts not yet in a batch."""
+        """Final receipts not yet in a batch (those of a set-aside claim not counted)."""
         with self._lock:
-            (count,) = self._db.execute(
-                "SELECT COUNT(*) FROM receipts WHERE state = 'final' AND batch IS NULL"
-            ).fetchone()
+            (count,) = self._db.execute(f"SELECT COUNT(*) FROM receipts WHERE {_CLAIMABLE}").fetchone()
             return count
 
     def plan_claims(self, max_channels: int) -> list[ChannelClaim]:
@@ -381,8 +396,7 @@ class Ledger:
             if db.execute("SELECT 1 FROM batches WHERE state = 'open'").fetchone():
                 raise LedgerError("a settlement batch is still open; resolve it before planning another")
             rows = db.execute(
-                "SELECT id, client, epoch, adapter, tokens, cost FROM receipts"
-                " WHERE state = 'final' AND batch IS NULL ORDER BY id"
+                f"SELECT id, client, epoch, adapter, tokens, cost FROM receipts WHERE {_CLAIMABLE} ORDER BY id"
             ).fetchall()
             groups: dict[tuple[str, int], list[tuple]] = {}
             for rid, client, epoch, adapter, tokens, cost in rows:
@@ -496,6 +510,26 @@ class Ledger:
                 " AND batch IS NULL",
                 (client, epoch),
             ).rowcount
+
+    def set_aside(self, claim: ChannelClaim, reason: str) -> None:
+        """Keeps ``claim`` out of settlement because the chain refuses it (``reason``: the decoded revert), so
+        that it cannot revert every batch. Its receipts stay final and unsettled: the channel is tried again
+        once the client's next voucher (a higher amount) replaces the one that failed."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO set_aside VALUES (?, ?, ?, ?, ?)",
+                (claim.client, claim.epoch, str(claim.voucher.voucher.cumulative_amount), reason, _now_ms()),
+            )
+
+    def set_aside_claims(self) -> list[tuple[str, int, int, str]]:
+        """Every claim ever set aside: (client, epoch, voucher amount in wei, reason), oldest first."""
+        with self._lock:
+            return [
+                (client, epoch, int(amount), reason)
+                for client, epoch, amount, reason in self._db.execute(
+                    "SELECT client, epoch, amount, reason FROM set_aside ORDER BY created_ms, client"
+                )
+            ]
 
     # -- views --------------------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from eth_account.messages import SignableMessage, encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_utils import is_checksum_address
 
+from ..adapters.signing import signature_form_error
 from .errors import (
     ChannelClosing,
     InsufficientAuthorization,
@@ -112,10 +113,12 @@ def recover_voucher_signer(signed: SignedVoucher, domain: Eip712Domain) -> str:
     """The checksummed address whose key signed ``signed.voucher``.
 
     Raises:
-        InvalidVoucher: the signature is not 65 bytes or recovers to no key.
+        InvalidVoucher: the signature is not 65 bytes, has v not in {27, 28} or a high s (the chain refuses
+            those), or recovers to no key.
     """
-    if len(signed.signature) != 65:
-        raise InvalidVoucher(f"voucher signature must be 65 bytes (r, s, v), got {len(signed.signature)}")
+    if (problem := signature_form_error(signed.signature)) is not None:
+        # the contract's ECDSA would revert on it: a call served on it could never be settled
+        raise InvalidVoucher(f"voucher {problem}; sign it with a standard EIP-712 signer")
     try:
         return Account.recover_message(voucher_message(signed.voucher, domain), signature=signed.signature)
     except InvalidVoucher:
