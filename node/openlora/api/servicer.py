@@ -204,7 +204,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             quote.royalty_bps = q.royalty_bps
         if request.client:
             try:
-                view = await asyncio.to_thread(chain.payments.channel_view, request.client)
+                lane = price.quote.adapter_id if price.quote is not None else None
+                view = await asyncio.to_thread(chain.payments.channel_view, request.client, lane)
             except ChainError as e:
                 await self._abort(context, grpc.StatusCode.UNAVAILABLE, f"cannot read the channel: the chain did not answer: {e}")
             st = view.state
@@ -219,6 +220,11 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                 quote.channel.latest_voucher.CopyFrom(wire.voucher_to_pb(latest))
                 quote.channel.charged_total = str(totals.charged)
                 quote.channel.committed = str(totals.committed)
+            quote.channel.adapter_charged = "0"
+            if view.lane is not None:
+                charged, lane_voucher = view.lane
+                quote.channel.adapter_voucher.CopyFrom(wire.voucher_to_pb(lane_voucher))
+                quote.channel.adapter_charged = str(charged)
         return quote
 
     async def GetUsage(self, request: pb.GetUsageRequest, context):

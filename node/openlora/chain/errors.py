@@ -6,6 +6,8 @@
     ├── SettlementError             a settlement batch could not be built, sent or reconciled
     ├── LedgerError                 the receipts ledger refuses an operation (wrong state, other chain)
     ├── InvalidReceipt              a client rejects a node receipt (bad signature, overcharge) or channel account
+    │   └── UntrustedQuote          a client rejects a quote (price or tokens the chain's terms do not give)
+    ├── UntrustedContracts          a client refuses contracts it did not pin, or whose code is not openlora's
     └── PaymentError                a call is not paid for: the node must refuse it and stream no tokens
         ├── PaymentRequired         the call costs something and came without a voucher
         ├── AdapterNotPayable       the adapter is not registered on chain
@@ -69,6 +71,16 @@ class LedgerError(ChainError):
 class InvalidReceipt(ChainError):
     """A node receipt is not signed by the node, is for another call, or charges more than authorised; or the
     node's account of a channel is not backed by the client's own voucher."""
+
+
+class UntrustedQuote(InvalidReceipt):
+    """The client rejects a node's quote: its price is not the registry's price plus an acceptable node fee,
+    or it counts more tokens than the request can bill. Nothing was signed."""
+
+
+class UntrustedContracts(ChainError):
+    """The client refuses to deposit or sign for the contracts a node names: another chain or address than the
+    pinned deployment, or code that is not the openlora contracts'. Nothing was sent or signed."""
 
 
 class PaymentError(ChainError):

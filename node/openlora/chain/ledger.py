@@ -16,7 +16,7 @@ Settlement (driven by ``settlement.Settler``) moves final receipts into batches:
 
     plan_claims()       per channel epoch: unsettled final receipts → one claim of
                         claimed_total = settled + their costs, on the channel's latest voucher, with per-adapter
-                        usage entries (calls, tokens, amount)
+                        usage entries (calls, tokens, amount), each on the latest voucher naming its adapter
     record_batch()      the claims, the signed settle transaction (raw bytes, hash, nonce) and the receipts'
                         batch link, in one transaction, *before* the transaction is sent
     batch_settled()     the transaction succeeded: the channels' ``settled`` move to the claimed totals
@@ -96,6 +96,17 @@ CREATE TABLE IF NOT EXISTS receipts (
     finalized_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS receipts_unsettled ON receipts (state, batch);
+CREATE INDEX IF NOT EXISTS receipts_lane ON receipts (client, epoch, adapter);
+CREATE TABLE IF NOT EXISTS lane_vouchers (
+    client TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    adapter BLOB NOT NULL,
+    amount TEXT NOT NULL,           -- the latest accepted voucher naming this adapter: its cumulative amount,
+    price_per_1k TEXT NOT NULL,     -- its price,
+    adapter_amount TEXT NOT NULL,   -- what it authorises for the adapter on the epoch
+    signature BLOB NOT NULL,        -- and the client's signature (settlement backs the adapter's usage with it)
+    PRIMARY KEY (client, epoch, adapter)
+);
 CREATE TABLE IF NOT EXISTS set_aside (
     client TEXT NOT NULL,
     epoch INTEGER NOT NULL,
@@ -290,6 +301,21 @@ class Ledger:
                 latest_amount=latest,
                 committed=committed,
                 max_cost=max_cost,
+                adapter=quote.adapter_id,
+                price_per_1k_tokens=quote.price_per_1k_tokens,
+                adapter_committed=self._lane_committed(db, v.client, channel.epoch, quote.adapter_id),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO lane_vouchers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    v.client,
+                    v.epoch,
+                    v.adapter,
+                    str(v.cumulative_amount),
+                    str(v.price_per_1k_tokens),
+                    str(v.adapter_amount),
+                    signed.signature,
+                ),
             )
             if row is None:
                 db.execute(
@@ -317,6 +343,34 @@ class Ledger:
                 ),
             ).lastrowid
         return Authorization(receipt_id, v.client, v.epoch, max_tokens, max_cost, quote)
+
+    @staticmethod
+    def _lane_committed(db: sqlite3.Connection, client: str, epoch: int, adapter: bytes) -> int:
+        """Wei charged on ``adapter`` in the channel epoch plus the max cost of its calls in flight."""
+        return sum(
+            int(cost if state == "final" else max_cost)
+            for state, cost, max_cost in db.execute(
+                "SELECT state, cost, max_cost FROM receipts WHERE client = ? AND epoch = ? AND adapter = ?"
+                " AND state IN ('pending', 'final')",
+                (client, epoch, adapter),
+            )
+        )
+
+    def _lane_voucher(self, db: sqlite3.Connection, client: str, epoch: int, adapter: bytes) -> SignedVoucher:
+        amount, price, adapter_amount, signature = db.execute(
+            "SELECT amount, price_per_1k, adapter_amount, signature FROM lane_vouchers"
+            " WHERE client = ? AND epoch = ? AND adapter = ?",
+            (client, epoch, adapter),
+        ).fetchone()
+        voucher = Voucher(client, self.node.address, epoch, int(amount), bytes(adapter), int(price), int(adapter_amount))
+        return SignedVoucher(voucher, bytes(signature))
+
+    def _latest_voucher(self, db: sqlite3.Connection, client: str, epoch: int, amount: str) -> SignedVoucher:
+        """The channel epoch's latest voucher (cumulative ``amount``): the latest of its own adapter too."""
+        (adapter,) = db.execute(
+            "SELECT adapter FROM lane_vouchers WHERE client = ? AND epoch = ? AND amount = ?", (client, epoch, amount)
+        ).fetchone()
+        return self._lane_voucher(db, client, epoch, bytes(adapter))
 
     def finalize(self, receipt_id: int, tokens: int) -> SignedReceipt:
         """Bills ``tokens`` tokens for the pending call ``receipt_id`` and returns the node-signed receipt.
@@ -405,9 +459,8 @@ class Ledger:
                     groups.setdefault(key, []).append((rid, bytes(adapter), tokens, int(cost)))
             claims = []
             for (client, epoch), receipts in groups.items():
-                amount, signature, settled = db.execute(
-                    "SELECT amount, signature, settled FROM channels WHERE client = ? AND epoch = ?",
-                    (client, epoch),
+                amount, settled = db.execute(
+                    "SELECT amount, settled FROM channels WHERE client = ? AND epoch = ?", (client, epoch)
                 ).fetchone()
                 usage: dict[bytes, list[int]] = {}
                 for _, adapter, tokens, cost in receipts:
@@ -415,13 +468,14 @@ class Ledger:
                     entry[0] += 1
                     entry[1] += tokens
                     entry[2] += cost
-                voucher = SignedVoucher(Voucher(client, self.node.address, epoch, int(amount)), bytes(signature))
                 claims.append(
                     ChannelClaim(
-                        voucher=voucher,
+                        voucher=self._latest_voucher(db, client, epoch, amount),
                         claimed_total=int(settled) + sum(r[3] for r in receipts),
                         receipt_ids=tuple(r[0] for r in receipts),
-                        usage=tuple(UsageEntry(a, *totals) for a, totals in usage.items()),
+                        usage=tuple(
+                            UsageEntry(self._lane_voucher(db, client, epoch, a), *totals) for a, totals in usage.items()
+                        ),
                     )
                 )
             return claims
@@ -548,14 +602,31 @@ class Ledger:
         node never accepted a voucher on it."""
         with self._lock:
             row = self._db.execute(
-                "SELECT amount, signature, committed, charged, settled FROM channels WHERE client = ? AND epoch = ?",
+                "SELECT amount, committed, charged, settled FROM channels WHERE client = ? AND epoch = ?",
                 (client, epoch),
             ).fetchone()
-        if row is None:
-            return None
-        amount, signature, committed, charged, settled = row
-        totals = ChannelTotals(client, epoch, int(amount), int(committed), int(charged), int(settled))
-        return totals, SignedVoucher(Voucher(client, self.node.address, epoch, int(amount)), bytes(signature))
+            if row is None:
+                return None
+            amount, committed, charged, settled = row
+            totals = ChannelTotals(client, epoch, int(amount), int(committed), int(charged), int(settled))
+            return totals, self._latest_voucher(self._db, client, epoch, amount)
+
+    def lane(self, client: str, epoch: int, adapter: bytes) -> tuple[int, SignedVoucher] | None:
+        """Wei charged for ``adapter`` (32-byte id) in the channel epoch and the latest voucher accepted for it;
+        ``None`` when the node accepted none for it (a client resumes its per-adapter amount from this)."""
+        with self._lock:
+            if self._db.execute(
+                "SELECT 1 FROM lane_vouchers WHERE client = ? AND epoch = ? AND adapter = ?", (client, epoch, adapter)
+            ).fetchone() is None:
+                return None
+            charged = sum(
+                int(cost)
+                for (cost,) in self._db.execute(
+                    "SELECT cost FROM receipts WHERE client = ? AND epoch = ? AND adapter = ? AND state = 'final'",
+                    (client, epoch, adapter),
+                )
+            )
+            return charged, self._lane_voucher(self._db, client, epoch, adapter)
 
     def receipt_totals(self, settled_only: bool = True) -> dict[bytes, ReceiptTotals]:
         """Per adapter id: calls, tokens and wei of final receipts (only those in settled batches by default)."""
