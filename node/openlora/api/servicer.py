@@ -252,7 +252,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             adapters=[
                 pb.AdapterUsage(
                     adapter=r.adapter, calls=r.calls, tokens=r.tokens, amount_wei=str(r.amount_wei),
-                    publisher_earnings_wei=str(r.publisher_earnings_wei),
+                    publisher_earnings_wei=str(r.publisher_earnings_wei), publisher=r.publisher,
                 )  # fmt: skip
                 for r in rows
             ]

@@ -31,6 +31,7 @@ from .streams import AsyncGenerationStream, AsyncPaidStream, GenerationStream, P
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
+    from ..chain.audit import ChannelAudit
     from ..chain.contracts import AdapterRegistry, Deployment, PaymentChannels
     from ..chain.payer import Payer, PendingPayment
     from ..chain.records import ChannelState
@@ -68,12 +69,14 @@ def node_contracts(info: pb.ChainInfo, rpc_url: str | None = None) -> tuple[Adap
 
 
 class _Paying:
-    """One session's trusted pieces: the payer, the pinned registry and the node fee cap (wei per 1k)."""
+    """One session's trusted pieces: the payer, the pinned registry, the node fee cap (wei per 1k) and the
+    publishers proven by the adapters' signed manifests (CID -> address)."""
 
     def __init__(self, payer: Payer, registry: AdapterRegistry, max_node_fee_per_1k: int) -> None:
         self.payer = payer
         self.registry = registry
         self.max_node_fee_per_1k = max_node_fee_per_1k
+        self.publishers: dict[str, str] = {}
 
 
 def register_adapter(client: NodeClient, cid: str, signer: LocalAccount, rpc_url: str | None = None) -> bool:
@@ -143,24 +146,31 @@ def _connect(
     return _Paying(Payer(channels, account, info.node_address), registry, cap)
 
 
-def _pay(paying: _Paying, request: pb.GenerateRequest, quote: pb.Quote) -> PendingPayment:
+def _pay(paying: _Paying, request: pb.GenerateRequest, quote: pb.Quote, manifest: pb.AdapterInfo | None) -> PendingPayment:
     """Checks ``quote`` against the chain (``client.quotes``), catches the payer up with the node's account of
     the channel (a new process, or another one paying with the same key), reserves the call's max cost and puts
     the signed voucher into ``request``.
 
+    ``manifest``: the node's ``GetAdapter`` answer for the adapter, needed the first time it is paid (its
+    publisher is then remembered).
+
     Raises:
-        UntrustedQuote: the quote disagrees with the chain or the request (nothing is signed).
+        UntrustedQuote: the quote disagrees with the chain, the signed manifest or the request (nothing is
+            signed).
     """
     from ..chain.wire import voucher_from_pb, voucher_to_pb, wei
-    from .quotes import check_quote
+    from .quotes import check_quote, manifest_publisher
 
     payer = paying.payer
+    if request.adapter not in paying.publishers:
+        paying.publishers[request.adapter] = manifest_publisher(request.adapter, manifest)
     price = check_quote(
         quote,
         request,
         registry=paying.registry,
         channels=payer.channels,
         node=payer.node,
+        publisher=paying.publishers[request.adapter],
         max_node_fee_per_1k=paying.max_node_fee_per_1k,
     )
     channel = quote.channel
@@ -267,6 +277,19 @@ class PaidSession:
         """The price of ``request`` and the state of this client's channel."""
         return self.client.quote(request, self.account.address)
 
+    def audit(self) -> ChannelAudit:
+        """What the node charged (its signed receipts held by this session) against what it claimed and
+        attributed on chain for the current epoch (``chain.audit``).
+
+        Raises:
+            openlora.chain.errors.InvalidReceipt: a receipt held is inconsistent (the node signed two versions).
+            openlora.chain.errors.ChainError: the chain cannot be reached.
+        """
+        from ..chain.audit import audit_channel
+
+        payer = self.payer()
+        return audit_channel(payer.channels, self.account.address, payer.node, payer.receipts, payer.signed_amount)
+
     def generate(self, prompt: str | None = None, **kwargs) -> GenerationStream:
         """Like :meth:`NodeClient.generate` (same arguments), paying when the quote says so.
 
@@ -287,7 +310,9 @@ class PaidSession:
                 return self.client._stream(request)
             paying = self._connected()
             payer = paying.payer
-            payment = _pay(paying, request, quote)
+            known = request.adapter in paying.publishers
+            manifest = None if known else self.client.get_adapter(request.adapter)
+            payment = _pay(paying, request, quote, manifest)
             responses = self.client._stub.Generate(request, timeout=self.client.timeout)
             try:
                 first = next(responses)
@@ -361,7 +386,9 @@ class AsyncPaidSession:
                 return self.client._stream(request)
             paying = await self._connected()
             payer = paying.payer
-            payment = await asyncio.to_thread(_pay, paying, request, quote)
+            known = request.adapter in paying.publishers
+            manifest = None if known else await self.client.get_adapter(request.adapter)
+            payment = await asyncio.to_thread(_pay, paying, request, quote, manifest)
             call = self.client._stub.Generate(request, timeout=self.client.timeout)
             try:
                 first = await call.read()

@@ -11,8 +11,11 @@
                                        never make more tokens than bytes, plus the template's special tokens
     max cost      = cost_wei(max tokens, price per 1k)
 
-A quote that names another node, chain or PaymentChannels than the session's, an unregistered or revoked
-adapter, another price, royalty or max cost is refused with ``UntrustedQuote`` before anything is signed. The
+The publisher is the one the adapter's signed manifest names (``manifest_publisher``: the manifest's bytes hash to
+the CID and carry the publisher's signature), so a node cannot route the payment to someone else's registration
+of the CID. A quote that names another node, chain, PaymentChannels or publisher than the session's, an
+unregistered or revoked adapter, another price, royalty or max cost is refused with ``UntrustedQuote`` before
+anything is signed. The
 receipt is then checked against the voucher's price (``Payer.accept``): cost == cost_wei(tokens, price) and
 tokens <= max tokens.
 """
@@ -53,6 +56,29 @@ def prompt_token_bound(request: pb.GenerateRequest) -> int:
     return len(request.prompt.encode()) + TEMPLATE_TOKENS
 
 
+def manifest_publisher(cid: str, info: pb.AdapterInfo) -> str:
+    """The publisher of adapter ``cid`` as its signed manifest (``info.manifest_json``, from ``GetAdapter``)
+    proves: the manifest's bytes must hash to ``cid`` and be signed by the publisher they name.
+
+    Raises:
+        UntrustedQuote: the manifest is missing, is not ``cid``'s, or its signature does not hold.
+    """
+    from ..adapters.manifest import parse_manifest
+    from ..adapters.reasons import AdapterRejected
+    from ..adapters.signing import check_signature
+    from ..content.cid import RAW, cid_text, make_cid
+
+    raw = info.manifest_json.encode()
+    if not raw or cid_text(make_cid(raw, RAW)) != canonical_cid(cid):
+        raise UntrustedQuote(f"the node's manifest for {cid} is missing or is not that CID's")
+    try:
+        manifest = parse_manifest(raw)
+        check_signature(manifest)
+    except AdapterRejected as exc:
+        raise UntrustedQuote(f"the manifest of {cid} does not hold: {exc}") from exc
+    return manifest.publisher
+
+
 def check_quote(
     quote: pb.Quote,
     request: pb.GenerateRequest,
@@ -60,6 +86,7 @@ def check_quote(
     registry: AdapterRegistry,
     channels: PaymentChannels,
     node: str,
+    publisher: str,
     max_node_fee_per_1k: int,
 ) -> CheckedPrice:
     """This client's price of ``request`` if ``quote`` agrees with it (module doc).
@@ -67,6 +94,7 @@ def check_quote(
     Args:
         registry / channels: the contracts this session pinned (``chain.pinning``).
         node: the node's address this session pays.
+        publisher: the adapter's publisher, from its signed manifest (``manifest_publisher``).
         max_node_fee_per_1k: the most node fee accepted, wei per 1000 tokens.
 
     Raises:
@@ -86,6 +114,8 @@ def check_quote(
         raise UntrustedQuote(f"quote for an adapter that is not a CID: {exc}") from exc
     if cid != asked:
         raise UntrustedQuote(f"quote is for adapter {cid}, the request is for {asked}")
+    if quote.publisher != publisher:
+        raise UntrustedQuote(f"quote pays {quote.publisher!r} as publisher; the signed manifest names {publisher}")
     try:
         key = adapter_id(cid, quote.publisher)
         info = registry.adapter(key)

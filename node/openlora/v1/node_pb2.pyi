@@ -398,18 +398,20 @@ class GetUsageRequest(_message.Message):
     def __init__(self, adapter: _Optional[str] = ...) -> None: ...
 
 class AdapterUsage(_message.Message):
-    __slots__ = ("adapter", "calls", "tokens", "amount_wei", "publisher_earnings_wei")
+    __slots__ = ("adapter", "calls", "tokens", "amount_wei", "publisher_earnings_wei", "publisher")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     CALLS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_WEI_FIELD_NUMBER: _ClassVar[int]
     PUBLISHER_EARNINGS_WEI_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHER_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     calls: int
     tokens: int
     amount_wei: str
     publisher_earnings_wei: str
-    def __init__(self, adapter: _Optional[str] = ..., calls: _Optional[int] = ..., tokens: _Optional[int] = ..., amount_wei: _Optional[str] = ..., publisher_earnings_wei: _Optional[str] = ...) -> None: ...
+    publisher: str
+    def __init__(self, adapter: _Optional[str] = ..., calls: _Optional[int] = ..., tokens: _Optional[int] = ..., amount_wei: _Optional[str] = ..., publisher_earnings_wei: _Optional[str] = ..., publisher: _Optional[str] = ...) -> None: ...
 
 class GetUsageResponse(_message.Message):
     __slots__ = ("adapters",)
