@@ -37,7 +37,8 @@ from pay_fixtures import (
 
 from openlora.chain.attribution import usage_events
 from openlora.chain.backends import rpc_chain
-from openlora.chain.contracts import PaymentChannels, adapter_id
+from openlora.chain.contracts import Deployment, PaymentChannels, adapter_id
+from openlora.chain.errors import UntrustedContracts
 from openlora.chain.pricing import cost_wei
 from openlora.client import NodeClient, PaidSession, node_contracts, payment_error
 from openlora.local import cli
@@ -291,6 +292,27 @@ def test_squatted_cid_earns_the_squatter_nothing_and_blocks_nobody(node, client,
     stream = session.generate(QUESTION, adapter=cid, max_new_tokens=2)
     stream.text()
     assert (stream.receipt.adapter, stream.receipt.publisher) == (adapter_id(cid, PUBLISHER.address), PUBLISHER.address)
+
+
+def test_client_refuses_to_deposit_into_contracts_it_did_not_pin(client, info):
+    """The deployment the client trusts is not the node's: nothing is deposited, nothing signed."""
+    c = info.chain
+    elsewhere = Deployment(c.chain_id, c.registry, "0x" + "ab" * 20)
+    session = PaidSession(client, CLIENT2, deployment=elsewhere)
+    before = channel_of(client, CLIENT2)
+    with pytest.raises(UntrustedContracts, match="trusts only"):
+        session.open_channel(1000)
+    assert channel_of(client, CLIENT2).deposited == before.deposited
+    pinned = PaidSession(client, CLIENT2, deployment=Deployment(c.chain_id, c.registry, c.channels))
+    assert pinned.channel().epoch == before.epoch  # the node's own deployment, pinned, is accepted
+
+
+def test_session_audit_matches_the_receipts_it_holds(client, priced, session):
+    for _ in range(2):
+        session.generate(QUESTION, adapter=priced, max_new_tokens=3).text()
+    audit = session.audit()
+    assert audit.receipts >= 2 and audit.over_claim == 0
+    assert audit.charged == int(channel_of(client, CLIENT).charged_total)
 
 
 def test_usage_of_bad_cid_is_invalid_argument(client):

@@ -12,7 +12,7 @@
         ├── PaymentRequired         the call costs something and came without a voucher
         ├── AdapterNotPayable       the adapter is not registered on chain
         │   └── AdapterRevoked      its publisher revoked it
-        ├── TermsMismatch           the registered publisher, price or royalty differ from the signed manifest's
+        ├── TermsMismatch           the registered price or royalty differ from the signed manifest's
         ├── InvalidVoucher          malformed voucher, or the signature is not the client's
         ├── WrongNode               the voucher pays another node
         ├── WrongEpoch              the voucher is for another epoch of the channel
@@ -106,8 +106,8 @@ class AdapterRevoked(AdapterNotPayable):
 
 
 class TermsMismatch(PaymentError):
-    """The adapter's on-chain registration disagrees with its signed manifest: another account registered
-    the CID (a squatter, who must not be paid), or the registered price or royalty differ."""
+    """The adapter's on-chain registration by its manifest's publisher is at another price or royalty than the
+    signed manifest asks (a registration by anybody else is another adapter id and never looked up)."""
 
 
 class InvalidVoucher(PaymentError):
