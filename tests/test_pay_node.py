@@ -307,6 +307,19 @@ def test_client_refuses_to_deposit_into_contracts_it_did_not_pin(client, info):
     assert pinned.channel().epoch == before.epoch  # the node's own deployment, pinned, is accepted
 
 
+def test_cli_pays_only_through_the_deployment_file_it_is_given(node, info, keys, tmp_path):  # noqa: F811
+    c = info.chain
+    wrong = tmp_path / "elsewhere.json"
+    wrong.write_text(Deployment(c.chain_id, c.registry, "0x" + "cd" * 20).to_json())
+    args = ["openlora", "channel", "open", "--node", node.address, "--key", str(keys["client"]), "--amount", "5"]
+    out = cli(*args, "--deployment", str(wrong))
+    assert out.returncode == 1 and "trusts only" in out.stderr, out.stderr
+    right = tmp_path / "node.json"
+    right.write_text(Deployment(c.chain_id, c.registry, c.channels).to_json())
+    out = cli(*args, "--deployment", str(right))
+    assert out.returncode == 0, out.stderr
+
+
 def test_session_audit_matches_the_receipts_it_holds(client, priced, session):
     for _ in range(2):
         session.generate(QUESTION, adapter=priced, max_new_tokens=3).text()

@@ -298,8 +298,10 @@ class PaidSession:
 
         Raises:
             grpc.RpcError: the node refused the call (``payment_error`` names a payment refusal) or failed it.
+            openlora.chain.errors.UntrustedQuote: the quote disagrees with the chain, the manifest or the request.
             openlora.chain.errors.InvalidReceipt: the node's account of the channel is not backed by this client's
-                vouchers.
+                vouchers, or a receipt's cost is not its tokens at the voucher's price.
+            openlora.chain.errors.UntrustedContracts: the node names contracts this client does not trust.
             openlora.chain.errors.ChainError: the chain cannot be reached.
         """
         request = generate_request(prompt, **kwargs)
