@@ -119,13 +119,17 @@ def test_two_clients_racing_one_channel_cannot_double_spend(world, tmp_path):  #
     def client(seed: int) -> None:
         rng = random.Random(seed)
         signed = [
-            sign_voucher(world.client, Voucher(world.client.address, world.node.address, 0, a), world.channels.domain)
+            sign_voucher(
+                world.client,
+                Voucher(world.client.address, world.node.address, 0, a, adapter_id(cid, world.publisher.address), 1000 + NODE_FEE, a),
+                world.channels.domain,
+            )
             for a in vouchers(seed)
         ]
         start.wait()
         for voucher in signed:
             try:
-                auth = payments.authorize(voucher, cid, MAX_TOKENS)
+                auth = payments.authorize(voucher, cid, MAX_TOKENS, world.publisher.address)
             except PaymentError as e:
                 with lock:
                     refused.append(type(e).__name__)
@@ -148,7 +152,7 @@ def test_two_clients_racing_one_channel_cannot_double_spend(world, tmp_path):  #
         assert result is not None and result.ok
         state = world.channels.channel(world.client.address, world.node.address)
         assert state.redeemed == totals.charged  # paid exactly what was charged, once
-        assert world.channels.usage(adapter_id(cid)).calls == len(accepted)  # each accepted call attributed once
+        assert world.channels.usage(adapter_id(cid, world.publisher.address)).calls == len(accepted)  # each accepted call attributed once
     finally:
         ledger.close()
 

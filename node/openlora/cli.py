@@ -43,6 +43,27 @@ ClientKeyOpt = Annotated[
 ChainRpcOpt = Annotated[
     Optional[str], typer.Option("--chain-rpc", help="Chain JSON-RPC URL (default: the one the node advertises).")
 ]
+DeploymentOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--deployment",
+        envvar="OPENLORA_DEPLOYMENT",
+        help="Deployment JSON you trust (`openlora-node chain deploy --out`): pay only through those contracts "
+        "(default: any deployment of the openlora contract code).",
+    ),
+]
+
+
+def _deployment(path: Path | None):
+    """The pinned Deployment in ``path`` (None: none pinned); a bad file is one error line and exit 1."""
+    if path is None:
+        return None
+    from .chain.contracts import Deployment
+
+    try:
+        return Deployment.from_json(path.read_text())
+    except (OSError, ValueError) as e:
+        _fail(f"--deployment {path}: {e}")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -452,6 +473,7 @@ def generate(
     usage: Annotated[bool, typer.Option("--usage", help="Print token usage (and what the call cost) to stderr at the end.")] = False,
     swarm: SwarmOpt = None,
     key: ClientKeyOpt = None,
+    deployment: DeploymentOpt = None,
 ) -> None:
     """Stream a completion to stdout. With --key, calls that cost something are paid from your channel
     (`openlora channel open`); the key stays on this machine."""
@@ -460,8 +482,9 @@ def generate(
     if swarm:
         node = _route(swarm, adapter)
     account = _load_key(key) if key is not None else None
+    pinned = _deployment(deployment)
     with NodeClient(node) as c:
-        caller = PaidSession(c, account) if account is not None else c
+        caller = PaidSession(c, account, deployment=pinned) if account is not None else c
         messages = None if raw else chat_messages(prompt, system)
         stream = None
 
@@ -535,13 +558,16 @@ def channel_open(
     node: NodeOpt = DEFAULT_NODE,
     key: Annotated[Path, typer.Option(help="Your keystore (passphrase: $OPENLORA_KEY_PASSPHRASE); signs the deposit here.")] = ...,
     chain_rpc: ChainRpcOpt = None,
+    deployment: DeploymentOpt = None,
 ) -> None:
-    """Deposit into your payment channel with the node (opens it on first use); prints the channel's state."""
+    """Deposit into your payment channel with the node (opens it on first use); prints the channel's state.
+    Refused when the node's contracts are not the openlora code (or not --deployment)."""
     from .client import NodeClient, PaidSession
 
     account = _load_key(key)
+    pinned = _deployment(deployment)
     with NodeClient(node) as c:
-        state = _chain_call(PaidSession(c, account, chain_rpc).open_channel, amount)
+        state = _chain_call(PaidSession(c, account, chain_rpc, deployment=pinned).open_channel, amount)
     _echo_channel(state)
 
 

@@ -202,7 +202,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             quote.royalty_bps = q.royalty_bps
         if request.client:
             try:
-                view = await asyncio.to_thread(chain.payments.channel_view, request.client)
+                lane = price.quote.adapter_id if price.quote is not None else None
+                view = await asyncio.to_thread(chain.payments.channel_view, request.client, lane)
             except ChainError as e:
                 await self._abort(context, grpc.StatusCode.UNAVAILABLE, f"cannot read the channel: the chain did not answer: {e}")
             st = view.state
@@ -217,6 +218,11 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                 quote.channel.latest_voucher.CopyFrom(wire.voucher_to_pb(latest))
                 quote.channel.charged_total = str(totals.charged)
                 quote.channel.committed = str(totals.committed)
+            quote.channel.adapter_charged = "0"
+            if view.lane is not None:
+                charged, lane_voucher = view.lane
+                quote.channel.adapter_voucher.CopyFrom(wire.voucher_to_pb(lane_voucher))
+                quote.channel.adapter_charged = str(charged)
         return quote
 
     async def GetUsage(self, request: pb.GetUsageRequest, context):
@@ -244,7 +250,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             adapters=[
                 pb.AdapterUsage(
                     adapter=r.adapter, calls=r.calls, tokens=r.tokens, amount_wei=str(r.amount_wei),
-                    publisher_earnings_wei=str(r.publisher_earnings_wei),
+                    publisher_earnings_wei=str(r.publisher_earnings_wei), publisher=r.publisher,
                 )  # fmt: skip
                 for r in rows
             ]

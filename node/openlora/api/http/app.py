@@ -229,6 +229,8 @@ def build_app(calls: Calls, metrics: NodeMetrics, base_name: str, limiter: RateL
         }  # fmt: skip
         if price.quote is not None:
             out["price_per_1k_tokens"] = str(price.quote.price_per_1k_tokens)
+            out["adapter_id"] = "0x" + price.quote.adapter_id.hex()  # what the voucher names
+            out["publisher"] = price.quote.publisher
         return JSONResponse(out)
 
     @app.get("/metrics")
