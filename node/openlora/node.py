@@ -34,6 +34,7 @@ from .engine.model import load_resident
 from .engine.scheduler import Engine
 from .engine.slots import HostCache, SlotManager
 from .metrics import NodeMetrics
+from .startup_checks import ports_free, warn_forgotten_registrations
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Node:
             torch.set_num_threads(s.threads)
         data = s.data_dir.expanduser().resolve()
         data.mkdir(parents=True, exist_ok=True)
+        ports_free(s.host, [(s.port, "--port"), (s.resolved_http_port() or 0, "--http-port")])  # before the slow part
         source = await asyncio.to_thread(resolve_base_model, s.base_model, s.resolved_model_cache())
         self.base_name, self.fingerprint = source.name, source.fingerprint
         rm = await asyncio.to_thread(load_resident, source, s.dtype, s.max_loras, s.max_lora_rank)
@@ -122,6 +124,8 @@ class Node:
             self._swarm = await asyncio.to_thread(self._start_swarm, data, store)
             self.multiaddr = self._swarm.multiaddr
             calls.swarm_link = SwarmLink(self._swarm, store, self._engine.host, timeout_s=s.fetch_timeout_s)
+        if self.chain.info.embedded:
+            warn_forgotten_registrations(self._catalog, self.address)
 
     def _start_swarm(self, data, store: AdapterStore):
         from .p2p.messages import LocalStatus
