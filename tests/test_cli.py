@@ -51,7 +51,8 @@ def test_client_commands_do_not_import_torch():
 def test_client_reports_unreachable_node_in_one_line():
     out = cli("openlora", "adapters", "--node", "127.0.0.1:1", timeout=60)
     assert out.returncode == 1
-    assert out.stderr.startswith("error: UNAVAILABLE")
+    assert out.stderr.startswith("error: no node answers at 127.0.0.1:1: start one with `openlora-node start --port 1`")
+    assert out.stderr.count("\n") == 1
 
 
 def test_generated_stubs_are_fresh():

@@ -51,17 +51,20 @@ def test_binary_form_round_trips(text: str) -> None:
     assert cid_text(parse_cid(binary)) == text
 
 
+UNDECODABLE = "does not decode as a CID; expected a CIDv0 ('Qm…', 46 base58btc characters)"
+
+
 @pytest.mark.parametrize(
     "bad, says",
     [
         ("", "empty"),
         (" " + HELLO_V1, "whitespace"),
         (HELLO_V0[:-1], "46 characters"),
-        (HELLO_V0[:-1] + "O", "Invalid character 'O'"),  # not in the base58btc alphabet
-        ("hello", "Invalid character"),
-        (HELLO_V1[:-3], "Pad bits"),  # truncated base32
-        ("Xabc", "multibase"),  # unknown multibase prefix
-        (b"\x01", "Varints"),
+        (HELLO_V0[:-1] + "O", UNDECODABLE),  # not in the base58btc alphabet
+        ("hello", UNDECODABLE),
+        (HELLO_V1[:-3], UNDECODABLE),  # truncated base32
+        ("Xabc", UNDECODABLE),  # unknown multibase prefix
+        (b"\x01", UNDECODABLE),
         (b"", "invalid CID"),
         (12345, "type int"),
     ],
@@ -71,6 +74,8 @@ def test_bad_cids_are_rejected_with_a_reason(bad: object, says: str) -> None:
         parse_cid(bad)  # type: ignore[arg-type]
     assert says in str(err.value)
     assert isinstance(err.value, ValueError)
+    # the decoding library's own words mean nothing to the person who typed the CID
+    assert not any(w in str(err.value) for w in ("Pad bits", "Invalid character", "Varint", "Unknown"))
 
 
 def test_make_cid_matches_kubo_for_a_raw_block() -> None:

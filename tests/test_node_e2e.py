@@ -82,7 +82,7 @@ def test_greedy_tokens_equal_peft(client, published, base_source):
 
 
 def test_cli_lists_and_generates(node, published):
-    out = cli("openlora", "adapters", "--node", node.address)
+    out = cli("openlora", "adapters", "--node", node.address, "-q")
     assert out.returncode == 0
     assert set(out.stdout.split()) == set(published.values())
     out = cli(

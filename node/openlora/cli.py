@@ -32,7 +32,10 @@ client_app.add_typer(channel_app, name="channel")
 NodeOpt = Annotated[str, typer.Option("--node", help="host:port of the node's gRPC server (env OPENLORA_NODE).")]
 SwarmOpt = Annotated[
     Optional[str],
-    typer.Option("--swarm", help="Route through the swarm: any node's multiaddr /ip4/…/tcp/N/p2p/ID (overrides --node)."),
+    typer.Option("--swarm", help="Let the swarm pick the node: any node's multiaddr /ip4/…/tcp/N/p2p/ID (instead of --node)."),
+]
+AdapterOpt = Annotated[
+    Optional[str], typer.Option(help="Adapter CID, or the name of one adapter on the node (default: the base model).")
 ]
 
 
@@ -71,24 +74,79 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+# What this command dials and pays with, for the next command an error message suggests (one command a process).
+_dialed = {"node": DEFAULT_NODE, "key": None}
+
+
+def _connect(node: str, key: Path | None = None):
+    """A ``NodeClient`` for ``node``; errors of later calls name ``node`` (and ``key``) in their advice."""
+    from .client import NodeClient
+
+    _dialed.update(node=node, key=key)
+    return NodeClient(node)
+
+
 def _rpc_call(fn, *args, **kwargs):
-    """Run a client call, turning gRPC errors into one readable line and exit code 1."""
+    """Run a client call, turning gRPC errors into one readable line (with the command to run next when there is
+    an obvious one) and exit code 1."""
     import grpc
 
     try:
         return fn(*args, **kwargs)
     except grpc.RpcError as e:
-        _fail(f"{e.code().name}: {e.details()}")
+        _fail(_next_step(e) or f"{e.code().name}: {e.details()}")
+
+
+def _next_step(e) -> str | None:
+    """The message for the errors a newcomer meets first, naming the command that fixes each; else None."""
+    import grpc
+
+    from .client import payment_error
+
+    node, key = _dialed["node"], _dialed["key"]
+    details = e.details() or ""
+    if e.code() is grpc.StatusCode.UNAVAILABLE and "failed to connect" in details.lower():
+        port = node.rpartition(":")[2]
+        return (
+            f"no node answers at {node}: start one with `openlora-node start --port {port}` (it prints `ready on "
+            f"{node}` once it accepts calls), or pass --node HOST:PORT of a running node ({e.code().name}: {details})"
+        )
+    refusal = payment_error(e)
+    key_arg = f"--key {key}" if key else "--key client.json"
+    deposit = f"`openlora channel open --node {node} {key_arg} --amount 10000000000000000`"
+    if refusal == "PaymentRequired" and key is None:
+        return (
+            f"{details}\n  this call is paid: make a key (on a dev chain: `openlora-node keys dev 2 --out client.json`), "
+            f"deposit with {deposit}, then call again with {key_arg}"
+        )
+    if refusal == "InsufficientDeposit":
+        return f"{details}\n  deposit into your channel with the node: {deposit}, then call again"
+    return None
+
+
+def _adapter_cid(c, ref: str | None) -> str | None:
+    """The CID of ``ref`` (a CID or a unique adapter name on the node ``c`` is connected to), or exit 2 saying
+    what a CID looks like and how to list the adapters; ``None`` for the base model."""
+    from .client.names import AdapterNameError, adapter_cid, looks_like_cid
+
+    if not ref:
+        return None
+    try:
+        return adapter_cid(ref, () if looks_like_cid(ref) else _rpc_call(c.list_adapters), c.address)
+    except AdapterNameError as e:
+        _fail(str(e), 2)
 
 
 def _route(swarm: str, adapter: str | None) -> str:
     """The gRPC address of the node the swarm suggests for ``adapter`` (reported on stderr)."""
     from .client import route
+    from .client.names import looks_like_cid
     from .p2p.errors import SwarmError
     from .p2p.peers import NoNodeAvailable
 
     try:
-        entry = route(swarm, adapter)
+        # a name is resolved at the node the swarm picks (names are that node's catalog's)
+        entry = route(swarm, adapter if adapter and looks_like_cid(adapter) else None)
     except (SwarmError, NoNodeAvailable) as e:
         _fail(str(e))
     resident = " (adapter resident)" if adapter and adapter in entry.resident else ""
@@ -105,12 +163,12 @@ def _route(swarm: str, adapter: str | None) -> str:
 def start(
     config: Annotated[Optional[Path], typer.Option("--config", envvar="OPENLORA_CONFIG", help="TOML settings file: top-level keys named as the flags below (with underscores), chain flags in a table named chain; OPENLORA_* variables and flags override it.")] = None,
     port: Annotated[Optional[int], typer.Option(help="gRPC port on the listen host; 0 picks a free one.", show_default="50051")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Blockstore, catalog and converted base model.", show_default=".data")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Blockstore, catalog, ledger and node key.", show_default=".data")] = None,
     host: Annotated[Optional[str], typer.Option(help="Listen address. Loopback unless you mean to expose the node.", show_default="127.0.0.1")] = None,
     http: Annotated[Optional[bool], typer.Option("--http/--no-http", help="Serve the OpenAI-compatible HTTP API and /metrics beside gRPC.", show_default="--http")] = None,
     http_port: Annotated[Optional[int], typer.Option(help="HTTP port on the listen host (default: the gRPC port + 1; a free one when that is 0).")] = None,
     base_model: Annotated[Optional[str], typer.Option(help="A .gguf file or HF causal-LM folder; default SmolLM2-135M-Instruct.")] = None,
-    model_cache: Annotated[Optional[Path], typer.Option(help="Where GGUF conversions go (default DATA_DIR/models).")] = None,
+    model_cache: Annotated[Optional[Path], typer.Option(help="Where GGUF conversions go (~517 MB), shared by every data dir.", show_default="~/.cache/openlora/models")] = None,
     engine: Annotated[Optional[str], typer.Option(help="torch (the exact reference engine) or vllm (vLLM's async engine: paged KV, prefix cache, multi-GPU; README: Engines).", show_default="torch")] = None,
     device: Annotated[Optional[str], typer.Option(help="torch engine: cpu or cuda.", show_default="cpu")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16.", show_default="bfloat16")] = None,
@@ -163,6 +221,8 @@ def start(
     settings = loaded.settings
     from .logs import configure_logging
 
+    if settings.p2p:
+        import libp2p  # noqa: F401  (its import detaches its logger; configure_logging attaches it to ours)
     configure_logging(settings.log_level, settings.log_format)
     for warning in loaded.warnings:
         logging.getLogger("openlora.config").warning(warning)
@@ -255,16 +315,10 @@ def publish(
 
     The passphrase comes from $OPENLORA_KEY_PASSPHRASE, else from a hidden prompt.
     """
-    from .adapters.keys import KeystoreError, default_key_path, load_account
     from .adapters.reasons import AdapterRejected
-    from .client import NodeClient
 
-    path = key or default_key_path()
-    try:
-        signer = load_account(path, _passphrase(confirm=False))
-    except KeystoreError as e:
-        _fail(str(e))
-    with NodeClient(node) as c:
+    signer = _load_key(key)
+    with _connect(node) as c:
         try:
             resp = _rpc_call(c.publish, adapter_dir, signer, name, price_per_1k_tokens=price_per_1k, royalty_bps=royalty_bps)
         except FileNotFoundError as e:
@@ -308,32 +362,31 @@ def _register(c, cid: str, signer, chain_rpc: str | None = None, strict: bool = 
 
 @node_app.command()
 def register(
-    cid: Annotated[str, typer.Argument(help="The adapter CID (published to the node).")],
+    cid: Annotated[str, typer.Argument(help="The adapter CID (published to the node), or its name there.")],
     node: NodeOpt = DEFAULT_NODE,
     key: Annotated[Optional[Path], typer.Option(help="Publisher keystore (default: $OPENLORA_KEY or ~/.openlora/publisher.json).")] = None,
     chain_rpc: ChainRpcOpt = None,
 ) -> None:
     """Register an adapter on the node's chain at its signed manifest's price and royalty, so calls to it can be
     paid and attributed (`publish` does this for a priced adapter)."""
-    from .client import NodeClient
-
     signer = _load_key(key)
-    with NodeClient(node) as c:
-        _register(c, cid, signer, chain_rpc)
+    with _connect(node) as c:
+        _register(c, _adapter_cid(c, cid), signer, chain_rpc)
 
 
 @node_app.command()
 def revoke(
-    cid: Annotated[str, typer.Argument(help="The adapter CID.")],
+    cid: Annotated[str, typer.Argument(help="The adapter CID, or its name on the node.")],
     node: NodeOpt = DEFAULT_NODE,
     key: Annotated[Optional[Path], typer.Option(help="Publisher keystore (default: $OPENLORA_KEY or ~/.openlora/publisher.json).")] = None,
     chain_rpc: ChainRpcOpt = None,
 ) -> None:
     """Revoke an adapter on chain (publisher only, final): nodes refuse new calls to it."""
-    from .client import NodeClient, revoke_adapter
+    from .client import revoke_adapter
 
     signer = _load_key(key)
-    with NodeClient(node) as c:
+    with _connect(node) as c:
+        cid = _adapter_cid(c, cid)
         _chain_call(revoke_adapter, c, cid, signer, chain_rpc)
     typer.echo(f"revoked {cid}", err=True)
 
@@ -356,12 +409,20 @@ def chain_deploy(
     typer.echo(deployment.to_json())
 
 
-def _load_key(path: Path | None):
-    """The account in keystore ``path`` (default: the publisher key path), or exit with one line."""
+def _load_key(path: Path | None, dev_index: int = 1):
+    """The account in keystore ``path`` (default: the publisher key path), or exit with one line; a missing file
+    is reported before any passphrase is asked for, with the commands that make one (``keys dev dev_index``)."""
     from .adapters.keys import KeystoreError, default_key_path, load_account
 
+    path = path or default_key_path()
+    if not path.is_file():
+        _fail(
+            f"no key at {path}: create one with `openlora-node keys new --out {path}`, or on a dev chain "
+            f"`openlora-node keys dev {dev_index} --out {path}` (a funded account of the public dev mnemonic); "
+            "or pass --key PATH of an existing keystore"
+        )
     try:
-        return load_account(path or default_key_path(), _passphrase(confirm=False))
+        return load_account(path, _passphrase(confirm=False))
     except KeystoreError as e:
         _fail(str(e))
 
@@ -460,13 +521,17 @@ def cid(
 @client_app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="The question or prompt.")],
-    node: NodeOpt = DEFAULT_NODE,
-    adapter: Annotated[Optional[str], typer.Option(help="Adapter CID (default: the base model).")] = None,
+    node: Annotated[
+        Optional[str], typer.Option("--node", help="host:port of the node's gRPC server (env OPENLORA_NODE).", show_default=DEFAULT_NODE)
+    ] = None,
+    adapter: AdapterOpt = None,
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate at most (0: node default, 128).", min=0)] = 0,
-    temperature: Annotated[Optional[float], typer.Option(help="0 for greedy.")] = None,
-    top_p: Annotated[Optional[float], typer.Option()] = None,
+    temperature: Annotated[
+        Optional[float], typer.Option(help="Sampling temperature; 0 for greedy (the same answer every time).", show_default="node default 1.0: samples")
+    ] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling: keep the likeliest tokens up to this mass.", show_default="node default 1.0: off")] = None,
     top_k: Annotated[int, typer.Option(help="Sample among the k likeliest tokens (0: off).", min=0)] = 0,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of this request's sampler (0..2^63-1).", min=0)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of this request's sampler (0..2^63-1).", min=0, show_default="a fresh one")] = None,
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable).")] = None,
     system: Annotated[Optional[str], typer.Option(help="System message for the chat template.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Send PROMPT as raw text, without the chat template.")] = False,
@@ -475,15 +540,17 @@ def generate(
     key: ClientKeyOpt = None,
     deployment: DeploymentOpt = None,
 ) -> None:
-    """Stream a completion to stdout. With --key, calls that cost something are paid from your channel
-    (`openlora channel open`); the key stays on this machine."""
-    from .client import NodeClient, PaidSession, chat_messages
+    """Stream a completion to stdout. Samples unless --temperature 0. With --key, calls that cost something are paid
+    from your channel (`openlora channel open`); the key stays on this machine."""
+    from .client import PaidSession, PaidStream, chat_messages
 
-    if swarm:
-        node = _route(swarm, adapter)
-    account = _load_key(key) if key is not None else None
+    if swarm and node:
+        _fail("--node and --swarm both say where the call goes: --node dials that node, --swarm lets the swarm pick one; give one of them", 2)
+    node = _route(swarm, adapter) if swarm else node or DEFAULT_NODE
+    account = _load_key(key, dev_index=2) if key is not None else None
     pinned = _deployment(deployment)
-    with NodeClient(node) as c:
+    with _connect(node, key) as c:
+        adapter = _adapter_cid(c, adapter)
         caller = PaidSession(c, account, deployment=pinned) if account is not None else c
         messages = None if raw else chat_messages(prompt, system)
         stream = None
@@ -498,7 +565,14 @@ def generate(
                 sys.stdout.write(text)
                 sys.stdout.flush()
 
-        _chain_call(run)
+        try:
+            _chain_call(run)
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+            if isinstance(stream, PaidStream):
+                stream.cancel()
+                _fail(f"interrupted: {_charged_after_cut(caller, stream)}", 130)
+            _fail("interrupted", 130)
     sys.stdout.write("\n")
     if usage and stream.done is not None:
         u = stream.done.usage
@@ -509,11 +583,34 @@ def generate(
         )
 
 
+def _charged_after_cut(session, stream, wait_s: float = 10.0) -> str:
+    """What the node charged for a paid call cut off by the client: the channel's charged total as the node reports
+    it, read until it moved past the total before the call (the node books a cut-off call as it ends it)."""
+    import time
+
+    from .client import generate_request
+
+    before = int(stream.quote.channel.charged_total or 0)
+    probe = generate_request("x", raw=True, max_new_tokens=1)
+    deadline = time.monotonic() + wait_s
+    while True:
+        total = int(_rpc_call(session.quote, probe).channel.charged_total or 0)
+        if total != before:
+            return f"the node charged {total - before} wei for the text it delivered (charged total {total} wei)"
+        if time.monotonic() > deadline:
+            return (
+                f"the node has not booked the call yet; it charges at most {stream.quote.max_cost_wei} wei for it "
+                f"(the voucher's limit): `openlora quote --node {_dialed['node']} --client {session.account.address} x` "
+                "shows the charged total"
+            )
+        time.sleep(0.2)
+
+
 @client_app.command()
 def quote(
     prompt: Annotated[str, typer.Argument(help="The question or prompt.")],
     node: NodeOpt = DEFAULT_NODE,
-    adapter: Annotated[Optional[str], typer.Option(help="Adapter CID (default: the base model).")] = None,
+    adapter: AdapterOpt = None,
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate at most (0: node default, 128).", min=0)] = 0,
     system: Annotated[Optional[str], typer.Option(help="System message for the chat template.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Price PROMPT as raw text, without the chat template.")] = False,
@@ -522,10 +619,12 @@ def quote(
     """Print what a call would cost (JSON): prompt tokens, price per 1k tokens, max cost in wei."""
     from google.protobuf import json_format
 
-    from .client import NodeClient, chat_messages, generate_request
+    from .client import chat_messages, generate_request
 
-    request = generate_request(prompt, messages=None if raw else chat_messages(prompt, system), raw=raw, adapter=adapter, max_new_tokens=max_tokens)
-    with NodeClient(node) as c:
+    with _connect(node) as c:
+        request = generate_request(
+            prompt, messages=None if raw else chat_messages(prompt, system), raw=raw, adapter=_adapter_cid(c, adapter), max_new_tokens=max_tokens
+        )  # fmt: skip
         q = _rpc_call(c.quote, request, client)
     typer.echo(json_format.MessageToJson(q, indent=2, always_print_fields_with_no_presence=True))
 
@@ -533,16 +632,14 @@ def quote(
 @client_app.command("usage")
 def usage_cmd(
     node: NodeOpt = DEFAULT_NODE,
-    adapter: Annotated[Optional[str], typer.Option(help="One adapter CID (default: every registered adapter).")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="One adapter: CID or name (default: every registered adapter).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of {adapter, calls, tokens, publisher_earnings_wei}.")] = False,
 ) -> None:
     """Print the on-chain attribution per adapter: settled calls, tokens, publisher earnings (wei)."""
     import json
 
-    from .client import NodeClient
-
-    with NodeClient(node) as c:
-        rows = _rpc_call(c.usage, adapter)
+    with _connect(node) as c:
+        rows = _rpc_call(c.usage, _adapter_cid(c, adapter))
     if as_json:
         keys = ("adapter", "calls", "tokens", "publisher_earnings_wei")
         data = [{k: int(v) if k != "adapter" else v for k, v in ((k, getattr(r, k)) for k in keys)} for r in rows]
@@ -562,11 +659,11 @@ def channel_open(
 ) -> None:
     """Deposit into your payment channel with the node (opens it on first use); prints the channel's state.
     Refused when the node's contracts are not the openlora code (or not --deployment)."""
-    from .client import NodeClient, PaidSession
+    from .client import PaidSession
 
-    account = _load_key(key)
+    account = _load_key(key, dev_index=2)
     pinned = _deployment(deployment)
-    with NodeClient(node) as c:
+    with _connect(node, key) as c:
         state = _chain_call(PaidSession(c, account, chain_rpc, deployment=pinned).open_channel, amount)
     _echo_channel(state)
 
@@ -579,13 +676,13 @@ def channel_show(
 ) -> None:
     """Print your channel with the node as the chain has it."""
     from .adapters.keys import KeystoreError, keystore_address
-    from .client import NodeClient, node_contracts
+    from .client import node_contracts
 
     try:
         address = keystore_address(key)
     except KeystoreError as e:
         _fail(str(e))
-    with NodeClient(node) as c:
+    with _connect(node, key) as c:
         info = _rpc_call(c.node_info).chain
         _, channels = _chain_call(node_contracts, info, chain_rpc)
         _echo_channel(_chain_call(channels.channel, address, info.node_address))
@@ -614,36 +711,51 @@ def nodes(
         )
 
 
+#: the words README and the HTTP API use for a status (RESIDENT is a ready adapter that sits in a device slot)
+STATUS_WORDS = {"READY": "ready", "RESIDENT": "ready", "AVAILABLE": "available", "FETCHING": "fetching", "VERIFYING": "verifying", "REJECTED": "rejected", "UNKNOWN": "unknown"}
+
+
+def _status_word(status: int) -> str:
+    from .v1 import node_pb2 as pb
+
+    return STATUS_WORDS[pb.AdapterStatus.Name(status).removeprefix("ADAPTER_STATUS_")]
+
+
 @client_app.command()
 def adapters(
     node: NodeOpt = DEFAULT_NODE,
-    long: Annotated[bool, typer.Option("--long", "-l", help="Status, name and rank beside each CID.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the CIDs, one a line (for scripts).")] = False,
 ) -> None:
-    """Print the adapter CIDs the node knows, one a line."""
-    from .client import NodeClient
-    from .v1 import node_pb2 as pb
-
-    with NodeClient(node) as c:
+    """Print the adapters the node knows, one a line: CID, name, status (ready, available, rejected…) and the
+    reason of a rejection; only a ready or available one can serve a call."""
+    with _connect(node) as c:
         items = _rpc_call(c.list_adapters)
-    for a in items:
-        if long:
-            status = pb.AdapterStatus.Name(a.status).removeprefix("ADAPTER_STATUS_").lower()
-            extra = f" ({a.reason})" if a.reason else ""
-            typer.echo(f"{a.cid}  {status}{extra}  {a.name}  r={a.r}")
-        else:
+    if quiet:
+        for a in items:
             typer.echo(a.cid)
+        return
+    rows = [("CID", "NAME", "STATUS", "REASON")] + [(a.cid, a.name or "-", _status_word(a.status), a.reason or "-") for a in items]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(r[:3], widths)) + "  " + r[3])
 
 
 @client_app.command()
-def adapter(cid: Annotated[str, typer.Argument(help="Adapter CID.")], node: NodeOpt = DEFAULT_NODE) -> None:
-    """Show one adapter's status and manifest."""
+def adapter(cid: Annotated[str, typer.Argument(help="Adapter CID, or its name on the node.")], node: NodeOpt = DEFAULT_NODE) -> None:
+    """Show one adapter's status (ready, available, rejected + reason; `resident`: in a device slot now) and manifest
+    (JSON)."""
+    import json
+
     from google.protobuf import json_format
 
-    from .client import NodeClient
+    from .v1 import node_pb2 as pb
 
-    with NodeClient(node) as c:
-        info = _rpc_call(c.get_adapter, cid)
-    typer.echo(json_format.MessageToJson(info, indent=2))
+    with _connect(node) as c:
+        info = _rpc_call(c.get_adapter, _adapter_cid(c, cid))
+    data = json_format.MessageToDict(info)
+    data["status"] = _status_word(info.status)
+    data["resident"] = info.status == pb.ADAPTER_STATUS_RESIDENT
+    typer.echo(json.dumps(data, indent=2))
 
 
 @client_app.command()
@@ -651,9 +763,7 @@ def info(node: NodeOpt = DEFAULT_NODE) -> None:
     """Show the node's base model, fingerprint, slots and load."""
     from google.protobuf import json_format
 
-    from .client import NodeClient
-
-    with NodeClient(node) as c:
+    with _connect(node) as c:
         ni = _rpc_call(c.node_info)
     typer.echo(json_format.MessageToJson(ni, indent=2))
 

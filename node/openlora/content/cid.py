@@ -66,8 +66,8 @@ def parse_cid(value: str | bytes | CID) -> CID:
     try:
         return CID.decode(value)
     except (ValueError, KeyError, IndexError) as exc:  # multiformats/bases raise all three (a lone "b": IndexError)
-        reason = str(exc.args[0]).rstrip(".") if exc.args else type(exc).__name__
-        raise InvalidCID(f"invalid CID {shown!r}: {reason}; {_HINT}") from exc
+        # The decoder's own words ("Pad bits must be zero") tell a person nothing; what a CID looks like does.
+        raise InvalidCID(f"invalid CID {shown!r}: it does not decode as a CID; {_HINT}") from exc
 
 
 def cid_text(cid: str | bytes | CID) -> str:

@@ -184,7 +184,17 @@ def error_response(error: CallError) -> JSONResponse:
     """The OpenAI error response of ``error`` (with the receipt header when a paid call was cut off)."""
     status = http_status(error)
     headers = {RECEIPT_HEADER: json.dumps(receipt_json(error.receipt))} if error.receipt is not None else None
-    return JSONResponse(error_body(status, str(error), error.payment_error or error.code.name.lower()), status, headers)
+    message = str(error) + (PAY_OVER_HTTP if error.payment_error == "PaymentRequired" else "")
+    return JSONResponse(error_body(status, message, error.payment_error or error.code.name.lower()), status, headers)
+
+
+#: how an HTTP client pays, appended to a PaymentRequired refusal (the core's message speaks of gRPC)
+PAY_OVER_HTTP = (
+    f"; over HTTP: GET /v1/quote?model=…&prompt_tokens=…&max_tokens=… for the max cost, then send the voucher as JSON "
+    f'in the {VOUCHER_HEADER} header: {{"client", "node", "epoch", "cumulative_amount" (decimal string), "signature" '
+    "(0x-hex EIP-712, openlora.chain.vouchers.sign_voucher)}; deposit first with `openlora channel open --node "
+    "GRPC_ADDR --key KEY --amount WEI`"
+)
 
 
 def usage(done: CallDone) -> dict:
