@@ -22,7 +22,7 @@ import torch
 from .adapters.catalog import Catalog
 from .adapters.store import AdapterStore, BaseProfile
 from .api.ratelimit import RateLimiter
-from .api.server import start_server
+from .api.server import not_serving_on, start_server
 from .api.calls import Calls, ServingLimits
 from .api.servicer import NodeServicer
 from .api.swarm_link import SwarmLink
@@ -95,7 +95,7 @@ class Node:
         slots = SlotManager(rm.lora_layers, rm.routing, s.max_loras)
         metrics = self.metrics
         self._engine = Engine(
-            rm, slots, HostCache(s.max_cpu_loras), metrics.timed_load(store.load), max_batch=s.max_batch,
+            rm, slots, HostCache(s.max_cpu_loras, s.max_cpu_lora_bytes), metrics.timed_load(store.load), max_batch=s.max_batch,
             max_waiting=s.max_waiting, on_cache=metrics.cache_lookup,
         )  # fmt: skip
         self._engine.start()
@@ -109,6 +109,7 @@ class Node:
         # ── end chain ──
         limiter = RateLimiter(s.client_rate_limit_rps, s.client_rate_limit_burst) if s.client_rate_limit_rps else None
         self._server, self.port, self._health = await start_server(servicer, s.host, s.port, limiter)
+        not_serving_on(self._engine.on_exit, self._health)
         http_port = s.resolved_http_port()
         if http_port is not None:
             from .api.http import HttpServer, build_app  # fastapi + uvicorn load only when HTTP is on

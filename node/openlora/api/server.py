@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -14,6 +18,8 @@ from grpc_reflection.v1alpha import reflection
 from ..v1 import node_pb2, node_pb2_grpc
 from .ratelimit import RateLimiter, RateLimitInterceptor
 from .servicer import NodeServicer
+
+log = logging.getLogger(__name__)
 
 SERVICE = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -58,3 +64,23 @@ async def start_server(
     await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     return server, bound, health_servicer
+
+
+def not_serving_on(on_exit: Callable[[Callable[[], None]], None], health: health.aio.HealthServicer) -> None:
+    """Turn health to NOT_SERVING (the Node service and the server as a whole) when the engine thread ends.
+
+    Args:
+        on_exit: the engine's ``on_exit`` (the listener runs on the engine thread).
+        health: the servicer :func:`start_server` returned; updated on the running loop.
+    """
+    loop = asyncio.get_running_loop()
+
+    async def mark() -> None:
+        for service in (SERVICE, ""):
+            await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def exited() -> None:
+        log.warning("the engine thread has ended: health is NOT_SERVING")
+        asyncio.run_coroutine_threadsafe(mark(), loop)
+
+    on_exit(exited)

@@ -52,6 +52,10 @@ class QueueFull(RuntimeError):
     """The waiting queue is at ``max_waiting``; the caller should answer RESOURCE_EXHAUSTED."""
 
 
+class NonFiniteLogits(RuntimeError):
+    """A row's logits held NaN or Inf (an adapter whose weights overflow on this prompt); only that row fails."""
+
+
 @dataclass(frozen=True)
 class TextDelta:
     """New completion text, safe to show (no partial stop string, no split UTF-8).
@@ -114,7 +118,7 @@ class GenerationRequest:
 class _Row:
     """Engine-side state of a running request."""
 
-    __slots__ = ("req", "slot", "detok", "gen", "count", "last", "t_first", "t_prev", "itl", "done", "pending")
+    __slots__ = ("req", "slot", "detok", "gen", "count", "last", "t_first", "t_prev", "itl", "done", "pending", "error")
 
     def __init__(self, req: GenerationRequest, slot: int, tokenizer) -> None:
         self.req = req
@@ -128,6 +132,7 @@ class _Row:
         self.itl: list[float] = []
         self.done: FinishReason | None = None
         self.pending = 0  # tokens whose text has not been emitted yet
+        self.error: Exception | None = None  # set when the row failed alone (it retires with Failed)
 
 
 class Engine:
@@ -181,12 +186,23 @@ class Engine:
         self._loads: dict[str, Future] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="adapter-load")
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._exit_listeners: list[Callable[[], None]] = []
 
     # ----- API side (any thread) -----
 
     def start(self) -> None:
         """Start the engine thread."""
         self._thread.start()
+
+    def on_exit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (from the engine thread) when the engine thread ends before :meth:`stop`
+        asked it to: a node whose engine died must stop reporting itself healthy."""
+        self._exit_listeners.append(listener)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread is running."""
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         """Stop the loop; running and waiting requests get ``Finished(CANCELLED)``."""
@@ -250,6 +266,16 @@ class Engine:
     # ----- engine thread -----
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            for listener in self._exit_listeners if not self._stopping else ():
+                try:
+                    listener()
+                except Exception:
+                    log.exception("engine exit listener failed")
+
+    def _loop(self) -> None:
         with torch.inference_mode():
             while True:
                 with self._cv:
@@ -261,14 +287,18 @@ class Engine:
                     self._inbox.clear()
                     cancels, self._cancels = self._cancels, set()
                     self._wake = False
-                if cancels:
-                    self._apply_cancels(cancels)
-                self._finish_loads()
-                admitted = self._admit()
-                if admitted:
-                    self._prefill(admitted)
-                if self._rows:
-                    self._decode()
+                try:
+                    if cancels:
+                        self._apply_cancels(cancels)
+                    self._finish_loads()
+                    admitted = self._admit()
+                    if admitted:
+                        self._prefill(admitted)
+                    if self._rows:
+                        self._decode()
+                except Exception as e:  # e.g. out of memory growing the KV mask: fail the batch, keep the loop
+                    log.exception("engine step failed")
+                    self._fail_batch(e)
         for row in self._rows:
             row.done = FinishReason.CANCELLED
         self._retire()
@@ -420,7 +450,14 @@ class Engine:
         if self._kv is None:
             self._kv = batch
         else:
-            self._kv.join(batch)
+            try:
+                self._kv.join(batch)  # all or nothing (KVBatch.join)
+            except (MemoryError, RuntimeError) as e:  # out of memory: fail these requests, the running rows go on
+                log.exception("joining %d new rows to the KV cache failed", len(new_rows))
+                for row in new_rows:
+                    self.slots.release(row.slot)
+                    self._emit(row.req, Failed(e))
+                return
         self._rows.extend(new_rows)
         self._sample(logits, new_rows)
         self._retire()
@@ -449,9 +486,21 @@ class Engine:
         self._rows, self._kv = [], None
 
     def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> None:
+        # A row whose logits are not finite (its adapter overflowed) fails alone; the others sample on.
+        finite = torch.isfinite(logits).all(dim=-1).tolist()
+        for row, ok in zip(rows, finite):
+            if not ok and row.done is None:
+                adapter = row.req.adapter or "the base model"
+                row.error = NonFiniteLogits(f"{adapter} produced non-finite logits (NaN or Inf) for this prompt")
+                row.done = FinishReason.CANCELLED
+        rows = [r for r, ok in zip(rows, finite) if ok]
+        if not rows:
+            return
+        if not all(finite):
+            logits = logits[torch.tensor(finite)]
         try:
             tokens = sample_next(logits, [r.req.sampling for r in rows], [r.gen for r in rows])
-        except Exception as e:  # e.g. non-finite logits: fail this batch, never the engine thread
+        except Exception as e:  # a sampling error: fail this batch, never the engine thread
             log.exception("sampling failed")
             self._fail_batch(e)
             return
@@ -488,6 +537,9 @@ class Engine:
                 keep.append(i)
                 continue
             self.slots.release(row.slot)
+            if row.error is not None:
+                self._emit(row.req, Failed(row.error))
+                continue
             if row.done is not FinishReason.CANCELLED:
                 tail = row.detok.flush()
                 if tail:
