@@ -94,10 +94,15 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             metadata = ((wire.RECEIPT_KEY, wire.receipt_to_pb(error.receipt).SerializeToString()),)
         await context.abort(error.code, str(error), trailing_metadata=metadata)
 
-    @staticmethod
-    def _call_input(request, sampling: pb.SamplingParams | None = None) -> CallInput:
-        """The transport-neutral form of a GenerateRequest (or the input part of a GetQuoteRequest)."""
+    def _call_input(self, request, sampling: pb.SamplingParams | None = None) -> CallInput:
+        """The transport-neutral form of a GenerateRequest (or the input part of a GetQuoteRequest).
+
+        Raises:
+            CallError: more chat messages than the node accepts (counted before they are copied).
+        """
         kind = request.WhichOneof("input")
+        if kind == "chat":
+            self.calls.check_chat_count(len(request.chat.messages))
         prompt = request.prompt if kind == "prompt" else None
         chat = tuple((m.role, m.content) for m in request.chat.messages) if kind == "chat" else None
         if sampling is None:
@@ -168,7 +173,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         try:
             adapter = await calls.resolve_adapter(request.adapter)
             max_new = calls.sampling(CallInput(max_new_tokens=request.max_new_tokens)).max_new_tokens
-            ids = calls.prompt_ids(self._call_input(request))
+            ids = await asyncio.to_thread(calls.prompt_ids, self._call_input(request))
         except CallError as e:
             await self._fail(context, e)
         if request.client and not is_checksum_address(request.client):
