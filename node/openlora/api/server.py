@@ -1,6 +1,7 @@
 """The node's gRPC server: ``openlora.v1.Node`` plus ``grpc.health.v1`` and server reflection.
 
-    request ──► grpc core: messages over MAX_MESSAGE_BYTES refused (RESOURCE_EXHAUSTED)
+    request ──► grpc core: messages over MAX_MESSAGE_BYTES refused (RESOURCE_EXHAUSTED); at most
+                MAX_CONCURRENT_STREAMS calls at once per connection; handshake and idle deadlines
             ──► RateLimitInterceptor (Generate / PublishAdapter / GetQuote, per client; ratelimit.py)
             ──► NodeServicer (servicer.py: per-request limits, payment, engine)
 """
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 SERVICE = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+MAX_CONCURRENT_STREAMS = 64  # calls in flight on one client connection
+HANDSHAKE_TIMEOUT_MS = 10_000  # from TCP accept to a complete HTTP/2 handshake
+MAX_CONNECTION_IDLE_MS = 300_000  # a connection with no call for this long is closed (GOAWAY)
 
 
 async def start_server(
@@ -49,6 +53,11 @@ async def start_server(
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            # a connection may carry MAX_CONCURRENT_STREAMS calls at once (more wait client-side); one
+            # that never completes its HTTP/2 handshake, or stays idle, is closed (descriptors are finite)
+            ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+            ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+            ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
         ]
     )
     node_pb2_grpc.add_NodeServicer_to_server(servicer, server)
