@@ -113,10 +113,12 @@ class AdapterStore:
 
     def learn(self, cid: str, manifest_raw: bytes, name: str) -> bool:
         """Record an adapter a peer announced (manifest already validated by the swarm) as
-        AVAILABLE, unless this node already knows it. Returns whether it was new."""
+        AVAILABLE, unless this node already knows it; past ``catalog.MAX_ANNOUNCED`` announced-only
+        entries the least recently learned are forgotten. Returns whether it was new."""
         if self.catalog.get(cid) is not None:
             return False
         self.catalog.set_state(cid, AdapterState.AVAILABLE, name=name, manifest=manifest_raw)
+        self.catalog.forget_announced()  # bounded: a peer announcing thousands cannot grow it without end
         return True
 
     def admit_fetched(self, cid: str) -> LoraAdapter:

@@ -58,6 +58,8 @@ _STATE = {
 }
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 PUBLISH_CHUNK = 1 << 20  # bytes per FileChunk the clients send
+# ListAdapters page, at most: an AdapterInfo carries its manifest (≤ 64 KiB), so 100 stay under 8 MiB
+LIST_PAGE_SIZE = 100
 _UNSIGNED = (
     "unsigned publishing is not accepted: the first message must be a PublishHeader carrying the signed manifest; "
     "create a publisher key with `openlora-node keys new` and publish with `openlora-node publish ADAPTER_DIR --key PATH`"
@@ -316,7 +318,20 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             await self._fail(context, e)
 
     async def ListAdapters(self, request, context):
-        return pb.ListAdaptersResponse(adapters=[self._info(e) for e in self.store.catalog.list()])
+        size = min(request.page_size or LIST_PAGE_SIZE, LIST_PAGE_SIZE)
+        after = None
+        if request.page_token:
+            try:
+                stamp, cid = request.page_token.split(" ", 1)
+                after = (float(stamp), cid)
+            except ValueError:
+                await self._abort(
+                    context, grpc.StatusCode.INVALID_ARGUMENT,
+                    f"page_token {request.page_token[:80]!r} is not one this node gave; start again with an empty token",
+                )  # fmt: skip
+        entries = await asyncio.to_thread(self.store.catalog.page, size + 1, after)
+        token = f"{entries[size - 1].updated_at!r} {entries[size - 1].cid}" if len(entries) > size else ""
+        return pb.ListAdaptersResponse(adapters=[self._info(e) for e in entries[:size]], next_page_token=token)
 
     async def GetNodeInfo(self, request, context):
         eng = self.engine
@@ -336,7 +351,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             ),
             running=stats["running"],
             waiting=stats["waiting"],
-            adapters_known=len(self.store.catalog.list()),
+            adapters_known=self.store.catalog.count(),
             chain=self._chain_info(),
             p2p=await self._p2p_info(),
         )
