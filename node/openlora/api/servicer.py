@@ -8,7 +8,7 @@ and nothing about one request can stop the node from serving the others:
     malformed CID / prompt / sampling                      INVALID_ARGUMENT
     publish refused (unsigned, bad manifest, bad files)    INVALID_ARGUMENT "adapter rejected: <reason>: …"
     adapter rejected (earlier, or at load)                 FAILED_PRECONDITION + reason
-    queue full / every slot busy                           RESOURCE_EXHAUSTED
+    queue full, every slot busy, 4 uploads in flight       RESOURCE_EXHAUSTED
     call not paid for (PaymentError)                       the error's ``status`` + trailing metadata
                                                            ``openlora-payment-error: <error name>``
     paid call cut off after it delivered text              its status + trailing ``openlora-receipt-bin``
@@ -41,6 +41,7 @@ from ..engine.scheduler import FinishReason, TextDelta
 from ..v1 import node_pb2 as pb
 from ..v1 import node_pb2_grpc
 from .calls import CallError, CallInput, Calls
+from .uploads import MAX_CONCURRENT_UPLOADS, Upload
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         self.engine = calls.engine
         self.store = calls.store
         self.device = device
+        self._uploads = 0  # PublishAdapter calls in progress (this event loop only touches it)
 
     # ----- helpers -----
 
@@ -260,52 +262,63 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         )
 
     async def PublishAdapter(self, request_iterator, context):
-        manifest_raw: bytes | None = None
-        cid = ""
-        files: dict[str, bytearray] = {}
-        total = 0
-        limit = self.store.base.max_adapter_bytes
-        async for part in request_iterator:
-            kind = part.WhichOneof("part")
-            if kind == "header":
-                if manifest_raw is not None or files:
-                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "send exactly one header, as the first message")
-                if not part.header.manifest:
-                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
-                manifest_raw = bytes(part.header.manifest)
-                # Refuse a bad manifest before reading megabytes of chunks.
-                try:
-                    cid, manifest = await asyncio.to_thread(self.store.check_manifest, manifest_raw)
-                except AdapterRejected as e:
-                    self.calls.metrics.rejected("publish", e)
-                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _rejected(e, manifest_cid(manifest_raw)))
-                if part.header.name and part.header.name != manifest.name:
-                    await self._abort(
-                        context,
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"header name {part.header.name!r} differs from the signed manifest's name {manifest.name!r}; leave it empty",
-                    )
-            elif kind == "chunk":
-                if manifest_raw is None:
-                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
-                path = part.chunk.path
-                if not _PLAIN_NAME.match(path) or path in (".", ".."):
-                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"file name {path!r} must be a plain file name")
-                total += len(part.chunk.data)
-                if total > limit:
-                    await self._abort(
-                        context, grpc.StatusCode.INVALID_ARGUMENT, f"adapter rejected: size_limit: upload exceeds {limit} bytes"
-                    )
-                files.setdefault(path, bytearray()).extend(part.chunk.data)
-        if manifest_raw is None:
-            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
+        # Each upload streams to disk (uploads.py), bounded by its manifest; at most MAX_CONCURRENT_UPLOADS at once.
+        if self._uploads >= MAX_CONCURRENT_UPLOADS:
+            await self._abort(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{MAX_CONCURRENT_UPLOADS} uploads are in progress on this node; retry later",
+            )  # fmt: skip
+        self._uploads += 1
+        upload: Upload | None = None
         try:
-            await asyncio.to_thread(self.store.publish, manifest_raw, {k: bytes(v) for k, v in files.items()})
-        except AdapterRejected as e:
-            self.calls.metrics.rejected("publish", e)
-            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _rejected(e, cid))
-        except StoreFull as e:
-            await self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot store adapter {cid}: {e}")
+            manifest_raw: bytes | None = None
+            cid = ""
+            async for part in request_iterator:
+                kind = part.WhichOneof("part")
+                if kind == "header":
+                    if manifest_raw is not None:
+                        await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "send exactly one header, as the first message")
+                    if not part.header.manifest:
+                        await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
+                    manifest_raw = bytes(part.header.manifest)
+                    # Refuse a bad manifest before reading megabytes of chunks.
+                    try:
+                        cid, manifest = await asyncio.to_thread(self.store.check_manifest, manifest_raw)
+                    except AdapterRejected as e:
+                        self.calls.metrics.rejected("publish", e)
+                        await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _rejected(e, manifest_cid(manifest_raw)))
+                    if part.header.name and part.header.name != manifest.name:
+                        await self._abort(
+                            context,
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"header name {part.header.name!r} differs from the signed manifest's name {manifest.name!r}; leave it empty",
+                        )
+                    upload = await asyncio.to_thread(Upload, self.store.blocks.root / "uploads", manifest)
+                elif kind == "chunk":
+                    if manifest_raw is None:
+                        await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
+                    path = part.chunk.path
+                    if not _PLAIN_NAME.match(path) or path in (".", ".."):
+                        await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"file name {path!r} must be a plain file name")
+                    try:
+                        await asyncio.to_thread(upload.write, path, part.chunk.data)
+                    except AdapterRejected as e:
+                        await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _rejected(e, cid))
+                    except StoreFull as e:
+                        await self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot store adapter {cid}: {e}")
+            if manifest_raw is None:
+                await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
+            try:
+                await asyncio.to_thread(lambda: self.store.publish(manifest_raw, upload.files()))
+            except AdapterRejected as e:
+                self.calls.metrics.rejected("publish", e)
+                await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _rejected(e, cid))
+            except StoreFull as e:
+                await self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot store adapter {cid}: {e}")
+        finally:
+            self._uploads -= 1
+            if upload is not None:
+                await asyncio.to_thread(upload.close)
         log.info("published adapter %s (%s) by %s", cid, manifest.name or "unnamed", manifest.publisher)
         if self.calls.swarm_link is not None:
             self.calls.swarm_link.announce(cid)
