@@ -1,4 +1,4 @@
-"""Side-by-side serving benchmark: this engine vs the base-only limit vs PEFT, in ONE process.
+"""Side-by-side serving benchmark: both engines vs their base-only limits vs PEFT, in ONE run.
 
 Workload: N requests; each picks one of K adapters by Zipf(alpha) (rank 1 most popular);
 fixed prompt length P and output length O (EOS ignored); a closed loop of C clients (each sends
@@ -9,10 +9,17 @@ Systems, same workload, same model, same dtype and threads:
   engine      this engine, K adapters in device slots          (BGMV over slots, continuous batching)
   peft_mixed  PEFT PeftModel.generate(adapter_names=...) on static batches of C requests
   peft_swap   PEFT set_adapter(name) + generate, one request at a time
+  vllm_nolora vLLM (the node's --engine vllm path), LoRA off: vLLM's base limit
+  vllm_base   vLLM with LoRA on, every row without adapter
+  vllm        vLLM with LoRA on, K adapters (LoRARequests from the engine's adapter folders)
+
+vLLM's engine core runs in the child process vLLM spawns (one start per vllm system); its CPU build
+reserves one core for the front end by default (VLLM_CPU_NUM_OF_RESERVED_CPU), as a node would run it.
 
 Reported per system: tokens/s (generated tokens / wall time), TTFT p50/p99 and ITL p50/p99 in
-ms (from the moment the request was issued, queueing included), peak RSS in MiB; and the
-throughput ratios engine/base, engine/peft_mixed, engine/peft_swap. Machines here are noisy:
+ms (from the moment the request was issued, queueing included), peak RSS in MiB (this process;
+vLLM's engine core is another); and the throughput ratios engine/base, engine/peft_mixed,
+engine/peft_swap, vllm/engine, vllm/vllm_nolora, vllm_base/vllm_nolora. Machines here are noisy:
 compare ratios from one run, not absolute numbers across runs.
 
     .venv/bin/python scripts/bench_serving.py --quick --json bench.json --plot bench.png
@@ -21,7 +28,7 @@ compare ratios from one run, not absolute numbers across runs.
 from __future__ import annotations
 
 import argparse
-import copy
+import asyncio
 import json
 import os
 import random
@@ -38,12 +45,15 @@ from openlora.adapters.peft_format import load_adapter
 from openlora.engine.base import resolve_base_model
 from openlora.engine.model import load_resident
 from openlora.engine.sampling import SamplingParams
-from openlora.engine.scheduler import Engine, Failed, Finished, GenerationRequest
+from openlora.engine.interface import Failed, Finished, GenerationRequest
+from openlora.engine.scheduler import TorchEngine
 from openlora.engine.slots import HostCache, SlotManager
+from random_base import SHAPES, build_random_base
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SYSTEMS = ("base", "engine", "peft_mixed", "peft_swap")
+SYSTEMS = ("base", "engine", "peft_mixed", "peft_swap", "vllm_nolora", "vllm_base", "vllm")
+VLLM_SYSTEMS = ("vllm_nolora", "vllm_base", "vllm")
 
 
 @dataclass
@@ -104,21 +114,30 @@ def zipf_choices(k: int, alpha: float, n: int, rng: random.Random) -> list[int]:
     return rng.choices(range(k), weights=weights, k=n)
 
 
-def make_adapters(base_fp32, k: int, rank: int, folder: Path) -> list[Path]:
-    """K random rank-``rank`` LoRAs on q/k/v/o saved with PEFT (one folder each)."""
-    from peft import LoraConfig, get_peft_model
+def make_adapters(source, k: int, rank: int, folder: Path) -> list[Path]:
+    """K random rank-``rank`` LoRAs on q/k/v/o in PEFT's format (one folder each), written from the
+    base's module shapes alone (no copy of the base: an 8B one would not fit twice)."""
+    from safetensors.torch import save_file
 
-    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-    model = get_peft_model(copy.deepcopy(base_fp32), cfg, adapter_name="a0")
-    for i in range(1, k):
-        model.add_adapter(f"a{i}", cfg)
+    from openlora.engine.lora import adaptable_shapes
+
+    template = json.loads((ROOT / "tests" / "fixtures" / "adapters" / "medical" / "adapter_config.json").read_text())
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+    config = {**template, "r": rank, "lora_alpha": 2 * rank, "target_modules": list(targets), "base_model_name_or_path": source.name}
+    modules = {n: s for n, s in adaptable_shapes(source.path).items() if n.rsplit(".", 1)[-1] in targets}
     g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    model.save_pretrained(str(folder), selected_adapters=[f"a{i}" for i in range(k)])
-    return [folder / f"a{i}" for i in range(k)]
+    out = []
+    for i in range(k):
+        path = folder / f"a{i}"
+        path.mkdir()
+        tensors = {}
+        for name, (fan_in, fan_out) in modules.items():
+            tensors[f"base_model.model.{name}.lora_A.weight"] = torch.randn(rank, fan_in, generator=g) * 0.05
+            tensors[f"base_model.model.{name}.lora_B.weight"] = torch.randn(fan_out, rank, generator=g) * 0.05
+        save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        out.append(path)
+    return out
 
 
 def run_engine(rm, slots, host, adapters, workload, args, use_adapters: bool) -> Result:
@@ -132,7 +151,7 @@ def run_engine(rm, slots, host, adapters, workload, args, use_adapters: bool) ->
             rm.base_modules, rm.max_rank,
         )  # fmt: skip
 
-    engine = Engine(rm, slots, host, loader, max_batch=args.concurrency, max_waiting=len(workload) + 1)
+    engine = TorchEngine(rm, slots, host, loader, max_batch=args.concurrency, max_waiting=len(workload) + 1)
     # warm the device slots like a server that has been running: every adapter resident once
     if use_adapters:
         for cid in paths:
@@ -189,6 +208,71 @@ def run_engine(rm, slots, host, adapters, workload, args, use_adapters: bool) ->
     return res
 
 
+def run_vllm(source, adapters, workload, args, mode: str) -> Result:
+    """Drive the vLLM engine (``engine/vllm_engine.py``) with the same closed loop (or Poisson arrivals)."""
+    from openlora.engine.text import load_codec
+    from openlora.engine.vllm_engine import AdapterFolders, VllmEngine, VllmOptions
+
+    paths = {f"a{i}": p for i, p in enumerate(adapters)}
+
+    def files(cid):  # the benchmark's adapters are its own: read, not verified (the node verifies)
+        return None, {n: (paths[cid] / n).read_bytes() for n in ("adapter_config.json", "adapter_model.safetensors")}
+
+    options = VllmOptions(
+        dtype=args.dtype, max_loras=args.adapters, max_cpu_loras=args.adapters, max_lora_rank=args.rank,
+        max_batch=args.concurrency, max_waiting=len(workload) + 1, max_model_len=args.prompt_len + args.output_len + 8,
+        kv_cache_gib=2, enforce_eager=args.vllm_eager, lora=mode != "vllm_nolora",
+    )  # fmt: skip
+    use_adapters = mode == "vllm"
+    params = SamplingParams(max_new_tokens=args.output_len, temperature=0.0, ignore_eos=True)
+    res = Result()
+
+    async def one(engine, prompt, idx, issued):
+        events: asyncio.Queue = asyncio.Queue()
+        engine.submit(GenerationRequest(prompt, params, events.put_nowait, f"a{idx}" if use_adapters else None, submitted=issued))
+        while True:
+            ev = await events.get()
+            if isinstance(ev, Finished):
+                res.tokens += ev.completion_tokens
+                res.ttft_ms.append(ev.ttft_ms)
+                res.itl_ms.extend(ev.itl_ms)
+                return
+            if isinstance(ev, Failed):
+                raise ev.error
+
+    async def drive():
+        with tempfile.TemporaryDirectory() as folder:
+            engine = await VllmEngine.open(source, load_codec(source.path), options, files, AdapterFolders(Path(folder)))
+            try:
+                if use_adapters:  # warm like a server that has been running: every adapter loaded once
+                    await asyncio.gather(*(engine._lora(cid) for cid in paths))
+                await one(engine, workload[0][0], 0, time.perf_counter())  # first-step compilation off the clock
+                res.tokens, res.ttft_ms, res.itl_ms = 0, [], []
+                queue = list(workload)
+                t0 = time.perf_counter()
+                if args.rate is None:
+                    async def client():
+                        while queue:
+                            prompt, idx = queue.pop(0)
+                            await one(engine, prompt, idx, time.perf_counter())
+
+                    await asyncio.gather(*(client() for _ in range(args.concurrency)))
+                else:
+                    rng, tasks = random.Random(7), []
+                    for prompt, idx in workload:
+                        tasks.append(asyncio.ensure_future(one(engine, prompt, idx, time.perf_counter())))
+                        await asyncio.sleep(rng.expovariate(args.rate))
+                    await asyncio.gather(*tasks)
+                res.wall_s = time.perf_counter() - t0
+            finally:
+                engine.stop()
+
+    with RssPeak() as rss:
+        asyncio.run(drive())
+    res.peak_rss_mib = rss.peak
+    return res
+
+
 class StepClock:
     """A logits processor that timestamps every generation step (PEFT baselines' TTFT/ITL)."""
 
@@ -217,7 +301,7 @@ def run_peft(peft_model, workload, args, mixed: bool) -> Result:
             for j in range(len(chunk)):
                 i = start + j
                 issued[i] = t0 if i < args.concurrency else finish[i - args.concurrency]
-            ids = torch.tensor([p for p, _ in chunk])
+            ids = torch.tensor([p for p, _ in chunk], device=args.device)
             clock = StepClock()
             kwargs = dict(max_new_tokens=args.output_len, min_new_tokens=args.output_len, do_sample=False,
                           logits_processor=LogitsProcessorList([clock]), pad_token_id=0)  # fmt: skip
@@ -251,7 +335,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--base-model", default=None, help="HF folder or .gguf (default SmolLM2-135M-Instruct)")
+    ap.add_argument("--random-base", choices=sorted(SHAPES), help="a random-weight base of this shape, built locally (scripts/random_base.py)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the torch engine and PEFT run (vLLM picks its platform)")
     ap.add_argument("--model-cache", type=Path, default=Path(os.environ.get("OPENLORA_MODEL_CACHE", ROOT / ".cache" / "models")))
+    ap.add_argument("--vllm-eager", action="store_true", help="vLLM without compilation (faster start, slower steps)")
     ap.add_argument("--quick", action="store_true", help="small workload: finishes in under 3 minutes on 2 cores")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--plot", type=Path, help="write a PNG bar chart here")
@@ -262,13 +349,14 @@ def main(argv=None) -> int:
     systems = [s for s in args.systems.split(",") if s]
 
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    if args.random_base:
+        args.base_model = str(build_random_base(args.random_base, args.model_cache, args.dtype))
     source = resolve_base_model(args.base_model, args.model_cache)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    base_fp32 = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=torch.float32)
     rng = random.Random(1234)
-    vocab = base_fp32.config.vocab_size
+    vocab = AutoConfig.from_pretrained(str(source.path)).vocab_size
     workload = [
         ([rng.randrange(100, vocab - 100) for _ in range(args.prompt_len)], idx)
         for idx in zipf_choices(args.adapters, args.zipf, args.requests, rng)
@@ -282,9 +370,9 @@ def main(argv=None) -> int:
     )
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        adapters = make_adapters(base_fp32, args.adapters, args.rank, Path(tmp))
+        adapters = make_adapters(source, args.adapters, args.rank, Path(tmp))
         if {"base", "engine"} & set(systems):
-            rm = load_resident(source, args.dtype, n_slots=args.adapters, max_rank=args.rank)
+            rm = load_resident(source, args.dtype, n_slots=args.adapters, max_rank=args.rank, device=args.device)
             for name, use in (("base", False), ("engine", True)):
                 if name in systems:
                     slots = SlotManager(rm.lora_layers, rm.routing, args.adapters)
@@ -292,7 +380,7 @@ def main(argv=None) -> int:
                     print(f"  {name:10s} done: {results[name]['tokens_per_s']:.1f} tok/s", flush=True)
             del rm
         if {"peft_mixed", "peft_swap"} & set(systems):
-            base = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=dtype)
+            base = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=dtype).to(args.device)
             peft_model = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name="a0", autocast_adapter_dtype=False)
             for i, p in enumerate(adapters[1:], start=1):
                 peft_model.load_adapter(str(p), adapter_name=f"a{i}", autocast_adapter_dtype=False)
@@ -301,6 +389,13 @@ def main(argv=None) -> int:
                 if name in systems:
                     results[name] = run_peft(peft_model, workload, args, mixed).summary()
                     print(f"  {name:10s} done: {results[name]['tokens_per_s']:.1f} tok/s", flush=True)
+            del peft_model, base
+        if args.device == "cuda":
+            torch.cuda.empty_cache()  # vLLM sizes its KV cache by the memory free when it starts
+        for name in VLLM_SYSTEMS:
+            if name in systems:
+                results[name] = run_vllm(source, adapters, workload, args, name).summary()
+                print(f"  {name:10s} done: {results[name]['tokens_per_s']:.1f} tok/s", flush=True)
 
     def ratio(a, b):
         return results[a]["tokens_per_s"] / results[b]["tokens_per_s"] if a in results and b in results else None
@@ -309,6 +404,9 @@ def main(argv=None) -> int:
         "engine_vs_base": ratio("engine", "base"),
         "engine_vs_peft_mixed": ratio("engine", "peft_mixed"),
         "engine_vs_peft_swap": ratio("engine", "peft_swap"),
+        "vllm_vs_engine": ratio("vllm", "engine"),
+        "vllm_vs_vllm_nolora": ratio("vllm", "vllm_nolora"),
+        "vllm_base_vs_vllm_nolora": ratio("vllm_base", "vllm_nolora"),
     }
     results["workload"] = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "model_cache")}
     print(f"\n{'system':12s}{'tok/s':>9s}{'TTFT p50':>10s}{'TTFT p99':>10s}{'ITL p50':>9s}{'ITL p99':>9s}{'RSS MiB':>9s}")
@@ -335,9 +433,9 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [s for s in SYSTEMS if s in results]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     for ax, key, title in zip(axes, ("tokens_per_s", "ttft_p50_ms", "itl_p50_ms"), ("throughput (tok/s)", "TTFT p50 (ms)", "ITL p50 (ms)")):
-        ax.bar(names, [results[n][key] for n in names], color=["#888", "#2a7", "#c73", "#a35"][: len(names)])
+        ax.bar(names, [results[n][key] for n in names], color=["#888", "#2a7", "#c73", "#a35", "#bbb", "#69c", "#36a"][: len(names)])
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=20)
     w = results["workload"]

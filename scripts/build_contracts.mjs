@@ -24,7 +24,9 @@ const SETTINGS = {
   evmVersion: "cancun",
   optimizer: { enabled: true, runs: 200 },
   metadata: { bytecodeHash: "ipfs" },
-  outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
+  outputSelection: {
+    "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object", "evm.deployedBytecode.immutableReferences"] },
+  },
 };
 
 function solFiles(dir) {
@@ -80,6 +82,11 @@ function compile() {
         abi: c.abi,
         bytecode: "0x" + c.evm.bytecode.object,
         deployedBytecode: "0x" + c.evm.deployedBytecode.object,
+        // byte ranges of the deployed code that the constructor fills in: a client masks them to check that an
+        // address holds this code (openlora.chain.pinning)
+        immutableReferences: Object.values(c.evm.deployedBytecode.immutableReferences || {})
+          .flat()
+          .sort((x, y) => x.start - y.start),
       };
       artifacts[`${contractName}.json`] = JSON.stringify(artifact, null, 2) + "\n";
     }

@@ -47,6 +47,7 @@ def main() -> int:
     ap.add_argument("--data-dir", type=Path, default=ROOT / ".data" / "demo")
     ap.add_argument("--question", default=json.loads((ROOT / "scripts" / "demo_data" / "eval.json").read_text())["shared"][0])
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--engine", choices=["torch", "vllm"], default="torch", help="the engine both nodes serve with")
     args = ap.parse_args()
 
     shutil.rmtree(args.data_dir, ignore_errors=True)  # a fresh chain each run: start the nodes fresh too
@@ -59,17 +60,17 @@ def main() -> int:
     chain = ChainProcess(args.data_dir / "contracts.json")
     nodes: list[NodeProcess] = []
     try:
-        chain_flags = ("--chain-rpc", chain.url, "--contracts", str(chain.deployment_file))
+        chain_flags = ("--chain-rpc", chain.url, "--contracts", str(chain.deployment_file), "--engine", args.engine)
         a = NodeProcess(
             args.data_dir / "a", *chain_flags, "--node-key", str(args.data_dir / "node-a-key.json"),
-            "--node-fee-per-1k", str(FEE_A),
+            "--node-fee-per-1k", str(FEE_A), timeout=420,
         )  # fmt: skip
         nodes.append(a)
         a_multiaddr = a.ready_line.split("p2p=")[1].split()[0]
         b = NodeProcess(
             args.data_dir / "b", *chain_flags, "--node-key", str(args.data_dir / "node-b-key.json"),
             "--node-fee-per-1k", str(FEE_B), "--bootstrap", a_multiaddr, "--settle-every-calls", "3",
-            "--settle-every-seconds", "5",
+            "--settle-every-seconds", "5", timeout=420,
         )  # fmt: skip
         nodes.append(b)
         say(f"  chain   {chain.url}")

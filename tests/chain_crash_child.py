@@ -66,10 +66,11 @@ def main() -> None:
     if args.mode == "loop":
         settler.start()
     for i, call in enumerate(plan):
-        voucher = Voucher(call["client"], node.address, call["epoch"], call["amount"])
+        adapter = bytes.fromhex(call["adapter"])
+        voucher = Voucher(call["client"], node.address, call["epoch"], call["amount"], adapter, call["price"], call["amount"])
         try:
             signed = SignedVoucher(voucher, bytes.fromhex(call["signature"]))
-            auth = payments.authorize(signed, call["cid"], call["max_tokens"])
+            auth = payments.authorize(signed, call["cid"], call["max_tokens"], call["publisher"])
         except StaleVoucher:  # accepted by an earlier run of this plan
             continue
         step("authorized", die=i == len(plan) - 1)

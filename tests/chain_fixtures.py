@@ -26,6 +26,10 @@ ANVIL = next((ROOT / "contracts" / "node_modules" / "@foundry-rs").glob("anvil-*
 WITHDRAW_TIMEOUT_S = 3600
 
 
+#: the address of ``World.publisher`` (every world's dev accounts are the same five)
+PUBLISHER = dev_accounts(5)[2].address
+
+
 def make_cid(label: str) -> str:
     """A CIDv1 (raw, sha2-256) string for ``label``'s bytes: stands in for a manifest CID."""
     return str(CID("base32", 1, "raw", multihash.digest(label.encode(), "sha2-256")))

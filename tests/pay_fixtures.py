@@ -18,6 +18,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from openlora.chain.backends import dev_accounts
+from openlora.chain.contracts import adapter_id
 from openlora.chain.records import Eip712Domain, SignedVoucher, Voucher
 from openlora.chain.vouchers import sign_voucher, voucher_message
 from openlora.chain.wire import voucher_to_pb
@@ -79,9 +80,14 @@ def domain_of(info: pb.NodeInfo) -> Eip712Domain:
     return Eip712Domain(info.chain.chain_id, info.chain.channels)
 
 
-def voucher(info: pb.NodeInfo, client: LocalAccount, amount: int, *, epoch: int = 0, node: str | None = None, signer=None):
-    """A signed voucher of ``client`` to the node (or ``node``), signed by ``signer`` (default: the client)."""
-    v = Voucher(client.address, node or info.chain.node_address, epoch, amount)
+def voucher(
+    info: pb.NodeInfo, client: LocalAccount, amount: int, *, cid: str, price: int, epoch: int = 0, node: str | None = None,
+    signer=None,
+):  # fmt: skip
+    """A signed voucher of ``client`` to the node (or ``node``) for calls to ``PUBLISHER``'s adapter ``cid`` at
+    ``price`` wei per 1k tokens (``amount`` on the channel and on the adapter), signed by ``signer`` (default: the
+    client)."""
+    v = Voucher(client.address, node or info.chain.node_address, epoch, amount, adapter_id(cid, PUBLISHER.address), price, amount)
     if signer is None:
         return sign_voucher(client, v, domain_of(info))
     return SignedVoucher(v, bytes(signer.sign_message(voucher_message(v, domain_of(info))).signature))

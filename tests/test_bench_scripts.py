@@ -31,15 +31,19 @@ def test_bench_serving_reports_every_system_and_the_ratios(tmp_path, base_source
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     _run(
         "bench_serving.py", "--requests", "4", "--adapters", "3", "--concurrency", "2", "--prompt-len", "8",
-        "--output-len", "3", "--threads", "2", "--json", str(out), "--plot", str(png),
+        "--output-len", "3", "--threads", "2", "--vllm-eager", "--json", str(out), "--plot", str(png),
     )  # fmt: skip
     result = json.loads(out.read_text())
-    for system in ("base", "engine", "peft_mixed", "peft_swap"):
+    for system in ("base", "engine", "peft_mixed", "peft_swap", "vllm_nolora", "vllm_base", "vllm"):
         assert SERVING_KEYS <= result[system].keys(), system
         assert result[system]["tokens_per_s"] > 0
         assert result[system]["tokens"] == 4 * 3
-    assert set(result["ratios"]) == {"engine_vs_base", "engine_vs_peft_mixed", "engine_vs_peft_swap"}
-    assert result["ratios"]["engine_vs_base"] == pytest.approx(result["engine"]["tokens_per_s"] / result["base"]["tokens_per_s"])
+    assert set(result["ratios"]) == {
+        "engine_vs_base", "engine_vs_peft_mixed", "engine_vs_peft_swap",
+        "vllm_vs_engine", "vllm_vs_vllm_nolora", "vllm_base_vs_vllm_nolora",
+    }  # fmt: skip
+    for name, (a, b) in {"engine_vs_base": ("engine", "base"), "vllm_vs_vllm_nolora": ("vllm", "vllm_nolora")}.items():
+        assert result["ratios"][name] == pytest.approx(result[a]["tokens_per_s"] / result[b]["tokens_per_s"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

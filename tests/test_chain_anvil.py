@@ -9,7 +9,6 @@ from chain_fixtures import anvil_url, build_world  # noqa: F401
 
 from openlora.chain.attribution import usage_report
 from openlora.chain.backends import rpc_chain
-from openlora.chain.contracts import adapter_id
 from openlora.chain.errors import ContractRevert, StaleVoucher
 from openlora.chain.ledger import Ledger
 from openlora.chain.payer import Payer
@@ -30,14 +29,14 @@ def test_pay_per_call_and_attribution_on_anvil(anvil_url, tmp_path):  # noqa: F8
     payer = Payer(w.channels, w.client, w.node.address)
     payer.deposit(10**9)
 
-    max_cost = payments.quote(cid).cost_wei(64)
+    quote = payments.quote(cid, w.publisher.address)
     for tokens in (10, 64, 1):
-        payment = payer.pay(max_cost)
-        auth = payments.authorize(payment.voucher, cid, 64)
+        payment = payer.pay_quote(quote, 64)
+        auth = payments.authorize(payment.voucher, cid, 64, w.publisher.address)
         payer.accept(payment, payments.finalize(auth, tokens))
         last = payment
     with pytest.raises(StaleVoucher):
-        payments.authorize(last.voucher, cid, 64)
+        payments.authorize(last.voucher, cid, 64, w.publisher.address)
 
     result = settler.settle_now()
     assert result.ok
@@ -45,10 +44,10 @@ def test_pay_per_call_and_attribution_on_anvil(anvil_url, tmp_path):  # noqa: F8
     (row,) = usage_report(w.registry, w.channels)
     assert (row.adapter, row.calls, row.tokens, row.amount_wei) == (cid, 3, 75, charged)
     assert row.publisher_earnings_wei == charged * 3000 // 10_000
-    assert ledger.receipt_totals()[adapter_id(cid)].amount == charged
+    assert ledger.receipt_totals()[quote.adapter_id].amount == charged
 
     # Replaying the settled claim pays nothing: the contract's guard, decoded over real JSON-RPC.
-    replay = Redemption(last.voucher, charged, (UsageEntry(adapter_id(cid), 3, 75, charged),))
+    replay = Redemption(last.voucher, charged, (UsageEntry(last.voucher, 3, 75, charged),))
     with pytest.raises(ContractRevert) as raised:
         w.channels.settle(w.node, [replay])
     assert raised.value.error == "NothingToRedeem"

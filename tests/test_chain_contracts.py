@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from chain_fixtures import ROOT, WITHDRAW_TIMEOUT_S, World, base_world, build_world, make_cid, world  # noqa: F401
@@ -26,15 +27,35 @@ from openlora.chain.contracts import (
     transact,
 )
 from openlora.chain.errors import ContractRevert
+from openlora.chain.pricing import AdapterTerms, call_quote
 from openlora.chain.records import Redemption, SignedVoucher, UsageEntry, Voucher
 from openlora.chain.vouchers import sign_voucher, voucher_message
 
 
-def voucher(w: World, amount: int, *, epoch: int = 0, client=None, node=None, signer=None) -> SignedVoucher:
+PUBLISHER = "0x" + "ab" * 20
+PRICE = 100  # wei per 1k tokens in the test vouchers: 10 tokens per wei at most
+
+
+def voucher(
+    w: World,
+    amount: int,
+    *,
+    epoch: int = 0,
+    client=None,
+    node=None,
+    signer=None,
+    adapter: bytes | None = None,
+    price: int = PRICE,
+    adapter_amount: int | None = None,
+) -> SignedVoucher:
     """A voucher from ``client`` (default: the world's client) to ``node``, signed by ``signer`` (a forgery when
-    that is not the client)."""
+    that is not the client), naming ``adapter`` (default: some registered-looking id) at ``price``."""
     client = client or w.client
-    v = Voucher(client.address, (node or w.node).address, epoch, amount)
+    adapter = adapter if adapter is not None else adapter_id(make_cid("adapter"), w.publisher.address)
+    v = Voucher(
+        client.address, (node or w.node).address, epoch, amount, adapter, price,
+        amount if adapter_amount is None else adapter_amount,
+    )  # fmt: skip
     if signer is None:
         return sign_voucher(client, v, w.channels.domain)
     return SignedVoucher(v, bytes(signer.sign_message(voucher_message(v, w.channels.domain)).signature))
@@ -44,8 +65,28 @@ def redeem(w: World, signed, claimed: int, usage: list[UsageEntry], sender=None)
     return w.channels.settle(sender or w.node, [Redemption(signed, claimed, tuple(usage))])
 
 
-def entry(cid: str, amount: int, calls: int = 1, tokens: int = 10) -> UsageEntry:
-    return UsageEntry(adapter_id(cid), calls, tokens, amount)
+def aid(w: World, cid: str, publisher: str | None = None) -> bytes:
+    """The adapter id of ``cid`` registered by the world's publisher (or ``publisher``)."""
+    return adapter_id(cid, publisher or w.publisher.address)
+
+
+def entry(
+    w: World,
+    cid: str,
+    amount: int,
+    calls: int = 1,
+    tokens: int = 10,
+    *,
+    client=None,
+    epoch: int = 0,
+    authorised: int = 10**9,
+    publisher: str | None = None,
+    signed: SignedVoucher | None = None,
+) -> UsageEntry:
+    """A usage entry backed by a voucher of ``client`` naming ``cid`` and authorising ``authorised`` wei on it."""
+    if signed is None:
+        signed = voucher(w, amount, client=client, epoch=epoch, adapter=aid(w, cid, publisher), adapter_amount=authorised)
+    return UsageEntry(signed, calls, tokens, amount)
 
 
 def funded(w: World, amount: int = 10_000) -> str:
@@ -64,6 +105,7 @@ def forwarder(w: World):
         data = target.contract.encode_abi(fn, args=list(args))
         return transact(w.chain, w.deployer, contract.functions.forward(target.address, data), value=value)
 
+    call.address = address
     return call
 
 
@@ -116,7 +158,7 @@ def _royalty_too_high(w: World):
 
 def _already_registered(w: World):
     cid = w.register()
-    w.registry.register(w.other, cid, 5, 0)
+    w.registry.register(w.publisher, cid, 5, 0)  # only its own registration blocks a publisher
 
 
 def _unknown_adapter_revoke(w: World):
@@ -124,11 +166,11 @@ def _unknown_adapter_revoke(w: World):
 
 
 def _unknown_adapter_lookup(w: World):
-    w.registry.adapter(make_cid("never"))
+    w.registry.adapter(make_cid("never"), w.publisher.address)
 
 
 def _not_publisher(w: World):
-    w.registry.revoke(w.other, w.register())
+    w.registry._transact(w.other, "revoke", aid(w, w.register()))
 
 
 def _already_revoked(w: World):
@@ -183,7 +225,7 @@ def _transfer_failed_earnings(w: World):
     cid = make_cid("refuser")
     call(w.registry, "register", canonical_cid(cid), 1000, 5000)
     w.channels.deposit(w.client, w.node.address, 1000)
-    redeem(w, voucher(w, 100), 100, [entry(cid, 100)])
+    redeem(w, voucher(w, 100), 100, [entry(w, cid, 100, publisher=call.address)])
     call(w.channels, "withdrawEarnings")
 
 
@@ -197,40 +239,40 @@ def _empty_batch(w: World):
 
 def _not_voucher_node(w: World):
     cid = funded(w)
-    redeem(w, voucher(w, 100), 100, [entry(cid, 100)], sender=w.other)
+    redeem(w, voucher(w, 100), 100, [entry(w, cid, 100)], sender=w.other)
 
 
 def _wrong_epoch(w: World):
     cid = funded(w)
-    redeem(w, voucher(w, 100, epoch=1), 100, [entry(cid, 100)])
+    redeem(w, voucher(w, 100, epoch=1), 100, [entry(w, cid, 100)])
 
 
 def _claim_exceeds_voucher(w: World):
     cid = funded(w)
-    redeem(w, voucher(w, 100), 101, [entry(cid, 101)])
+    redeem(w, voucher(w, 100), 101, [entry(w, cid, 101)])
 
 
 def _claim_exceeds_deposit(w: World):
     cid = funded(w, 100)
-    redeem(w, voucher(w, 500), 101, [entry(cid, 101)])
+    redeem(w, voucher(w, 500), 101, [entry(w, cid, 101)])
 
 
 def _nothing_to_redeem(w: World):
     cid = funded(w)
     signed = voucher(w, 100)
-    redeem(w, signed, 60, [entry(cid, 60)])
-    redeem(w, signed, 60, [entry(cid, 60)])  # the same redemption again: a replay
+    redeem(w, signed, 60, [entry(w, cid, 60)])
+    redeem(w, signed, 60, [entry(w, cid, 60)])  # the same redemption again: a replay
 
 
 def _invalid_signature_forged(w: World):
     cid = funded(w)
-    redeem(w, voucher(w, 100, signer=w.other), 100, [entry(cid, 100)])
+    redeem(w, voucher(w, 100, signer=w.other), 100, [entry(w, cid, 100)])
 
 
 def _invalid_signature_malformed(w: World):
     cid = funded(w)
     signed = voucher(w, 100)
-    redeem(w, SignedVoucher(signed.voucher, signed.signature[:64]), 100, [entry(cid, 100)])
+    redeem(w, SignedVoucher(signed.voucher, signed.signature[:64]), 100, [entry(w, cid, 100)])
 
 
 def _no_usage(w: World):
@@ -240,22 +282,58 @@ def _no_usage(w: World):
 
 def _zero_calls(w: World):
     cid = funded(w)
-    redeem(w, voucher(w, 100), 100, [entry(cid, 100, calls=0)])
+    redeem(w, voucher(w, 100), 100, [entry(w, cid, 100, calls=0)])
 
 
 def _unknown_adapter_settle(w: World):
     funded(w)
-    redeem(w, voucher(w, 100), 100, [entry(make_cid("unregistered"), 100)])
+    redeem(w, voucher(w, 100), 100, [entry(w, make_cid("unregistered"), 100)])
 
 
 def _usage_mismatch_over(w: World):
     cid = funded(w)
-    redeem(w, voucher(w, 100), 100, [entry(cid, 60), entry(cid, 41)])
+    redeem(w, voucher(w, 100), 100, [entry(w, cid, 60), entry(w, cid, 41)])
 
 
 def _usage_mismatch_under(w: World):
     cid = funded(w)
-    redeem(w, voucher(w, 100), 100, [entry(cid, 99)])
+    redeem(w, voucher(w, 100), 100, [entry(w, cid, 99)])
+
+
+def _invalid_signature_entry_forged(w: World):
+    """The node re-points the client's voucher for one adapter at another (its own, at 0 % royalty)."""
+    cid, own = funded(w), make_cid("node's own")
+    w.registry.register(w.node, own, 0, 0)
+    paid_for = entry(w, cid, 100).voucher
+    forged = SignedVoucher(replace(paid_for.voucher, adapter=aid(w, own, w.node.address)), paid_for.signature)
+    redeem(w, voucher(w, 100), 100, [entry(w, own, 100, signed=forged)])
+
+
+def _voucher_mismatch(w: World):
+    cid = funded(w)
+    redeem(w, voucher(w, 100), 100, [entry(w, cid, 100, client=w.other)])
+
+
+def _usage_beyond_voucher(w: World):
+    cid = funded(w)
+    redeem(w, voucher(w, 100), 100, [entry(w, cid, 100, authorised=99)])
+
+
+def _usage_beyond_voucher_over_redemptions(w: World):
+    cid = funded(w)
+    lane = entry(w, cid, 60, authorised=100).voucher
+    redeem(w, voucher(w, 100), 60, [entry(w, cid, 60, signed=lane)])
+    redeem(w, voucher(w, 200), 101, [entry(w, cid, 41, signed=lane)])  # 101 > the 100 authorised on the adapter
+
+
+def _usage_beyond_amount_tokens(w: World):
+    cid = funded(w)
+    redeem(w, voucher(w, 100), 100, [entry(w, cid, 100, tokens=1001)])  # 1001 tokens at 100 wei/1k cost > 100 wei
+
+
+def _usage_beyond_amount_calls(w: World):
+    cid = funded(w)
+    redeem(w, voucher(w, 5), 5, [entry(w, cid, 5, calls=6, tokens=1)])  # every paid call costs >= 1 wei
 
 
 REVERTS: dict[str, list[Callable[[World], object]]] = {
@@ -282,7 +360,10 @@ REVERTS: dict[str, list[Callable[[World], object]]] = {
     "ClaimExceedsVoucher": [_claim_exceeds_voucher],
     "ClaimExceedsDeposit": [_claim_exceeds_deposit],
     "NothingToRedeem": [_nothing_to_redeem],
-    "InvalidSignature": [_invalid_signature_forged, _invalid_signature_malformed],
+    "InvalidSignature": [_invalid_signature_forged, _invalid_signature_malformed, _invalid_signature_entry_forged],
+    "VoucherMismatch": [_voucher_mismatch],
+    "UsageBeyondVoucher": [_usage_beyond_voucher, _usage_beyond_voucher_over_redemptions],
+    "UsageBeyondAmount": [_usage_beyond_amount_tokens, _usage_beyond_amount_calls],
     "NoUsage": [_no_usage],
     "ZeroCalls": [_zero_calls],
     "UsageMismatch": [_usage_mismatch_over, _usage_mismatch_under],
@@ -317,12 +398,12 @@ def test_revert_leaves_state_unchanged(world):  # noqa: F811
         world.channels.settle(
             world.node,
             [
-                Redemption(voucher(world, 100), 100, (entry(cid, 100),)),
-                Redemption(voucher(world, 50, client=world.other), 50, (entry(cid, 50),)),
+                Redemption(voucher(world, 100), 100, (entry(world, cid, 100),)),
+                Redemption(voucher(world, 50, client=world.other), 50, (entry(world, cid, 50, client=world.other),)),
             ],
         )
     assert world.channels.channel(world.client.address, world.node.address).redeemed == 0
-    assert world.channels.usage(adapter_id(cid)).calls == 0
+    assert world.channels.usage(aid(world, cid)).calls == 0
 
 
 # -- behaviour ---------------------------------------------------------------------------------------------
@@ -340,29 +421,55 @@ def test_settle_splits_by_royalty_and_records_usage(world):  # noqa: F811
     cid_a = world.register("a", royalty_bps=2500)
     cid_b = world.register("b", royalty_bps=333)
     world.channels.deposit(world.client, world.node.address, 10_000)
-    redeem(world, voucher(world, 5000), 1001, [entry(cid_a, 1000, calls=3, tokens=70), entry(cid_b, 1, tokens=5)])
-    a, b = world.channels.usage(adapter_id(cid_a)), world.channels.usage(adapter_id(cid_b))
+    redeem(world, voucher(world, 5000), 1001, [entry(world, cid_a, 1000, calls=3, tokens=70), entry(world, cid_b, 1, tokens=5)])
+    a, b = world.channels.usage(aid(world, cid_a)), world.channels.usage(aid(world, cid_b))
     assert (a.calls, a.tokens, a.amount, a.publisher_earnings) == (3, 70, 1000, 250)
     assert (b.calls, b.tokens, b.amount, b.publisher_earnings) == (1, 5, 1, 0)  # 1 * 333 / 10000 rounds down
     assert world.channels.earnings(world.publisher.address) == 250
     assert world.channels.earnings(world.node.address) == 751
     # A later claim on a newer voucher pays only the delta.
-    redeem(world, voucher(world, 6000), 1401, [entry(cid_a, 400)])
-    assert world.channels.usage(adapter_id(cid_a)).amount == 1400
+    redeem(world, voucher(world, 6000), 1401, [entry(world, cid_a, 400)])
+    assert world.channels.usage(aid(world, cid_a)).amount == 1400
     assert world.channels.channel(world.client.address, world.node.address).redeemed == 1401
+
+
+def test_a_squatter_cannot_take_or_block_a_cid(world):  # noqa: F811
+    """Whoever registers a CID first (e.g. seen on gossip) registers only (itself, CID): the publisher the
+    manifest names still registers its own, and that is the adapter nodes price and settle."""
+    cid = make_cid("seen on gossip")
+    world.registry.register(world.other, cid, 0, 10_000)  # front-runs the publisher
+    real = world.registry.register(world.publisher, cid, 1000, 2500)
+    assert real == aid(world, cid) != aid(world, cid, world.other.address)
+    info = world.registry.adapter(cid, world.publisher.address)
+    assert (info.publisher, info.price_per_1k_tokens, info.royalty_bps) == (world.publisher.address, 1000, 2500)
+    terms = AdapterTerms(world.publisher.address, 1000, 2500)
+    assert call_quote(world.registry, cid, terms, 500).adapter_id == real
+
+
+def test_attribution_follows_the_clients_vouchers_per_adapter(world):  # noqa: F811
+    cid_a, cid_b = world.register("a"), world.register("b")
+    world.channels.deposit(world.client, world.node.address, 10_000)
+    lane_a = entry(world, cid_a, 300, authorised=300).voucher
+    redeem(world, voucher(world, 1000), 300, [entry(world, cid_a, 300, signed=lane_a)])
+    assert world.channels.attributed(world.client.address, world.node.address, 0, aid(world, cid_a)) == 300
+    # The client paid 300 more in total but authorised it for b: the node cannot put it on a.
+    with pytest.raises(ContractRevert, match="UsageBeyondVoucher"):
+        redeem(world, voucher(world, 1000), 600, [entry(world, cid_a, 300, signed=lane_a)])
+    redeem(world, voucher(world, 1000), 600, [entry(world, cid_b, 300, authorised=300)])
+    assert world.channels.usage(aid(world, cid_b)).amount == 300
 
 
 def test_revoked_adapter_usage_is_still_settled(world):  # noqa: F811
     cid = funded(world)
     world.registry.revoke(world.publisher, cid)
-    assert world.registry.adapter(cid).revoked_at > 0
-    redeem(world, voucher(world, 100), 100, [entry(cid, 100)])
-    assert world.channels.usage(adapter_id(cid)).publisher_earnings == 25
+    assert world.registry.adapter(cid, world.publisher.address).revoked_at > 0
+    redeem(world, voucher(world, 100), 100, [entry(world, cid, 100)])
+    assert world.channels.usage(aid(world, cid)).publisher_earnings == 25
 
 
 def test_earnings_are_withdrawn_by_their_owner(world):  # noqa: F811
     cid = funded(world)
-    redeem(world, voucher(world, 1000), 1000, [entry(cid, 1000)])
+    redeem(world, voucher(world, 1000), 1000, [entry(world, cid, 1000)])
     w3 = world.chain.w3
     before = w3.eth.get_balance(world.publisher.address)
     receipt = world.channels.withdraw_earnings(world.publisher)
@@ -374,10 +481,10 @@ def test_earnings_are_withdrawn_by_their_owner(world):  # noqa: F811
 def test_withdraw_refunds_unclaimed_and_starts_next_epoch(world):  # noqa: F811
     cid = funded(world, 1000)
     old = voucher(world, 1000)
-    redeem(world, old, 300, [entry(cid, 300)])
+    redeem(world, old, 300, [entry(world, cid, 300)])
     world.channels.request_withdraw(world.client, world.node.address)
     assert world.channels.channel(world.client.address, world.node.address).withdraw_at > 0
-    redeem(world, old, 400, [entry(cid, 100)])  # the node may still claim during the timeout
+    redeem(world, old, 400, [entry(world, cid, 100)])  # the node may still claim during the timeout
     world.chain.advance_time(WITHDRAW_TIMEOUT_S)
     w3 = world.chain.w3
     before = w3.eth.get_balance(world.client.address)
@@ -387,26 +494,28 @@ def test_withdraw_refunds_unclaimed_and_starts_next_epoch(world):  # noqa: F811
     assert (state.deposited, state.redeemed, state.epoch, state.withdraw_at) == (0, 0, 1, 0)
     world.channels.deposit(world.client, world.node.address, 50)
     with pytest.raises(ContractRevert, match="WrongEpoch"):
-        redeem(world, old, 450, [entry(cid, 50)])  # old-epoch vouchers are dead
+        redeem(world, old, 450, [entry(world, cid, 50)])  # old-epoch vouchers are dead
 
 
 def test_adapter_ids_are_enumerable_and_map_back_to_cids(world):  # noqa: F811
     cids = [world.register(f"adapter-{i}") for i in range(5)]
     ids = world.registry.adapter_ids(page=2)
-    assert ids == [adapter_id(c) for c in cids]
+    assert ids == [aid(world, c) for c in cids]
     assert [world.registry.adapter(i).cid for i in ids] == cids
-    assert world.registry._call("adapterIdOf", cids[0]) == keccak(text=cids[0])
+    expected = keccak(bytes.fromhex(world.publisher.address[2:]) + cids[0].encode())
+    assert world.registry._call("adapterIdOf", world.publisher.address, cids[0]) == expected
 
 
 @pytest.mark.parametrize("bad", ["", "not-a-cid", "Qm" + "1" * 10])
 def test_adapter_id_rejects_non_cids(bad):
     with pytest.raises(ValueError, match="not a CID"):
-        adapter_id(bad)
+        adapter_id(bad, PUBLISHER)
 
 
 def test_adapter_id_is_canonical_across_bases():
     cid = make_cid("x")
-    assert adapter_id(CID.decode(cid).encode("base36")) == adapter_id(cid) == keccak(text=cid)
+    expected = keccak(bytes.fromhex(PUBLISHER[2:]) + cid.encode())
+    assert adapter_id(CID.decode(cid).encode("base36"), PUBLISHER) == adapter_id(cid, PUBLISHER) == expected
 
 
 def test_batching_amortises_gas(world):  # noqa: F811
@@ -415,13 +524,13 @@ def test_batching_amortises_gas(world):  # noqa: F811
     clients = dev_accounts(10)[5:]
     for c in [world.client, world.other, *clients]:
         world.channels.deposit(c, world.node.address, 10**6)
-    single = redeem(world, voucher(world, 100), 100, [entry(cid, 100)])["gasUsed"]
+    single = redeem(world, voucher(world, 100), 100, [entry(world, cid, 100)])["gasUsed"]
     # 50 redemptions: 7 clients, each redeemed several times in the batch with growing totals.
     batch, totals = [], {}
     for i in range(50):
         c = [world.client, world.other, *clients][i % 7]
         totals[c.address] = totals.get(c.address, 100 if c is world.client else 0) + 10
-        batch.append(Redemption(voucher(world, 10**6, client=c), totals[c.address], (entry(cid, 10),)))
+        batch.append(Redemption(voucher(world, 10**6, client=c), totals[c.address], (entry(world, cid, 10, client=c),)))
     many = world.channels.settle(world.node, batch)["gasUsed"]
     assert many / 50 < single / 2, (single, many)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from chain_fixtures import World, base_world, make_cid, world  # noqa: F401
+from chain_fixtures import PUBLISHER, World, base_world, make_cid, world  # noqa: F401
 
 from openlora.chain.attribution import usage_events, usage_report
 from openlora.chain.backends import dev_accounts, rpc_chain
@@ -41,8 +42,8 @@ def node_side(w: World, path: Path, **settler_args) -> tuple[Ledger, NodePayment
 
 
 def serve(payments: NodePayments, payer: Payer, cid: str, tokens: int):
-    payment = payer.pay(payments.quote(cid).cost_wei(MAX_TOKENS))
-    auth = payments.authorize(payment.voucher, cid, MAX_TOKENS)
+    payment = payer.pay_quote(payments.quote(cid, PUBLISHER), MAX_TOKENS)
+    auth = payments.authorize(payment.voucher, cid, MAX_TOKENS, PUBLISHER)
     return payer.accept(payment, payments.finalize(auth, tokens))
 
 
@@ -52,7 +53,7 @@ def assert_attribution_matches_receipts(w: World, ledger: Ledger, cids: list[str
     receipts = ledger.receipt_totals()
     events = usage_events(w.channels)
     for cid in cids:
-        key = adapter_id(cid)
+        key = adapter_id(cid, PUBLISHER)
         on_chain = w.channels.usage(key)
         mine = [e for e in events if e.adapter == key]
         expected = receipts.get(key)
@@ -81,8 +82,8 @@ def test_one_transaction_settles_many_channels_and_adapters(world, tmp_path):  #
     assert settler.settle_now() is None  # nothing owed any more
     assert_attribution_matches_receipts(world, ledger, cids)
     report = {row.adapter: row for row in usage_report(world.registry, world.channels)}
-    assert report[cids[1]].publisher_earnings_wei == world.channels.usage(adapter_id(cids[1])).publisher_earnings
-    assert report[cids[0]].as_json().keys() == {"adapter", "calls", "tokens", "publisher_earnings_wei"}
+    assert report[cids[1]].publisher_earnings_wei == world.channels.usage(adapter_id(cids[1], PUBLISHER)).publisher_earnings
+    assert report[cids[0]].as_json().keys() == {"adapter", "publisher", "calls", "tokens", "publisher_earnings_wei"}
     assert [r.adapter for r in usage_report(world.registry, world.channels, cids[1])] == [cids[1]]
 
 
@@ -98,11 +99,11 @@ def test_settler_runs_every_n_calls_and_settles_the_rest_on_stop(world, tmp_path
         deadline = time.monotonic() + 30
         while ledger.unsettled_count() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert world.channels.usage(adapter_id(cid)).calls == 3
+        assert world.channels.usage(adapter_id(cid, PUBLISHER)).calls == 3
         serve(payments, payer, cid, 8)  # below N: waits for stop()
     finally:
         settler.stop(settle=True)
-    assert world.channels.usage(adapter_id(cid)).calls == 4
+    assert world.channels.usage(adapter_id(cid, PUBLISHER)).calls == 4
     assert_attribution_matches_receipts(world, ledger, [cid])
 
 
@@ -117,7 +118,7 @@ def test_settler_runs_every_t_seconds(world, tmp_path):  # noqa: F811
         deadline = time.monotonic() + 30
         while ledger.unsettled_count() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert world.channels.usage(adapter_id(cid)).calls == 1
+        assert world.channels.usage(adapter_id(cid, PUBLISHER)).calls == 1
     finally:
         settler.stop(settle=False)
 
@@ -133,7 +134,7 @@ def test_receipts_of_a_withdrawn_epoch_are_forfeit(world, tmp_path):  # noqa: F8
     world.channels.withdraw(world.client, world.node.address)
     assert settler.settle_now() is None
     assert ledger.unsettled_count() == 0
-    assert world.channels.usage(adapter_id(cid)).calls == 0
+    assert world.channels.usage(adapter_id(cid, PUBLISHER)).calls == 0
 
 
 def test_recover_refuses_a_ledger_the_chain_disagrees_with(world, tmp_path):  # noqa: F811
@@ -168,6 +169,33 @@ def test_batch_whose_nonce_was_reused_is_abandoned_then_resettled(world, tmp_pat
     assert_attribution_matches_receipts(world, ledger, [cid])
 
 
+def test_a_claim_the_chain_refuses_is_set_aside_and_the_others_settle(world, tmp_path):  # noqa: F811
+    cid = world.register()
+    ledger, payments, settler = node_side(world, tmp_path / "l.sqlite")
+    bad, good = (Payer(world.channels, c, world.node.address) for c in (world.client, world.other))
+    for p in (bad, good):
+        p.deposit(10**6)
+        serve(payments, p, cid, 10)
+    # A ledger written before the gate refused them: the bad client's latest voucher has v = 0/1, which
+    # eth-account recovers and the contract's ECDSA refuses (InvalidSignature), reverting any batch it is in.
+    with sqlite3.connect(tmp_path / "l.sqlite") as db:
+        (sig,) = db.execute("SELECT signature FROM lane_vouchers WHERE client = ?", (world.client.address,)).fetchone()
+        db.execute(
+            "UPDATE lane_vouchers SET signature = ? WHERE client = ?",
+            (sig[:64] + bytes([sig[64] - 27]), world.client.address),
+        )
+    result = settler.settle_now()
+    assert result.ok and result.redemptions == 1
+    assert world.channels.channel(world.other.address, world.node.address).redeemed > 0
+    assert world.channels.channel(world.client.address, world.node.address).redeemed == 0
+    ((client, epoch, _, reason),) = ledger.set_aside_claims()
+    assert (client, epoch, settler.set_aside) == (world.client.address, 0, 1) and "InvalidSignature" in reason
+    assert ledger.unsettled_count() == 0 and settler.settle_now() is None  # not retried on the same voucher
+    serve(payments, bad, cid, 5)  # the client's next (valid) voucher replaces the refused one: all is claimed
+    assert settler.settle_now().ok
+    assert_attribution_matches_receipts(world, ledger, [cid])
+
+
 def test_settler_checks_its_arguments(world, tmp_path):  # noqa: F811
     ledger = Ledger(tmp_path / "l.sqlite", world.node, world.channels.domain, world.chain.genesis_hash)
     with pytest.raises(ValueError, match="not the ledger's node"):
@@ -184,15 +212,19 @@ def _plan(w: World, cid: str, calls: int, path: Path) -> list[dict]:
     rng = random.Random(calls)
     plan = []
     for i in range(calls):
-        voucher = Voucher(w.client.address, w.node.address, 0, (i + 1) * max_cost)
+        amount = (i + 1) * max_cost
+        voucher = Voucher(w.client.address, w.node.address, 0, amount, adapter_id(cid, PUBLISHER), 1000 + NODE_FEE, amount)
         signed = sign_voucher(w.client, voucher, w.channels.domain)
         plan.append(
             {
                 "client": w.client.address,
                 "epoch": 0,
                 "amount": voucher.cumulative_amount,
+                "adapter": voucher.adapter.hex(),
+                "price": voucher.price_per_1k_tokens,
                 "signature": signed.signature.hex(),
                 "cid": cid,
+                "publisher": PUBLISHER,
                 "max_tokens": MAX_TOKENS,
                 "tokens": rng.randint(1, MAX_TOKENS),
             }
@@ -237,7 +269,7 @@ def test_kill_9_at_each_step_then_restart_settles_exactly_once(world, tmp_path, 
         assert killed.stdout.splitlines()[-1] == die_after
         ledger = _recover_and_check(world, env, ledger_path, cid)
     served = plan if die_after != "authorized" else plan[:-1]  # the call cut off before finalize is void
-    receipts = ledger.receipt_totals()[adapter_id(cid)]
+    receipts = ledger.receipt_totals()[adapter_id(cid, PUBLISHER)]
     assert (receipts.calls, receipts.tokens) == (len(served), sum(c["tokens"] for c in served))
     assert receipts.amount == sum(cost_wei(c["tokens"], 1500) for c in served)
     ledger.close()
@@ -271,7 +303,7 @@ def test_kill_9_at_random_moments_then_restart_settles_exactly_once(world, tmp_p
                 proc.kill()
                 proc.communicate()
         ledger = _recover_and_check(world, env, ledger_path, cid)
-    assert ledger.receipt_totals()[adapter_id(cid)].calls >= 1
+    assert ledger.receipt_totals()[adapter_id(cid, PUBLISHER)].calls >= 1
     ledger.close()
 
 
@@ -314,7 +346,7 @@ def test_stand_alone_dev_chain_serves_a_deployment():
         client = dev_accounts(4)[3]
         cid = make_cid("stand-alone")
         registry.register(client, cid, 1, 0)
-        assert registry.adapter(cid).publisher == client.address
+        assert registry.adapter(cid, client.address).publisher == client.address
         assert PaymentChannels(chain, info["channels"]).registry_address == registry.address
     finally:
         proc.terminate()

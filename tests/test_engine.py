@@ -17,7 +17,8 @@ from openlora.adapters.peft_format import load_adapter
 from openlora.adapters.reasons import AdapterRejected, RejectReason
 from openlora.engine.model import load_resident
 from openlora.engine.sampling import SamplingParams
-from openlora.engine.scheduler import Engine, Failed, FinishReason, Finished, GenerationRequest, QueueFull, TextDelta
+from openlora.engine.interface import Failed, FinishReason, Finished, GenerationRequest, QueueFull, TextDelta
+from openlora.engine.scheduler import TorchEngine
 from openlora.engine.slots import HostCache, SlotManager
 
 QUESTIONS = [
@@ -58,7 +59,7 @@ class Loader:
 @pytest.fixture
 def engine(rm):
     loader = Loader(rm)
-    eng = Engine(rm, SlotManager(rm.lora_layers, rm.routing, 2), HostCache(8), loader, max_batch=8, max_waiting=16)
+    eng = TorchEngine(rm, SlotManager(rm.lora_layers, rm.routing, 2), HostCache(8), loader, max_batch=8, max_waiting=16)
     eng.loader = loader
     eng.start()
     yield eng
@@ -91,7 +92,7 @@ class Call:
 def submit(engine, question, adapter=None, **sampling) -> Call:
     call = Call()
     params = SamplingParams(**{"max_new_tokens": 16, "temperature": 0.0, **sampling})
-    req = GenerationRequest(engine.rm.encode_chat([{"role": "user", "content": question}]), params, call, adapter)
+    req = GenerationRequest(engine.codec.encode_chat([{"role": "user", "content": question}]), params, call, adapter)
     call.request_id = req.request_id
     engine.submit(req)
     return call
@@ -170,10 +171,10 @@ def test_cancel_frees_the_row_and_the_slot(engine):
 
 
 def test_bounded_queue_answers_queue_full(rm):
-    eng = Engine(rm, SlotManager(rm.lora_layers, rm.routing, 2), HostCache(2), Loader(rm), max_waiting=2)
+    eng = TorchEngine(rm, SlotManager(rm.lora_layers, rm.routing, 2), HostCache(2), Loader(rm), max_waiting=2)
     # not started: nothing drains the queue
     params = SamplingParams(max_new_tokens=4, temperature=0.0)
-    ids = rm.encode_prompt("hello")
+    ids = rm.codec.encode_prompt("hello")
     for _ in range(2):
         eng.submit(GenerationRequest(ids, params, lambda ev: None))
     with pytest.raises(QueueFull):
@@ -182,7 +183,7 @@ def test_bounded_queue_answers_queue_full(rm):
 
 def test_prompt_beyond_context_is_refused(engine):
     with pytest.raises(ValueError, match="context"):
-        engine.submit(GenerationRequest([1] * 10, SamplingParams(max_new_tokens=engine.rm.max_context), lambda ev: None))
+        engine.submit(GenerationRequest([1] * 10, SamplingParams(max_new_tokens=engine.codec.max_context), lambda ev: None))
 
 
 def test_stop_string_and_length(engine):
@@ -218,11 +219,11 @@ def test_evict_then_reload_serves_fresh_weights(engine):
 
 def test_slot_zero_rows_are_untouched_by_resident_adapters(engine, rm):
     """A base row in a batch full of adapter rows equals the base model alone (plain HF forward)."""
-    ids = rm.encode_chat([{"role": "user", "content": QUESTIONS[1]}])
+    ids = rm.codec.encode_chat([{"role": "user", "content": QUESTIONS[1]}])
     with torch.inference_mode():
         rm.routing.clear()
         want = rm.model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0, len(ids):]
-    want_text = rm.tokenizer.decode(want, skip_special_tokens=True)
+    want_text = rm.codec.tokenizer.decode(want, skip_special_tokens=True)
     calls = [submit(engine, QUESTIONS[1], d) for d in DOMAINS[:2]]
     base = submit(engine, QUESTIONS[1], None)
     assert base.wait()[0] == want_text

@@ -95,7 +95,7 @@ def test_node_killed_before_settlement_settles_exactly_once_after_restart(tmp_pa
     paid = sum(r.cost for r in receipts)
     assert (row.calls, row.tokens, row.amount_wei) == (4, sum(r.tokens for r in receipts), paid)
     assert channels.channel(CLIENT.address, receipts[0].node).redeemed == paid
-    events = usage_events(channels, cid=cid)
+    events = usage_events(channels, cid=cid, publisher=PUBLISHER.address)
     # the three receipts left by the killed node in one redemption at restart, the fourth in its own; none twice
     assert len(events) == 2 and sum(e.amount for e in events) == paid
     assert row.publisher_earnings_wei == sum(e.amount * ROYALTY // 10_000 for e in events)

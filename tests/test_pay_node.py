@@ -37,7 +37,8 @@ from pay_fixtures import (
 
 from openlora.chain.attribution import usage_events
 from openlora.chain.backends import rpc_chain
-from openlora.chain.contracts import PaymentChannels
+from openlora.chain.contracts import Deployment, PaymentChannels, adapter_id
+from openlora.chain.errors import UntrustedContracts
 from openlora.chain.pricing import cost_wei
 from openlora.client import NodeClient, PaidSession, node_contracts, payment_error
 from openlora.local import cli
@@ -127,7 +128,9 @@ def test_client_in_another_process_pays_per_call_and_sees_usage_on_chain(node, c
     assert row.tokens - before.tokens == sum(t for t, _ in billed)
     assert int(row.amount_wei) - int(before.amount_wei) == sum(c for _, c in billed)
     # The chain's own record: the events sum to the totals, each paying the publisher its royalty share.
-    events = usage_events(PaymentChannels(rpc_chain(info.chain.rpc_url), info.chain.channels), cid=priced)
+    events = usage_events(
+        PaymentChannels(rpc_chain(info.chain.rpc_url), info.chain.channels), cid=priced, publisher=PUBLISHER.address
+    )
     assert sum(e.calls for e in events) == row.calls and sum(e.amount for e in events) == int(row.amount_wei)
     assert all(e.publisher_amount == e.amount * ROYALTY // 10_000 and e.client == CLIENT.address for e in events)
     assert int(row.publisher_earnings_wei) == sum(e.publisher_amount for e in events)
@@ -199,13 +202,13 @@ def test_unpaid_call_is_refused_before_any_text(case, code, error, client, info,
     assert latest + 1 < committed + max_cost  # so that "underpaid" is not also stale
     signed = {
         "unpaid": None,
-        "underpaid": voucher(info, CLIENT, latest + 1),
-        "forged": voucher(info, CLIENT, enough, signer=SQUATTER),
-        "malformed": voucher(info, CLIENT, enough),
-        "other_node": voucher(info, CLIENT, enough, node=CLIENT2.address),
-        "other_epoch": voucher(info, CLIENT, enough, epoch=1),
+        "underpaid": voucher(info, CLIENT, latest + 1, cid=priced, price=PRICE),
+        "forged": voucher(info, CLIENT, enough, signer=SQUATTER, cid=priced, price=PRICE),
+        "malformed": voucher(info, CLIENT, enough, cid=priced, price=PRICE),
+        "other_node": voucher(info, CLIENT, enough, node=CLIENT2.address, cid=priced, price=PRICE),
+        "other_epoch": voucher(info, CLIENT, enough, epoch=1, cid=priced, price=PRICE),
         "replayed": None,
-        "overspent": voucher(info, CLIENT2, max_cost),
+        "overspent": voucher(info, CLIENT2, max_cost, cid=priced, price=PRICE),
     }[case]
     request = paid_request(priced, signed)
     if case == "malformed":
@@ -278,16 +281,51 @@ def test_revoked_adapter_is_refused(node, client, keys, session):  # noqa: F811
         assert "revoked by its publisher" in e.value.details()
 
 
-def test_squatted_cid_earns_the_squatter_nothing(node, client, info, keys, session):  # noqa: F811
+def test_squatted_cid_earns_the_squatter_nothing_and_blocks_nobody(node, client, info, keys, session):  # noqa: F811
     cid = client.publish(FINANCE, PUBLISHER, "finance-priced", price_per_1k_tokens=500, royalty_bps=5000).cid
     registry, _ = node_contracts(info.chain)
-    registry.register(SQUATTER, cid, 500, 5000)  # before the publisher does
-    with pytest.raises(grpc.RpcError) as e:
-        session.generate(QUESTION, adapter=cid, max_new_tokens=2)
-    assert (e.value.code(), payment_error(e.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "TermsMismatch")
-    assert f"registered on chain by {SQUATTER.address}" in e.value.details()
+    registry.register(SQUATTER, cid, 500, 0)  # before the publisher does, at 0 % royalty
+    assert not client.quote(paid_request(cid, None)).payment_required  # not the publisher's: nothing to pay or earn
+    # On main the publisher was refused here for good ("already registered by" the squatter).
     out = cli("openlora-node", "register", cid, "--node", node.address, "--key", str(keys["publisher"]))
-    assert out.returncode == 1 and f"already registered by {SQUATTER.address}" in out.stderr
+    assert out.returncode == 0, out.stderr
+    stream = session.generate(QUESTION, adapter=cid, max_new_tokens=2)
+    stream.text()
+    assert (stream.receipt.adapter, stream.receipt.publisher) == (adapter_id(cid, PUBLISHER.address), PUBLISHER.address)
+
+
+def test_client_refuses_to_deposit_into_contracts_it_did_not_pin(client, info):
+    """The deployment the client trusts is not the node's: nothing is deposited, nothing signed."""
+    c = info.chain
+    elsewhere = Deployment(c.chain_id, c.registry, "0x" + "ab" * 20)
+    session = PaidSession(client, CLIENT2, deployment=elsewhere)
+    before = channel_of(client, CLIENT2)
+    with pytest.raises(UntrustedContracts, match="trusts only"):
+        session.open_channel(1000)
+    assert channel_of(client, CLIENT2).deposited == before.deposited
+    pinned = PaidSession(client, CLIENT2, deployment=Deployment(c.chain_id, c.registry, c.channels))
+    assert pinned.channel().epoch == before.epoch  # the node's own deployment, pinned, is accepted
+
+
+def test_cli_pays_only_through_the_deployment_file_it_is_given(node, info, keys, tmp_path):  # noqa: F811
+    c = info.chain
+    wrong = tmp_path / "elsewhere.json"
+    wrong.write_text(Deployment(c.chain_id, c.registry, "0x" + "cd" * 20).to_json())
+    args = ["openlora", "channel", "open", "--node", node.address, "--key", str(keys["client"]), "--amount", "5"]
+    out = cli(*args, "--deployment", str(wrong))
+    assert out.returncode == 1 and "trusts only" in out.stderr, out.stderr
+    right = tmp_path / "node.json"
+    right.write_text(Deployment(c.chain_id, c.registry, c.channels).to_json())
+    out = cli(*args, "--deployment", str(right))
+    assert out.returncode == 0, out.stderr
+
+
+def test_session_audit_matches_the_receipts_it_holds(client, priced, session):
+    for _ in range(2):
+        session.generate(QUESTION, adapter=priced, max_new_tokens=3).text()
+    audit = session.audit()
+    assert audit.receipts >= 2 and audit.over_claim == 0
+    assert audit.charged == int(channel_of(client, CLIENT).charged_total)
 
 
 def test_usage_of_bad_cid_is_invalid_argument(client):

@@ -81,11 +81,14 @@ def test_revoked_adapter_is_refused_even_when_free(world, price):  # noqa: F811
 
 
 @pytest.mark.parametrize("price", [0, PRICE])
-def test_squatted_cid_is_refused(world, price):  # noqa: F811
+def test_a_squatter_neither_earns_nor_blocks_the_publisher(world, price):  # noqa: F811
     cid = make_cid("squatted")
     world.registry.register(world.other, cid, price, ROYALTY)  # before the manifest's publisher
-    with pytest.raises(TermsMismatch, match=f"registered on chain by {world.other.address}"):
-        call_quote(world.registry, cid, terms(world, price=price), 0)
+    with pytest.raises(AdapterNotPayable, match="not registered"):  # the squatter's registration is not looked up
+        call_quote(world.registry, cid, terms(world, price=price), 300)
+    world.registry.register(world.publisher, cid, price, ROYALTY)  # on main: AlreadyRegistered, forever
+    quote = call_quote(world.registry, cid, terms(world, price=price), 300)
+    assert quote.publisher == world.publisher.address
 
 
 @pytest.mark.parametrize("price, royalty", [(PRICE + 1, ROYALTY), (PRICE, ROYALTY + 1)])
@@ -124,7 +127,7 @@ def test_call_closed_with_no_tokens_is_voided(world, payments):  # noqa: F811
     world.channels.deposit(world.client, world.node.address, 10**6)
     price = payments.price_call(cid, terms(world), 30, 100)
     payer = Payer(world.channels, world.client, world.node.address)
-    call = payments.open_call(payer.pay(price.max_cost).voucher, price)
+    call = payments.open_call(payer.pay_quote(price.quote, price.max_tokens).voucher, price)
     assert payments.close_call(call, 0) is None
     totals, _ = payments.channel_view(world.client.address).ledger
     assert (totals.committed, totals.charged) == (0, 0)
@@ -145,9 +148,12 @@ def payer(world):  # noqa: F811
     return Payer(world.channels, world.client, world.node.address)
 
 
+LANE = b"\x07" * 32  # an adapter id the resume tests' vouchers name
+
+
 def latest(w: World, amount: int, signer=None, epoch: int = 0):
     """The client's voucher for ``amount`` (its signature replaced by ``signer``'s when given)."""
-    v = Voucher(w.client.address, w.node.address, epoch, amount)
+    v = Voucher(w.client.address, w.node.address, epoch, amount, LANE, PRICE, amount)
     signed = sign_voucher(w.client, v, w.channels.domain)
     if signer is not None:
         other = sign_voucher(signer, replace(v, client=signer.address), w.channels.domain)
@@ -158,7 +164,8 @@ def latest(w: World, amount: int, signer=None, epoch: int = 0):
 def test_payer_resumes_from_its_own_latest_voucher(world, payer):  # noqa: F811
     payer.resume(latest(world, 500), 300)
     assert (payer.signed_amount, payer.charged) == (500, 300)
-    assert payer.pay(100).voucher.voucher.cumulative_amount == 501  # above the latest, covers 300 + 100
+    paid = payer.pay(100, adapter=LANE, price_per_1k_tokens=1000, max_tokens=100).voucher.voucher
+    assert paid.cumulative_amount == 501  # above the latest, covers 300 + 100
     payer.resume(latest(world, 200), 100)  # never lowers what it knows
     assert (payer.signed_amount, payer.charged) == (501, 300)
 
@@ -183,7 +190,7 @@ def test_voucher_and_receipt_round_trip(world, payments):  # noqa: F811
     cid = world.register("paid", PRICE, ROYALTY)
     world.channels.deposit(world.client, world.node.address, 10**6)
     price = payments.price_call(cid, terms(world), 30, 100)
-    payment = Payer(world.channels, world.client, world.node.address).pay(price.max_cost)
+    payment = Payer(world.channels, world.client, world.node.address).pay_quote(price.quote, price.max_tokens)
     assert voucher_from_pb(voucher_to_pb(payment.voucher)) == payment.voucher
     receipt = payments.close_call(payments.open_call(payment.voucher, price), 77)
     assert receipt_from_pb(receipt_to_pb(receipt)) == receipt
@@ -205,7 +212,7 @@ def test_malformed_wire_receipt_is_refused(world, payments):  # noqa: F811
     cid = world.register("paid", PRICE, ROYALTY)
     world.channels.deposit(world.client, world.node.address, 10**6)
     price = payments.price_call(cid, terms(world), 30, 100)
-    payment = Payer(world.channels, world.client, world.node.address).pay(price.max_cost)
+    payment = Payer(world.channels, world.client, world.node.address).pay_quote(price.quote, price.max_tokens)
     message = receipt_to_pb(payments.close_call(payments.open_call(payment.voucher, price), 77))
     message.cost = "seven"
     with pytest.raises(InvalidReceipt, match="decimal"):

@@ -19,11 +19,10 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import DEMO_ADAPTERS, DOMAINS
-from openlora.adapters.peft_format import load_adapter
+from conftest import DOMAINS
 from openlora.engine.kv import KVBatch
 from openlora.engine.sampling import SamplingParams
-from openlora.engine.scheduler import Engine, Failed, Finished, GenerationRequest, NonFiniteLogits
+from openlora.engine.scheduler import Failed, Finished, GenerationRequest, NonFiniteLogits, TorchEngine
 from openlora.engine.slots import HostCache, SlotManager
 from test_engine import QUESTIONS, Loader, rm, solo, submit  # noqa: F401  (rm is a fixture)
 
@@ -42,7 +41,7 @@ class HostileLoader(Loader):
 @pytest.fixture
 def engine(rm):  # noqa: F811
     loader = HostileLoader(rm)
-    eng = Engine(rm, SlotManager(rm.lora_layers, rm.routing, 2), HostCache(8), loader, max_batch=8, max_waiting=16)
+    eng = TorchEngine(rm, SlotManager(rm.lora_layers, rm.routing, 2), HostCache(8), loader, max_batch=8, max_waiting=16)
     eng.loader = loader
     eng.start()
     yield eng
@@ -126,7 +125,7 @@ def test_health_stops_saying_serving_when_the_engine_thread_dies(tmp_path, model
                     raise SystemExit("injected engine death")
 
                 engine = node._engine
-                engine.submit(GenerationRequest(engine.rm.encode_prompt("hi"), SamplingParams(max_new_tokens=2), die))
+                engine.submit(GenerationRequest(engine.codec.encode_prompt("hi"), SamplingParams(max_new_tokens=2), die))
                 await asyncio.to_thread(engine._thread.join, 60)
                 assert not engine.alive
                 for _ in range(100):  # the listener runs on the loop soon after the thread ended

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from chain_fixtures import World, base_world, world  # noqa: F401
+from chain_fixtures import PUBLISHER, World, base_world, world  # noqa: F401
 
 from openlora.chain.backends import rpc_chain
 from openlora.chain.contracts import AdapterRegistry, PaymentChannels, adapter_id, broadcast, send_value
@@ -30,6 +30,11 @@ NODE_FEE = 500
 PRICE = 1000 + NODE_FEE  # the registered 1000 wei per 1k plus the node's fee
 MAX_TOKENS = 50
 MAX_COST = cost_wei(MAX_TOKENS, PRICE)
+
+
+def call_terms(cid: str) -> dict:
+    """What a voucher for one call to ``cid`` (registered by the world's publisher) names."""
+    return {"adapter": adapter_id(cid, PUBLISHER), "price_per_1k_tokens": PRICE, "max_tokens": MAX_TOKENS}
 
 
 def free_port() -> int:
@@ -63,8 +68,8 @@ class NodeOverRpc:
 
 
 def serve(node: NodeOverRpc, payer: Payer, cid: str, tokens: int) -> int:
-    payment = payer.pay(MAX_COST)
-    auth = node.payments.authorize(payment.voucher, cid, MAX_TOKENS)
+    payment = payer.pay(MAX_COST, **call_terms(cid))
+    auth = node.payments.authorize(payment.voucher, cid, MAX_TOKENS, PUBLISHER)
     payer.accept(payment, node.payments.finalize(auth, tokens))
     return cost_wei(tokens, PRICE)
 
@@ -90,9 +95,9 @@ def test_chain_rpc_down_calls_run_on_credit_then_settle_exactly_once_when_it_is_
         owed += serve(node, payer, cid, 20)
         owed += serve(node, payer, cid, 30)  # two max costs: exactly the credit limit
         assert node.payments.credit_used(world.client.address) == 2 * MAX_COST
-        payment = payer.pay(MAX_COST)
+        payment = payer.pay(MAX_COST, **call_terms(cid))
         with pytest.raises(CreditLimitReached, match="chain unreachable; credit limit reached") as refused:
-            node.payments.authorize(payment.voucher, cid, MAX_TOKENS)
+            node.payments.authorize(payment.voucher, cid, MAX_TOKENS, PUBLISHER)
         payer.refused(payment)
         assert refused.value.status == "UNAVAILABLE"
         wait_until(lambda: node.settler.failures >= 3, "settlement retried (and failed) during the outage")
@@ -117,7 +122,7 @@ def test_chain_rpc_down_calls_run_on_credit_then_settle_exactly_once_when_it_is_
         server.stop()
         node.ledger.close()
 
-    usage = world.channels.usage(adapter_id(cid))
+    usage = world.channels.usage(adapter_id(cid, PUBLISHER))
     state = world.channels.channel(world.client.address, world.node.address)
     assert (usage.calls, usage.tokens, usage.amount) == (4, 65, owed)  # each call attributed once
     assert state.redeemed == owed  # paid once, not twice
@@ -133,9 +138,9 @@ def test_chain_rpc_down_with_no_credit_refuses_paid_calls_at_once(world, tmp_pat
     try:
         serve(node, payer, cid, 10)
         server.stop()
-        payment = payer.pay(MAX_COST)
+        payment = payer.pay(MAX_COST, **call_terms(cid))
         with pytest.raises(CreditLimitReached, match="the node's limit is 0 wei"):
-            node.payments.authorize(payment.voucher, cid, MAX_TOKENS)
+            node.payments.authorize(payment.voucher, cid, MAX_TOKENS, PUBLISHER)
     finally:
         server.stop()
         node.ledger.close()
@@ -153,9 +158,9 @@ def test_chain_rpc_down_before_a_client_was_ever_seen_is_unavailable(world, tmp_
     try:
         serve(node, payer, cid, 10)  # the adapter's registration is known, the stranger's channel is not
         server.stop()
-        payment = stranger.pay(MAX_COST)
+        payment = stranger.pay(MAX_COST, **call_terms(cid))
         with pytest.raises(ChainUnreachable, match="did not answer"):
-            node.payments.authorize(payment.voucher, cid, MAX_TOKENS)
+            node.payments.authorize(payment.voucher, cid, MAX_TOKENS, PUBLISHER)
         with pytest.raises(ChainUnreachable):
             node.payments.channel_view(world.other.address)
         assert node.ledger.channel(world.other.address, 0) is None  # nothing recorded for the refused call
@@ -204,7 +209,7 @@ def test_chain_rpc_drop_in_the_middle_of_a_settlement_settles_exactly_once_after
     finally:
         server.stop()
         node.ledger.close()
-    usage = world.channels.usage(adapter_id(cid))
+    usage = world.channels.usage(adapter_id(cid, PUBLISHER))
     assert (usage.calls, usage.tokens, usage.amount) == (2, 35, owed)
     assert world.channels.channel(world.client.address, world.node.address).redeemed == owed
 
@@ -231,22 +236,22 @@ def test_the_node_chain_service_takes_its_credit_limit_from_the_settings_and_set
         payer = Payer(world.channels, world.client, node_address)
 
         def call(tokens: int) -> None:
-            payment = payer.pay(MAX_COST)
-            auth = payments.authorize(payment.voucher, cid, MAX_TOKENS)
+            payment = payer.pay(MAX_COST, **call_terms(cid))
+            auth = payments.authorize(payment.voucher, cid, MAX_TOKENS, PUBLISHER)
             payer.accept(payment, payments.finalize(auth, tokens))
 
         call(10)
         server.stop()
         call(20)  # on credit
-        payment = payer.pay(MAX_COST)
+        payment = payer.pay(MAX_COST, **call_terms(cid))
         with pytest.raises(CreditLimitReached):
-            payments.authorize(payment.voucher, cid, MAX_TOKENS)
+            payments.authorize(payment.voucher, cid, MAX_TOKENS, PUBLISHER)
         payer.refused(payment)
         server = ChainRpcServer(world.chain, port)
         server.start()
         service.stop()  # settles what is owed while the chain answers
         state = world.channels.channel(world.client.address, node_address)
-        assert state.redeemed == cost_wei(30, PRICE) and world.channels.usage(adapter_id(cid)).calls == 2
+        assert state.redeemed == cost_wei(30, PRICE) and world.channels.usage(adapter_id(cid, PUBLISHER)).calls == 2
     finally:
         service.stop()
         server.stop()

@@ -142,7 +142,7 @@ def sampling(draw) -> pb.SamplingParams:
 
 
 @st.composite
-def vouchers(draw, info) -> pb.Voucher | None:
+def vouchers(draw, info, priced: str) -> pb.Voucher | None:
     kind = draw(st.sampled_from(["none", "random", "right_addresses"]))
     if kind == "none":
         return None
@@ -155,7 +155,7 @@ def vouchers(draw, info) -> pb.Voucher | None:
             signature=draw(st.binary(max_size=80)),
         )
     amount = draw(st.integers(0, 2**256 + 5))
-    v = voucher_to_pb(voucher(info, CLIENT, min(amount, 2**256 - 1)))
+    v = voucher_to_pb(voucher(info, CLIENT, min(amount, 2**256 - 1), cid=priced, price=PRICE))
     v.cumulative_amount = str(amount)
     if draw(st.booleans()):
         v.signature = draw(st.binary(min_size=65, max_size=65))
@@ -173,7 +173,7 @@ def generate_requests(draw, info, priced: str) -> pb.GenerateRequest:
         req.chat.messages.extend(
             pb.ChatMessage(role=draw(ROLES), content=draw(TEXT)) for _ in range(draw(st.integers(0, 4)))
         )
-    v = draw(vouchers(info))
+    v = draw(vouchers(info, priced))
     if v is not None:
         req.voucher.CopyFrom(v)
     return req

@@ -32,7 +32,8 @@ from openlora.chain.records import Voucher
 from openlora.chain.settlement import Settler
 from openlora.chain.vouchers import sign_voucher
 from openlora.content import BlockStore
-from openlora.engine.scheduler import Engine, Finished
+from openlora.engine.interface import Finished
+from openlora.engine.scheduler import TorchEngine
 from openlora.engine.slots import HostCache, SlotManager
 
 # -- load / unload / reload on the running engine ----------------------------------------------------------
@@ -43,7 +44,7 @@ def test_unload_and_reload_racing_requests_never_serve_stale_weights(rm):  # noq
     the device and drop from the host cache) the adapters between requests: every answer equals that
     adapter's answer alone, and unloaded adapters are loaded again."""
     loader = Loader(rm)
-    engine = Engine(rm, SlotManager(rm.lora_layers, rm.routing, 2), HostCache(8), loader, max_batch=8, max_waiting=64)
+    engine = TorchEngine(rm, SlotManager(rm.lora_layers, rm.routing, 2), HostCache(8), loader, max_batch=8, max_waiting=64)
     engine.loader = loader
     engine.start()
     domains = ("medical", "legal", "finance")
@@ -118,13 +119,17 @@ def test_two_clients_racing_one_channel_cannot_double_spend(world, tmp_path):  #
     def client(seed: int) -> None:
         rng = random.Random(seed)
         signed = [
-            sign_voucher(world.client, Voucher(world.client.address, world.node.address, 0, a), world.channels.domain)
+            sign_voucher(
+                world.client,
+                Voucher(world.client.address, world.node.address, 0, a, adapter_id(cid, world.publisher.address), 1000 + NODE_FEE, a),
+                world.channels.domain,
+            )
             for a in vouchers(seed)
         ]
         start.wait()
         for voucher in signed:
             try:
-                auth = payments.authorize(voucher, cid, MAX_TOKENS)
+                auth = payments.authorize(voucher, cid, MAX_TOKENS, world.publisher.address)
             except PaymentError as e:
                 with lock:
                     refused.append(type(e).__name__)
@@ -147,7 +152,7 @@ def test_two_clients_racing_one_channel_cannot_double_spend(world, tmp_path):  #
         assert result is not None and result.ok
         state = world.channels.channel(world.client.address, world.node.address)
         assert state.redeemed == totals.charged  # paid exactly what was charged, once
-        assert world.channels.usage(adapter_id(cid)).calls == len(accepted)  # each accepted call attributed once
+        assert world.channels.usage(adapter_id(cid, world.publisher.address)).calls == len(accepted)  # each accepted call attributed once
     finally:
         ledger.close()
 

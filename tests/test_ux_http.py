@@ -184,15 +184,16 @@ def test_paid_call_with_voucher_header(oai, http_url, grpc_client, cids, funded)
         v = signed.voucher
         return {"X-OpenLoRA-Voucher": json.dumps({
             "client": v.client, "node": v.node, "epoch": v.epoch, "cumulative_amount": str(v.cumulative_amount),
-            "signature": "0x" + signed.signature.hex(),
+            "adapter_id": "0x" + v.adapter.hex(), "price_per_1k_tokens": str(v.price_per_1k_tokens),
+            "adapter_amount": str(v.adapter_amount), "signature": "0x" + signed.signature.hex(),
         })}  # fmt: skip
 
-    forged = voucher(info, CLIENT, DEPOSIT // 2, signer=PUBLISHER)
+    forged = voucher(info, CLIENT, DEPOSIT // 2, signer=PUBLISHER, cid=cids["medical"], price=PRICE)
     with pytest.raises(openai.PermissionDeniedError):
         oai.chat.completions.create(**chat, extra_headers=header(forged))
 
     raw = oai.chat.completions.with_raw_response.create(
-        **chat, extra_headers=header(voucher(info, CLIENT, DEPOSIT // 2))
+        **chat, extra_headers=header(voucher(info, CLIENT, DEPOSIT // 2, cid=cids["medical"], price=PRICE))
     )
     r = raw.parse()
     assert r.choices[0].message.content.startswith("Clinical note:")
@@ -202,7 +203,7 @@ def test_paid_call_with_voucher_header(oai, http_url, grpc_client, cids, funded)
     assert int(receipt["cost"]) == cost_wei(receipt["tokens"], int(q["price_per_1k_tokens"])) > 0
 
     # streamed: the receipt rides on the last chunk; the cumulative amount grows per call
-    stream = oai.chat.completions.create(**chat, stream=True, extra_headers=header(voucher(info, CLIENT, DEPOSIT)))
+    stream = oai.chat.completions.create(**chat, stream=True, extra_headers=header(voucher(info, CLIENT, DEPOSIT, cid=cids["medical"], price=PRICE)))
     streamed = list(stream)[-1].model_extra["openlora_receipt"]
     assert streamed["sequence"] > receipt["sequence"] and int(streamed["charged_total"]) > int(receipt["charged_total"])
 

@@ -2,14 +2,15 @@
 pragma solidity 0.8.37;
 
 /// @title AdapterRegistry: who published a LoRA adapter, what it costs, what the publisher earns.
-/// @notice An adapter is addressed by its manifest CID (a string such as "bafkrei..."). Its on-chain key is
-///         `adapterId = keccak256(bytes(cid))`, so anyone can compute it from the CID alone, and
-///         `AdapterRegistered` carries the CID string so anyone can map an id (and every `AdapterUsage` event of
-///         PaymentChannels) back to the CID. Callers pass the canonical CID string (CIDv1: lowercase base32;
-///         CIDv0: base58btc), because two spellings of one CID give two ids.
-/// @dev Registration is first come, first served and `msg.sender` becomes the publisher. The manifest (whose hash
-///      is the CID) names and is signed by its publisher; a node refuses to serve an adapter whose registered
-///      publisher differs from the manifest's, so squatting a CID earns the squatter nothing.
+/// @notice An adapter is addressed by its publisher and its manifest CID (a string such as "bafkrei..."). Its on-chain
+///         key is `adapterId = keccak256(abi.encodePacked(publisher, cid))`, so anyone who holds the signed manifest
+///         (which names the publisher and hashes to the CID) can compute it, and `AdapterRegistered` carries the CID
+///         string so anyone can map an id (and every `AdapterUsage` event of PaymentChannels) back to the CID.
+///         Callers pass the canonical CID string (CIDv1: lowercase base32; CIDv0: base58btc), because two
+///         spellings of one CID give two ids.
+/// @dev `msg.sender` becomes the publisher and is part of the key: whoever registers a CID first (say after seeing
+///      it on gossip) only registers (themselves, CID), which no node uses, since a node looks the adapter up
+///      under the publisher its signed manifest names. The real publisher can always register its own.
 contract AdapterRegistry {
     /// @notice Royalties are in basis points of each call's amount: 10_000 gives the publisher everything.
     uint16 public constant MAX_ROYALTY_BPS = 10_000;
@@ -36,7 +37,7 @@ contract AdapterRegistry {
     error InvalidCid(uint256 length);
     /// @notice royaltyBps is above MAX_ROYALTY_BPS.
     error RoyaltyTooHigh(uint16 royaltyBps);
-    /// @notice The CID is already registered (by `publisher`).
+    /// @notice `publisher` already registered this CID.
     error AlreadyRegistered(bytes32 adapterId, address publisher);
     /// @notice No adapter is registered under this id.
     error UnknownAdapter(bytes32 adapterId);
@@ -47,12 +48,12 @@ contract AdapterRegistry {
     /// @notice A page of ids was asked beyond the end of the list.
     error IndexOutOfRange(uint256 offset, uint256 count);
 
-    /// @notice The on-chain key of an adapter: keccak256 of its CID string's bytes.
-    function adapterIdOf(string calldata cid) public pure returns (bytes32) {
-        return keccak256(bytes(cid));
+    /// @notice The on-chain key of `publisher`'s adapter `cid`: keccak256 of the 20 address bytes then the CID bytes.
+    function adapterIdOf(address publisher, string calldata cid) public pure returns (bytes32) {
+        return keccak256(abi.encodePacked(publisher, cid));
     }
 
-    /// @notice Registers the adapter with manifest CID `cid`; the caller becomes its publisher.
+    /// @notice Registers the caller's adapter with manifest CID `cid` (id `adapterIdOf(msg.sender, cid)`).
     /// @param pricePer1kTokens the publisher's price in wei per 1000 tokens (informs quotes).
     /// @param royaltyBps the publisher's share of every settled amount, in basis points.
     function register(string calldata cid, uint256 pricePer1kTokens, uint16 royaltyBps)
@@ -62,7 +63,7 @@ contract AdapterRegistry {
         uint256 length = bytes(cid).length;
         if (length == 0 || length > MAX_CID_LENGTH) revert InvalidCid(length);
         if (royaltyBps > MAX_ROYALTY_BPS) revert RoyaltyTooHigh(royaltyBps);
-        adapterId = adapterIdOf(cid);
+        adapterId = adapterIdOf(msg.sender, cid);
         Adapter storage a = _adapters[adapterId];
         if (a.publisher != address(0)) revert AlreadyRegistered(adapterId, a.publisher);
         a.publisher = msg.sender;

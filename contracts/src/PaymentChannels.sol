@@ -9,9 +9,12 @@ import {AdapterRegistry} from "./AdapterRegistry.sol";
 /// @notice One unidirectional channel per (client, node), in native ETH:
 ///
 ///   client ──deposit(node)──► escrow ──► node serves calls, each carrying an EIP-712 Voucher that authorises a
-///                                        cumulative amount (an upper bound: quote × max tokens)
+///                                        cumulative amount on the channel and, for the call's adapter at the
+///                                        call's price, a cumulative amount on that adapter (upper bounds:
+///                                        quote × max tokens)
 ///   node   ──settle([Redemption])──► for each channel: claim `claimedTotal` <= voucher amount (the actual cost of
-///                                        the calls served); the newly claimed delta is split per adapter:
+///                                        the calls served); the newly claimed delta is split per adapter, each
+///                                        entry backed by the client's latest voucher for that adapter:
 ///                                        royalty → publisher, rest → node; one AdapterUsage event per entry
 ///   client ──requestWithdraw(node), wait withdrawTimeout, withdraw(node)──► refund of what was never claimed;
 ///                                        the channel's epoch increments, so vouchers of the old epoch are dead.
@@ -22,24 +25,38 @@ import {AdapterRegistry} from "./AdapterRegistry.sol";
 ///
 /// Usage of a revoked adapter is still settled (and still pays its royalty): revocation stops nodes from serving
 /// new calls, while calls served before it were paid for by the client's signed voucher and are owed.
-/// Attribution entries come from the node; clients hold node-signed receipts to audit them against the
-/// AdapterUsage events for their channel.
+/// Attribution entries come from the node but are bounded by the client's signatures: an entry for adapter A is
+/// accepted only with a voucher of the client naming A, and the amounts attributed to A on a channel epoch never
+/// exceed that voucher's `adapterAmount`; its calls never exceed its amount in wei and its tokens never exceed what
+/// the amount pays at the voucher's `pricePer1kTokens`. So a node cannot credit an adapter the client did not pay
+/// for, nor shift one adapter's payment to another beyond what the client authorised for it. Clients hold
+/// node-signed receipts to audit the rest against the AdapterUsage events for their channel.
 contract PaymentChannels is EIP712 {
     bytes32 public constant VOUCHER_TYPEHASH =
-        keccak256("Voucher(address client,address node,uint64 epoch,uint256 cumulativeAmount)");
+        keccak256(
+            "Voucher(address client,address node,uint64 epoch,uint256 cumulativeAmount,bytes32 adapter,"
+            "uint256 pricePer1kTokens,uint256 adapterAmount)"
+        );
     uint256 public constant BPS = 10_000;
 
-    /// @notice The client authorises the node to claim up to `cumulativeAmount` wei in total from this epoch.
+    /// @notice The client authorises the node to claim up to `cumulativeAmount` wei in total from this epoch, of
+    ///         which up to `adapterAmount` wei in total for calls to `adapter` (an AdapterRegistry id) at
+    ///         `pricePer1kTokens` wei per 1000 tokens (publisher price + node fee).
     struct Voucher {
         address client;
         address node;
         uint64 epoch;
         uint256 cumulativeAmount;
+        bytes32 adapter;
+        uint256 pricePer1kTokens;
+        uint256 adapterAmount;
     }
 
-    /// @notice Usage of one adapter within one redemption: `amount` wei for `calls` calls and `tokens` tokens.
+    /// @notice Usage of one adapter within one redemption: `amount` wei for `calls` calls and `tokens` tokens,
+    ///         backed by `voucher` (the client's latest voucher naming the adapter) and its `signature`.
     struct UsageEntry {
-        bytes32 adapter;
+        Voucher voucher;
+        bytes signature;
         uint64 calls;
         uint64 tokens;
         uint128 amount;
@@ -75,6 +92,8 @@ contract PaymentChannels is EIP712 {
 
     mapping(address client => mapping(address node => Channel)) private _channels;
     mapping(bytes32 adapter => Usage) private _usage;
+    /// @dev keccak256(client, node, epoch, adapter) => wei attributed to the adapter on that channel epoch.
+    mapping(bytes32 lane => uint256) private _attributed;
     /// @notice Wei credited to an account (node or publisher) and not yet withdrawn.
     mapping(address account => uint256) public earnings;
 
@@ -139,6 +158,14 @@ contract PaymentChannels is EIP712 {
     error UnknownAdapter(bytes32 adapter);
     /// @notice The usage entries' amounts (`attributed`, so far) do not add up to the newly claimed `delta`.
     error UsageMismatch(uint256 delta, uint256 attributed);
+    /// @notice A usage entry's voucher is not for the redemption's client, node and epoch.
+    error VoucherMismatch(address client, address node, uint64 epoch);
+    /// @notice Attributing this entry would take `adapter`'s total on the channel epoch to `attributed` wei, above
+    ///         the `authorised` adapterAmount of the client's voucher for it.
+    error UsageBeyondVoucher(bytes32 adapter, uint256 attributed, uint256 authorised);
+    /// @notice The entry counts more calls than wei (every paid call costs at least 1 wei) or more tokens than its
+    ///         amount pays at the voucher's price.
+    error UsageBeyondAmount(bytes32 adapter, uint64 calls, uint64 tokens, uint256 amount);
 
     /// @param registry_ the AdapterRegistry that names publishers and royalties.
     /// @param withdrawTimeout_ seconds a client waits between requestWithdraw and withdraw.
@@ -219,7 +246,14 @@ contract PaymentChannels is EIP712 {
         return _hashTypedDataV4(
             keccak256(
                 abi.encode(
-                    VOUCHER_TYPEHASH, voucher.client, voucher.node, voucher.epoch, voucher.cumulativeAmount
+                    VOUCHER_TYPEHASH,
+                    voucher.client,
+                    voucher.node,
+                    voucher.epoch,
+                    voucher.cumulativeAmount,
+                    voucher.adapter,
+                    voucher.pricePer1kTokens,
+                    voucher.adapterAmount
                 )
             )
         );
@@ -236,8 +270,7 @@ contract PaymentChannels is EIP712 {
         if (claimed > ch.deposited) revert ClaimExceedsDeposit(claimed, ch.deposited);
         uint256 already = ch.redeemed;
         if (claimed <= already) revert NothingToRedeem(claimed, already);
-        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(voucherDigest(v), r.signature);
-        if (err != ECDSA.RecoverError.NoError || signer != v.client) revert InvalidSignature(v.client);
+        _checkSignature(v, r.signature);
 
         uint256 delta = claimed - already;
         ch.redeemed = claimed;
@@ -255,23 +288,53 @@ contract PaymentChannels is EIP712 {
         uint256 attributed;
         for (uint256 i; i < entries.length; ++i) {
             UsageEntry calldata e = entries[i];
-            if (e.calls == 0) revert ZeroCalls(e.adapter);
-            (address publisher, uint16 royaltyBps) = registry.terms(e.adapter);
-            if (publisher == address(0)) revert UnknownAdapter(e.adapter);
+            bytes32 adapter = _authorised(v, e);
+            (address publisher, uint16 royaltyBps) = registry.terms(adapter);
+            if (publisher == address(0)) revert UnknownAdapter(adapter);
             attributed += e.amount;
             // Checked before the totals grow, so every amount stored is bounded by real deposits.
             if (attributed > delta) revert UsageMismatch(delta, attributed);
             uint256 toPublisher = uint256(e.amount) * royaltyBps / BPS;
-            Usage storage u = _usage[e.adapter];
+            Usage storage u = _usage[adapter];
             u.calls += e.calls;
             u.tokens += e.tokens;
             u.amount += e.amount;
             u.publisherEarnings += uint128(toPublisher); // <= e.amount, a uint128
             earnings[publisher] += toPublisher;
             publisherShare += toPublisher;
-            emit AdapterUsage(e.adapter, v.node, v.client, e.calls, e.tokens, e.amount, toPublisher);
+            emit AdapterUsage(adapter, v.node, v.client, e.calls, e.tokens, e.amount, toPublisher);
         }
         if (attributed != delta) revert UsageMismatch(delta, attributed);
+    }
+
+    /// @notice Wei attributed so far to `adapter` on the channel from `client` to `node` in `epoch`.
+    function attributedTo(address client, address node, uint64 epoch, bytes32 adapter) external view returns (uint256) {
+        return _attributed[keccak256(abi.encode(client, node, epoch, adapter))];
+    }
+
+    /// @return adapter the entry's adapter, once its voucher is the client's for this channel epoch and the entry
+    ///         stays within what that voucher authorises for the adapter (its running total is then updated).
+    function _authorised(Voucher calldata v, UsageEntry calldata e) private returns (bytes32 adapter) {
+        Voucher calldata ev = e.voucher;
+        adapter = ev.adapter;
+        if (e.calls == 0) revert ZeroCalls(adapter);
+        if (ev.client != v.client || ev.node != v.node || ev.epoch != v.epoch) {
+            revert VoucherMismatch(ev.client, ev.node, ev.epoch);
+        }
+        _checkSignature(ev, e.signature);
+        // ceil-rounded costs of `calls` calls of `tokens` tokens in total are >= tokens * price / 1000 and >= calls
+        if (e.calls > e.amount || uint256(e.tokens) * ev.pricePer1kTokens > uint256(e.amount) * 1000) {
+            revert UsageBeyondAmount(adapter, e.calls, e.tokens, e.amount);
+        }
+        bytes32 lane = keccak256(abi.encode(v.client, v.node, v.epoch, adapter));
+        uint256 total = _attributed[lane] + e.amount;
+        if (total > ev.adapterAmount) revert UsageBeyondVoucher(adapter, total, ev.adapterAmount);
+        _attributed[lane] = total;
+    }
+
+    function _checkSignature(Voucher calldata v, bytes calldata signature) private view {
+        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(voucherDigest(v), signature);
+        if (err != ECDSA.RecoverError.NoError || signer != v.client) revert InvalidSignature(v.client);
     }
 
     function _send(address to, uint256 amount) private {

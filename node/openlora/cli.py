@@ -43,6 +43,27 @@ ClientKeyOpt = Annotated[
 ChainRpcOpt = Annotated[
     Optional[str], typer.Option("--chain-rpc", help="Chain JSON-RPC URL (default: the one the node advertises).")
 ]
+DeploymentOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--deployment",
+        envvar="OPENLORA_DEPLOYMENT",
+        help="Deployment JSON you trust (`openlora-node chain deploy --out`): pay only through those contracts "
+        "(default: any deployment of the openlora contract code).",
+    ),
+]
+
+
+def _deployment(path: Path | None):
+    """The pinned Deployment in ``path`` (None: none pinned); a bad file is one error line and exit 1."""
+    if path is None:
+        return None
+    from .chain.contracts import Deployment
+
+    try:
+        return Deployment.from_json(path.read_text())
+    except (OSError, ValueError) as e:
+        _fail(f"--deployment {path}: {e}")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -90,6 +111,8 @@ def start(
     http_port: Annotated[Optional[int], typer.Option(help="HTTP port on the listen host (default: the gRPC port + 1; a free one when that is 0).")] = None,
     base_model: Annotated[Optional[str], typer.Option(help="A .gguf file or HF causal-LM folder; default SmolLM2-135M-Instruct.")] = None,
     model_cache: Annotated[Optional[Path], typer.Option(help="Where GGUF conversions go (default DATA_DIR/models).")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="torch (the exact reference engine) or vllm (vLLM's async engine: paged KV, prefix cache, multi-GPU; README: Engines).", show_default="torch")] = None,
+    device: Annotated[Optional[str], typer.Option(help="torch engine: cpu or cuda.", show_default="cpu")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16.", show_default="bfloat16")] = None,
     max_loras: Annotated[Optional[int], typer.Option(help="Adapter slots on the device.", show_default="8")] = None,
     max_cpu_loras: Annotated[Optional[int], typer.Option(help="Adapters kept parsed in host RAM.", show_default="64")] = None,
@@ -100,6 +123,15 @@ def start(
     max_prompt_tokens: Annotated[Optional[int], typer.Option(help="Longest prompt accepted, tokens.", show_default="4096")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Most tokens generated per request.", show_default="1024")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: all cores).")] = None,
+    tensor_parallel_size: Annotated[Optional[int], typer.Option(help="vllm: GPUs the base is split across (tensor parallel).", show_default="1")] = None,
+    pipeline_parallel_size: Annotated[Optional[int], typer.Option(help="vllm: pipeline stages (GPUs along the layers; with --nnodes, across boxes).", show_default="1")] = None,
+    distributed_executor_backend: Annotated[Optional[str], typer.Option(help="vllm: executor, mp or ray (default: vLLM picks).")] = None,
+    nnodes: Annotated[Optional[int], typer.Option(help="vllm: boxes one node's vLLM spans (multi-node executor).", show_default="1")] = None,
+    node_rank: Annotated[Optional[int], typer.Option(help="vllm: this box's rank among --nnodes (0 runs the node).", show_default="0")] = None,
+    master_addr: Annotated[Optional[str], typer.Option(help="vllm: address of the rank-0 box.", show_default="127.0.0.1")] = None,
+    vllm_kv_cache_gib: Annotated[Optional[float], typer.Option(help="vllm on CPU: KV cache size, GiB.", show_default="2.0")] = None,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option(help="vllm on GPU: share of each GPU's memory it may take.", show_default="0.9")] = None,
+    vllm_enforce_eager: Annotated[Optional[bool], typer.Option("--vllm-enforce-eager/--no-vllm-enforce-eager", help="vllm: no graph capture or compilation (faster start, slower steps).", show_default="--no-vllm-enforce-eager")] = None,
     p2p: Annotated[Optional[bool], typer.Option("--p2p/--no-p2p", help="Join the libp2p swarm (discovery, block exchange).", show_default="--p2p")] = None,
     p2p_port: Annotated[Optional[int], typer.Option(help="libp2p TCP port on the listen host; 0 picks a free one.", show_default="0")] = None,
     bootstrap: Annotated[Optional[list[str]], typer.Option(help="Peer multiaddr /ip4/…/tcp/N/p2p/ID to join (repeatable; OPENLORA_BOOTSTRAP takes a comma-separated list).")] = None,
@@ -442,6 +474,7 @@ def generate(
     usage: Annotated[bool, typer.Option("--usage", help="Print token usage (and what the call cost) to stderr at the end.")] = False,
     swarm: SwarmOpt = None,
     key: ClientKeyOpt = None,
+    deployment: DeploymentOpt = None,
 ) -> None:
     """Stream a completion to stdout. With --key, calls that cost something are paid from your channel
     (`openlora channel open`); the key stays on this machine."""
@@ -450,8 +483,9 @@ def generate(
     if swarm:
         node = _route(swarm, adapter)
     account = _load_key(key) if key is not None else None
+    pinned = _deployment(deployment)
     with NodeClient(node) as c:
-        caller = PaidSession(c, account) if account is not None else c
+        caller = PaidSession(c, account, deployment=pinned) if account is not None else c
         messages = None if raw else chat_messages(prompt, system)
         stream = None
 
@@ -525,13 +559,16 @@ def channel_open(
     node: NodeOpt = DEFAULT_NODE,
     key: Annotated[Path, typer.Option(help="Your keystore (passphrase: $OPENLORA_KEY_PASSPHRASE); signs the deposit here.")] = ...,
     chain_rpc: ChainRpcOpt = None,
+    deployment: DeploymentOpt = None,
 ) -> None:
-    """Deposit into your payment channel with the node (opens it on first use); prints the channel's state."""
+    """Deposit into your payment channel with the node (opens it on first use); prints the channel's state.
+    Refused when the node's contracts are not the openlora code (or not --deployment)."""
     from .client import NodeClient, PaidSession
 
     account = _load_key(key)
+    pinned = _deployment(deployment)
     with NodeClient(node) as c:
-        state = _chain_call(PaidSession(c, account, chain_rpc).open_channel, amount)
+        state = _chain_call(PaidSession(c, account, chain_rpc, deployment=pinned).open_channel, amount)
     _echo_channel(state)
 
 

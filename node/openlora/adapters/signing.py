@@ -86,6 +86,20 @@ def sign_manifest(manifest: UnsignedManifest, account: LocalAccount) -> Manifest
     return Manifest.model_validate({**manifest.model_dump(), "signature": "0x" + signature.hex()})
 
 
+def signature_form_error(sig: bytes) -> str | None:
+    """Why the chain's ECDSA (OpenZeppelin, EIP-2) would refuse the 65-byte signature ``sig``; ``None`` if it
+    would not: v must be 27 or 28 and 0 < r < n, 0 < s <= n/2. eth-account also accepts v in {0, 1, 35+} and
+    high s, so every signature that ends up on chain (manifests, vouchers) is checked with this first."""
+    if len(sig) != 65:
+        return f"signature must be 65 bytes (r, s, v), got {len(sig)}"
+    r, s, v = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64]
+    if v not in (27, 28):
+        return f"signature v is {v}; it must be 27 or 28"
+    if not 0 < r < _N or not 0 < s <= _N // 2:
+        return "signature r/s out of range (s must be in the lower half, EIP-2)"
+    return None
+
+
 def recover_signer(manifest: Manifest) -> str:
     """The checksummed address whose key produced ``manifest.signature``.
 
@@ -94,11 +108,8 @@ def recover_signer(manifest: Manifest) -> str:
             recovers.
     """
     sig = bytes.fromhex(manifest.signature[2:])
-    r, s, v = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64]
-    if v not in (27, 28):
-        raise AdapterRejected(RejectReason.BAD_SIGNATURE, f"signature v is {v}; it must be 27 or 28")
-    if not 0 < r < _N or not 0 < s <= _N // 2:
-        raise AdapterRejected(RejectReason.BAD_SIGNATURE, "signature r/s out of range (s must be in the lower half, EIP-2)")
+    if (problem := signature_form_error(sig)) is not None:
+        raise AdapterRejected(RejectReason.BAD_SIGNATURE, problem)
     try:
         return Account.recover_message(manifest_message(manifest), signature=sig)
     except Exception as e:  # eth-keys raises several types for an (r, s) with no curve point

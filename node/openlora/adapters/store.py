@@ -5,6 +5,7 @@
               ─► file blocks + manifest block stored ─► catalog READY ─► adapter CID
     load:     adapter CID ─► manifest block (hash re-checked) ─► validate_manifest
               ─► each file by CID (every block re-checked) ─► content checks ─► LoraAdapter
+                                                                              (+ the files, for vLLM)
 
 Nothing reaches the engine without passing the same checks at load time that it passed at
 publish time: the blockstore may have been written by another process, or by a peer.
@@ -160,6 +161,15 @@ class AdapterStore:
             AdapterRejected: a check failed, or blocks are corrupt (HASH_MISMATCH) or absent
                 (ABSENT_FILE).
         """
+        return self.load_verified(cid)[0]
+
+    def load_verified(self, cid: str) -> tuple[LoraAdapter, dict[str, bytes]]:
+        """:meth:`load`, with the verified PEFT files (name → bytes) beside the parsed adapter, for
+        an engine that reads adapters from files (vLLM).
+
+        Raises:
+            AdapterRejected: as :meth:`load`.
+        """
         with self._recording(cid):
             try:
                 raw = self.blocks.get(cid)
@@ -169,7 +179,7 @@ class AdapterStore:
                 raise AdapterRejected(RejectReason.HASH_MISMATCH, str(e)) from None
             manifest = self.verifier.validate_manifest(raw)
             files = {ref.name: self._read(ref) for ref in manifest.files}
-            return self.verifier.verify_content(manifest, files)
+            return self.verifier.verify_content(manifest, files), files
 
     def manifest(self, cid: str) -> Manifest | None:
         """The parsed manifest recorded in the catalog, or ``None`` if not verified yet."""

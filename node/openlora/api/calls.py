@@ -28,7 +28,7 @@ from ..adapters.catalog import AdapterState, CatalogEntry
 from ..adapters.reasons import AdapterRejected, RejectReason
 from ..adapters.store import AdapterNotFound, AdapterStore
 from ..chain import wire
-from ..chain.errors import ChainError, PaymentError
+from ..chain.errors import AdapterRevoked, ChainError, PaymentError
 from ..chain.ledger import Authorization
 from ..chain.payments import CallPrice
 from ..chain.pricing import AdapterTerms
@@ -36,10 +36,18 @@ from ..chain.records import SignedReceipt
 from ..content.cid import cid_text
 from ..content.errors import InvalidCID, StoreFull
 from ..engine.sampling import SamplingError, SamplingParams
-from ..engine.scheduler import (
-    Engine, Failed, FinishReason, Finished, GenerationRequest, NonFiniteLogits, QueueFull, TextDelta,
-)  # fmt: skip
-from ..engine.slots import NoFreeSlot
+from ..engine.interface import (
+    Engine,
+    EngineUnsupported,
+    Failed,
+    NoFreeSlot,
+    FinishReason,
+    Finished,
+    GenerationRequest,
+    NonFiniteLogits,
+    QueueFull,
+    TextDelta,
+)
 from ..metrics import NodeMetrics
 from ..v1 import node_pb2 as pb
 from .swarm_link import AdapterUnavailable, SwarmLink
@@ -269,7 +277,7 @@ class Calls:
             raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
 
     def _prompt_ids(self, call: CallInput) -> list[int]:
-        rm = self.engine.rm
+        codec = self.engine.codec
         if call.prompt is None and call.chat is None:
             raise ValueError("set either prompt or chat")
         if call.prompt is not None:
@@ -277,7 +285,7 @@ class Calls:
                 raise ValueError("prompt is empty")
             if len(call.prompt) > self.limits.max_prompt_chars:
                 raise ValueError(f"prompt is longer than {self.limits.max_prompt_chars} characters (16 per token of --max-prompt-tokens)")
-            ids = rm.encode_prompt(call.prompt)
+            ids = codec.encode_prompt(call.prompt)
         else:
             if not call.chat:
                 raise ValueError("chat has no messages")
@@ -290,7 +298,7 @@ class Calls:
                     f"chat is longer than {self.limits.max_prompt_chars} characters (16 per token of --max-prompt-tokens; "
                     f"each message counts {CHAT_MESSAGE_OVERHEAD_CHARS} for its template markers)"
                 )
-            ids = rm.encode_chat([{"role": role, "content": content} for role, content in call.chat])
+            ids = codec.encode_chat([{"role": role, "content": content} for role, content in call.chat])
         if len(ids) > self.limits.max_prompt_tokens:
             raise ValueError(
                 f"prompt is {len(ids)} tokens; this node accepts up to {self.limits.max_prompt_tokens} "
@@ -412,6 +420,8 @@ class Calls:
                 self.chain.payments.price_call, adapter, terms, prompt_tokens, max_new_tokens
             )
         except PaymentError as e:
+            if isinstance(e, AdapterRevoked):
+                self.engine.forget(adapter)  # its publisher withdrew it: no copy stays in the engine
             raise self._refusal(e) from None
         except ChainError as e:
             raise CallError(
@@ -469,10 +479,14 @@ def _failure_status(error: Exception, adapter: str | None) -> tuple[grpc.StatusC
         return grpc.StatusCode.FAILED_PRECONDITION, f"adapter {adapter} was rejected at load ({error})"
     if isinstance(error, AdapterNotFound):
         return grpc.StatusCode.NOT_FOUND, f"adapter {adapter} is not available on this node: {error}"
-    if isinstance(error, NoFreeSlot):
+    if isinstance(error, EngineUnsupported):
+        return grpc.StatusCode.FAILED_PRECONDITION, f"{error}; a node running --engine torch serves it"
+    if isinstance(error, (NoFreeSlot, QueueFull)):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
     if isinstance(error, NonFiniteLogits):
         return grpc.StatusCode.FAILED_PRECONDITION, f"generation failed: {error}; try another prompt or adapter"
+    if isinstance(error, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     log.error("generation failed: %r", error)
     return grpc.StatusCode.INTERNAL, f"generation failed: {type(error).__name__}: {error}"
 

@@ -37,7 +37,7 @@ from ..chain import wire
 from ..chain.errors import ChainError, ContractRevert
 from ..content.cid import cid_text
 from ..content.errors import InvalidCID, StoreFull
-from ..engine.scheduler import FinishReason, TextDelta
+from ..engine.interface import FinishReason, TextDelta
 from ..v1 import node_pb2 as pb
 from ..v1 import node_pb2_grpc
 from .calls import CallError, CallInput, Calls
@@ -72,14 +72,12 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
 
     Args:
         calls: the request core (engine, store, limits, chain, swarm link, metrics).
-        device: the device the engine runs on (reported by GetNodeInfo).
     """
 
-    def __init__(self, calls: Calls, device: str) -> None:
+    def __init__(self, calls: Calls) -> None:
         self.calls = calls
         self.engine = calls.engine
         self.store = calls.store
-        self.device = device
         self._uploads = 0  # PublishAdapter calls in progress (this event loop only touches it)
 
     # ----- helpers -----
@@ -126,7 +124,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
 
     def _info(self, e: CatalogEntry) -> pb.AdapterInfo:
         status = _STATE[e.state]
-        if e.state is AdapterState.READY and self.engine.slots.slot_of(e.cid) is not None:
+        if e.state is AdapterState.READY and e.cid in self.engine.resident():
             status = pb.ADAPTER_STATUS_RESIDENT
         info = pb.AdapterInfo(cid=e.cid, status=status, reason=e.reason, detail=e.detail, name=e.name)
         if e.state is AdapterState.REJECTED:
@@ -213,7 +211,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             quote.royalty_bps = q.royalty_bps
         if request.client:
             try:
-                view = await asyncio.to_thread(chain.payments.channel_view, request.client)
+                lane = price.quote.adapter_id if price.quote is not None else None
+                view = await asyncio.to_thread(chain.payments.channel_view, request.client, lane)
             except ChainError as e:
                 await self._abort(context, grpc.StatusCode.UNAVAILABLE, f"cannot read the channel: the chain did not answer: {e}")
             st = view.state
@@ -228,6 +227,11 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                 quote.channel.latest_voucher.CopyFrom(wire.voucher_to_pb(latest))
                 quote.channel.charged_total = str(totals.charged)
                 quote.channel.committed = str(totals.committed)
+            quote.channel.adapter_charged = "0"
+            if view.lane is not None:
+                charged, lane_voucher = view.lane
+                quote.channel.adapter_voucher.CopyFrom(wire.voucher_to_pb(lane_voucher))
+                quote.channel.adapter_charged = str(charged)
         return quote
 
     async def GetUsage(self, request: pb.GetUsageRequest, context):
@@ -255,7 +259,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             adapters=[
                 pb.AdapterUsage(
                     adapter=r.adapter, calls=r.calls, tokens=r.tokens, amount_wei=str(r.amount_wei),
-                    publisher_earnings_wei=str(r.publisher_earnings_wei),
+                    publisher_earnings_wei=str(r.publisher_earnings_wei), publisher=r.publisher,
                 )  # fmt: skip
                 for r in rows
             ]
@@ -354,12 +358,13 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             version=__version__,
             base_model=base.name,
             base_fingerprint=base.fingerprint,
-            dtype=str(eng.rm.dtype).removeprefix("torch."),
-            device=self.device,
+            dtype=eng.info.dtype,
+            device=eng.info.device,
+            engine=eng.info.name,
             slots=pb.SlotInfo(
-                capacity=eng.slots.capacity,
-                resident=eng.slots.resident(),
-                host_cached=len(eng.host),
+                capacity=eng.info.slot_capacity,
+                resident=eng.resident(),
+                host_cached=stats["host_cached"],
                 max_rank=base.max_rank,
             ),
             running=stats["running"],

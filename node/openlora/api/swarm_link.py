@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..adapters.catalog import AdapterState
 from ..adapters.reasons import AdapterRejected
+from ..adapters.peft_format import LoraAdapter
 from ..adapters.store import AdapterStore
-from ..engine.slots import HostCache
 
 if TYPE_CHECKING:
     from ..p2p.fetch import FetchStats
@@ -41,14 +42,16 @@ class SwarmLink:
     Args:
         swarm: the running swarm.
         store: the node's adapter store.
-        host_cache: the engine's host tier.
+        warm: the engine's ``warm(cid, adapter)``: a fetched adapter is kept ready for its first request.
         timeout_s: one whole fetch, seconds.
     """
 
-    def __init__(self, swarm, store: AdapterStore, host_cache: HostCache, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, swarm, store: AdapterStore, warm: Callable[[str, LoraAdapter], None], timeout_s: float = 60.0
+    ) -> None:
         self.swarm = swarm
         self.store = store
-        self.host_cache = host_cache
+        self.warm = warm
         self.timeout_s = timeout_s
         self._inflight: dict[str, asyncio.Future] = {}
 
@@ -92,7 +95,7 @@ class SwarmLink:
             raise AdapterUnavailable(f"adapter {cid} is not known to this node and no peer provided it ({e})") from None
         _log_fetched(cid, fetched.stats)
         adapter = await asyncio.to_thread(self.store.admit_fetched, cid)
-        self.host_cache.put(cid, adapter)
+        self.warm(cid, adapter)
         log.info("adapter %s fetched from the swarm and verified", cid, extra={"cid": cid})
 
     def announce(self, cid: str) -> None:

@@ -4,7 +4,8 @@
     ──────                                  ────                                        ─────
     Payer.deposit ── signed raw tx ────────────────────────────────────────────────►  PaymentChannels.deposit
     GetQuote ─────────────────────────────► NodePayments.price_call ── AdapterRegistry ►  publisher price + royalty
-    Payer.pay(max cost) → EIP-712 voucher ► NodePayments.open_call
+    Payer.pay(max cost, adapter, price)
+      → EIP-712 voucher ──────────────────► NodePayments.open_call
                                               vouchers.check_voucher + Ledger (SQLite,
                                               WAL, fsync) ── persisted before tokens ──
                                             … stream tokens …
@@ -27,6 +28,8 @@ Modules, one job each:
     settlement    batched, crash-safe settlement
     payments      the node-side gate the API calls (quote, authorize, finalize, void)
     payer         the client side (deposit, vouchers, receipt checks)
+    pinning       which contracts a client trusts (pinned deployment, code equal to the artifacts)
+    audit         a client's check of what a node charged and claimed, from its signed receipts
     attribution   reading the on-chain usage record
     errors        typed errors; PaymentError subclasses name the gRPC status to answer with
     wire          vouchers and receipts ↔ their ``openlora.v1`` protobuf messages

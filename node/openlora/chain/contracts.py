@@ -11,8 +11,8 @@ revert surfaces before anything is sent; it is then signed with the sender's ``L
 awaited. Reverts are raised as ``ContractRevert`` with the Solidity custom error's name and arguments, decoded
 from the ABIs of all our contracts.
 
-Adapter ids are ``keccak256`` of the canonical CID string (CIDv1: base32, CIDv0: base58btc), as in
-``AdapterRegistry.adapterIdOf``.
+Adapter ids are ``keccak256`` of the publisher's address bytes then the canonical CID string (CIDv1: base32,
+CIDv0: base58btc), as in ``AdapterRegistry.adapterIdOf``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
-from eth_utils import function_abi_to_4byte_selector, keccak, to_checksum_address
+from eth_utils import function_abi_to_4byte_selector, keccak, to_canonical_address, to_checksum_address
 from multiformats import CID
 from web3.exceptions import (
     ContractCustomError,
@@ -290,13 +290,15 @@ def canonical_cid(cid: str) -> str:
     return str(parsed) if parsed.version == 0 else parsed.encode("base32")
 
 
-def adapter_id(cid: str) -> bytes:
-    """The registry key of an adapter: keccak256 of its canonical CID string (32 bytes).
+def adapter_id(cid: str, publisher: str) -> bytes:
+    """The registry key of ``publisher``'s adapter ``cid``: keccak256 of the publisher's 20 address bytes then the
+    canonical CID string (32 bytes; ``AdapterRegistry.adapterIdOf``). The publisher is part of the key, so a
+    registration of someone else's CID is another adapter, never the one a node serves.
 
     Raises:
-        ValueError: ``cid`` is not a CID.
+        ValueError: ``cid`` is not a CID, or ``publisher`` is not an address.
     """
-    return keccak(text=canonical_cid(cid))
+    return keccak(to_canonical_address(publisher) + canonical_cid(cid).encode())
 
 
 class _Wrapper:
@@ -331,7 +333,7 @@ class AdapterRegistry(_Wrapper):
             ContractRevert: ``AlreadyRegistered``, ``RoyaltyTooHigh``, ``InvalidCid``.
         """
         self._transact(publisher, "register", canonical_cid(cid), price_per_1k_tokens, royalty_bps)
-        return adapter_id(cid)
+        return adapter_id(cid, publisher.address)
 
     def revoke(self, publisher: LocalAccount, cid: str) -> None:
         """Revokes ``cid``: nodes stop serving it.
@@ -339,15 +341,21 @@ class AdapterRegistry(_Wrapper):
         Raises:
             ContractRevert: ``UnknownAdapter``, ``NotPublisher``, ``AlreadyRevoked``.
         """
-        self._transact(publisher, "revoke", adapter_id(cid))
+        self._transact(publisher, "revoke", adapter_id(cid, publisher.address))
 
-    def adapter(self, cid_or_id: str | bytes) -> AdapterInfo:
-        """The registered adapter with this CID (str) or id (32 bytes).
+    def adapter(self, cid_or_id: str | bytes, publisher: str | None = None) -> AdapterInfo:
+        """The registered adapter with this id (32 bytes), or this CID (str) registered by ``publisher``.
 
         Raises:
+            ValueError: a CID without its publisher.
             ContractRevert: ``UnknownAdapter``.
         """
-        key = adapter_id(cid_or_id) if isinstance(cid_or_id, str) else cid_or_id
+        if isinstance(cid_or_id, str):
+            if publisher is None:
+                raise ValueError(f"adapter {cid_or_id}: a CID names an adapter only with its publisher's address")
+            key = adapter_id(cid_or_id, publisher)
+        else:
+            key = cid_or_id
         publisher, price, royalty, revoked_at, cid = self._call("adapter", key)
         return AdapterInfo(key, cid, publisher, price, royalty, revoked_at)
 
@@ -404,6 +412,15 @@ class PaymentChannels(_Wrapper):
         """The ``settle`` contract call for ``redemptions`` (to sign with ``sign_call``)."""
         return self.contract.functions.settle([_redemption_arg(r) for r in redemptions])
 
+    def simulate_settle(self, node: str, redemptions: Sequence[Redemption]) -> None:
+        """Runs ``settle(redemptions)`` from ``node`` as an eth_call on the pending block (nothing is sent).
+
+        Raises:
+            ContractRevert: the settlement would revert (the decoded contract error).
+        """
+        with _decoded_reverts():
+            self.settle_call(redemptions).call({"from": node}, block_identifier="pending")
+
     def settle(self, node: LocalAccount, redemptions: Sequence[Redemption]) -> TxReceipt:
         """Redeems ``redemptions`` in one transaction signed by ``node``.
 
@@ -425,15 +442,19 @@ class PaymentChannels(_Wrapper):
         """Wei credited to ``account`` and not yet withdrawn."""
         return self._call("earnings", account)
 
+    def attributed(self, client: str, node: str, epoch: int, adapter: bytes) -> int:
+        """Wei attributed to ``adapter`` on the channel epoch so far (bounded by the client's vouchers for it)."""
+        return self._call("attributedTo", client, node, epoch, adapter)
+
     def voucher_digest(self, voucher: Voucher) -> bytes:
         """The contract's EIP-712 digest of the voucher (equals the Python one)."""
         return bytes(self._call("voucherDigest", _voucher_arg(voucher)))
 
 
 def _voucher_arg(v: Voucher) -> tuple:
-    return (v.client, v.node, v.epoch, v.cumulative_amount)
+    return (v.client, v.node, v.epoch, v.cumulative_amount, v.adapter, v.price_per_1k_tokens, v.adapter_amount)
 
 
 def _redemption_arg(r: Redemption) -> tuple:
-    usage = [(u.adapter, u.calls, u.tokens, u.amount) for u in r.usage]
+    usage = [(_voucher_arg(u.voucher.voucher), u.voucher.signature, u.calls, u.tokens, u.amount) for u in r.usage]
     return (_voucher_arg(r.voucher.voucher), r.voucher.signature, r.claimed_total, usage)

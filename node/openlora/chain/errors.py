@@ -6,11 +6,13 @@
     ├── SettlementError             a settlement batch could not be built, sent or reconciled
     ├── LedgerError                 the receipts ledger refuses an operation (wrong state, other chain)
     ├── InvalidReceipt              a client rejects a node receipt (bad signature, overcharge) or channel account
+    │   └── UntrustedQuote          a client rejects a quote (price or tokens the chain's terms do not give)
+    ├── UntrustedContracts          a client refuses contracts it did not pin, or whose code is not openlora's
     └── PaymentError                a call is not paid for: the node must refuse it and stream no tokens
         ├── PaymentRequired         the call costs something and came without a voucher
         ├── AdapterNotPayable       the adapter is not registered on chain
         │   └── AdapterRevoked      its publisher revoked it
-        ├── TermsMismatch           the registered publisher, price or royalty differ from the signed manifest's
+        ├── TermsMismatch           the registered price or royalty differ from the signed manifest's
         ├── InvalidVoucher          malformed voucher, or the signature is not the client's
         ├── WrongNode               the voucher pays another node
         ├── WrongEpoch              the voucher is for another epoch of the channel
@@ -71,6 +73,16 @@ class InvalidReceipt(ChainError):
     node's account of a channel is not backed by the client's own voucher."""
 
 
+class UntrustedQuote(InvalidReceipt):
+    """The client rejects a node's quote: its price is not the registry's price plus an acceptable node fee,
+    or it counts more tokens than the request can bill. Nothing was signed."""
+
+
+class UntrustedContracts(ChainError):
+    """The client refuses to deposit or sign for the contracts a node names: another chain or address than the
+    pinned deployment, or code that is not the openlora contracts'. Nothing was sent or signed."""
+
+
 class PaymentError(ChainError):
     """A call is not (sufficiently) paid for. ``status`` names the gRPC code to answer with."""
 
@@ -94,8 +106,8 @@ class AdapterRevoked(AdapterNotPayable):
 
 
 class TermsMismatch(PaymentError):
-    """The adapter's on-chain registration disagrees with its signed manifest: another account registered
-    the CID (a squatter, who must not be paid), or the registered price or royalty differ."""
+    """The adapter's on-chain registration by its manifest's publisher is at another price or royalty than the
+    signed manifest asks (a registration by anybody else is another adapter id and never looked up)."""
 
 
 class InvalidVoucher(PaymentError):

@@ -16,12 +16,14 @@ Settlement (driven by ``settlement.Settler``) moves final receipts into batches:
 
     plan_claims()       per channel epoch: unsettled final receipts → one claim of
                         claimed_total = settled + their costs, on the channel's latest voucher, with per-adapter
-                        usage entries (calls, tokens, amount)
+                        usage entries (calls, tokens, amount), each on the latest voucher naming its adapter
     record_batch()      the claims, the signed settle transaction (raw bytes, hash, nonce) and the receipts'
                         batch link, in one transaction, *before* the transaction is sent
     batch_settled()     the transaction succeeded: the channels' ``settled`` move to the claimed totals
     batch_failed()      it reverted or can never be mined: the receipts return to the unsettled pool
     forfeit()           the client withdrew before the node settled an epoch: those receipts are lost
+    set_aside()         the chain refuses a channel's claim (simulated alone): it stays out of batches, with its
+                        reason, until the client's next voucher replaces the refused one
 
 Only one batch is open at a time, so ``settled`` always equals what the chain has redeemed for the channel.
 Amounts are wei and stored as decimal TEXT (they overflow SQLite's 64-bit INTEGER).
@@ -94,7 +96,33 @@ CREATE TABLE IF NOT EXISTS receipts (
     finalized_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS receipts_unsettled ON receipts (state, batch);
+CREATE INDEX IF NOT EXISTS receipts_lane ON receipts (client, epoch, adapter);
+CREATE TABLE IF NOT EXISTS lane_vouchers (
+    client TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    adapter BLOB NOT NULL,
+    amount TEXT NOT NULL,           -- the latest accepted voucher naming this adapter: its cumulative amount,
+    price_per_1k TEXT NOT NULL,     -- its price,
+    adapter_amount TEXT NOT NULL,   -- what it authorises for the adapter on the epoch
+    signature BLOB NOT NULL,        -- and the client's signature (settlement backs the adapter's usage with it)
+    PRIMARY KEY (client, epoch, adapter)
+);
+CREATE TABLE IF NOT EXISTS set_aside (
+    client TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    amount TEXT NOT NULL,           -- the channel's latest voucher amount when its claim failed simulation
+    reason TEXT NOT NULL,           -- the decoded contract error
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (client, epoch, amount)
+);
 """
+
+# unsettled final receipts whose channel's latest voucher was not set aside (a newer voucher is tried again)
+_CLAIMABLE = (
+    "state = 'final' AND batch IS NULL AND NOT EXISTS (SELECT 1 FROM set_aside a JOIN channels c"
+    " ON c.client = a.client AND c.epoch = a.epoch AND c.amount = a.amount"
+    " WHERE a.client = receipts.client AND a.epoch = receipts.epoch)"
+)
 
 
 @dataclass(frozen=True)
@@ -273,6 +301,21 @@ class Ledger:
                 latest_amount=latest,
                 committed=committed,
                 max_cost=max_cost,
+                adapter=quote.adapter_id,
+                price_per_1k_tokens=quote.price_per_1k_tokens,
+                adapter_committed=self._lane_committed(db, v.client, channel.epoch, quote.adapter_id),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO lane_vouchers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    v.client,
+                    v.epoch,
+                    v.adapter,
+                    str(v.cumulative_amount),
+                    str(v.price_per_1k_tokens),
+                    str(v.adapter_amount),
+                    signed.signature,
+                ),
             )
             if row is None:
                 db.execute(
@@ -300,6 +343,34 @@ class Ledger:
                 ),
             ).lastrowid
         return Authorization(receipt_id, v.client, v.epoch, max_tokens, max_cost, quote)
+
+    @staticmethod
+    def _lane_committed(db: sqlite3.Connection, client: str, epoch: int, adapter: bytes) -> int:
+        """Wei charged on ``adapter`` in the channel epoch plus the max cost of its calls in flight."""
+        return sum(
+            int(cost if state == "final" else max_cost)
+            for state, cost, max_cost in db.execute(
+                "SELECT state, cost, max_cost FROM receipts WHERE client = ? AND epoch = ? AND adapter = ?"
+                " AND state IN ('pending', 'final')",
+                (client, epoch, adapter),
+            )
+        )
+
+    def _lane_voucher(self, db: sqlite3.Connection, client: str, epoch: int, adapter: bytes) -> SignedVoucher:
+        amount, price, adapter_amount, signature = db.execute(
+            "SELECT amount, price_per_1k, adapter_amount, signature FROM lane_vouchers"
+            " WHERE client = ? AND epoch = ? AND adapter = ?",
+            (client, epoch, adapter),
+        ).fetchone()
+        voucher = Voucher(client, self.node.address, epoch, int(amount), bytes(adapter), int(price), int(adapter_amount))
+        return SignedVoucher(voucher, bytes(signature))
+
+    def _latest_voucher(self, db: sqlite3.Connection, client: str, epoch: int, amount: str) -> SignedVoucher:
+        """The channel epoch's latest voucher (cumulative ``amount``): the latest of its own adapter too."""
+        (adapter,) = db.execute(
+            "SELECT adapter FROM lane_vouchers WHERE client = ? AND epoch = ? AND amount = ?", (client, epoch, amount)
+        ).fetchone()
+        return self._lane_voucher(db, client, epoch, bytes(adapter))
 
     def finalize(self, receipt_id: int, tokens: int) -> SignedReceipt:
         """Bills ``tokens`` tokens for the pending call ``receipt_id`` and returns the node-signed receipt.
@@ -364,11 +435,9 @@ class Ledger:
     # -- settlement ---------------------------------------------------------------------------------------
 
     def unsettled_count(self) -> int:
-        """Final receipts not yet in a batch."""
+        """Final receipts not yet in a batch (those of a set-aside claim not counted)."""
         with self._lock:
-            (count,) = self._db.execute(
-                "SELECT COUNT(*) FROM receipts WHERE state = 'final' AND batch IS NULL"
-            ).fetchone()
+            (count,) = self._db.execute(f"SELECT COUNT(*) FROM receipts WHERE {_CLAIMABLE}").fetchone()
             return count
 
     def plan_claims(self, max_channels: int) -> list[ChannelClaim]:
@@ -381,8 +450,7 @@ class Ledger:
             if db.execute("SELECT 1 FROM batches WHERE state = 'open'").fetchone():
                 raise LedgerError("a settlement batch is still open; resolve it before planning another")
             rows = db.execute(
-                "SELECT id, client, epoch, adapter, tokens, cost FROM receipts"
-                " WHERE state = 'final' AND batch IS NULL ORDER BY id"
+                f"SELECT id, client, epoch, adapter, tokens, cost FROM receipts WHERE {_CLAIMABLE} ORDER BY id"
             ).fetchall()
             groups: dict[tuple[str, int], list[tuple]] = {}
             for rid, client, epoch, adapter, tokens, cost in rows:
@@ -391,9 +459,8 @@ class Ledger:
                     groups.setdefault(key, []).append((rid, bytes(adapter), tokens, int(cost)))
             claims = []
             for (client, epoch), receipts in groups.items():
-                amount, signature, settled = db.execute(
-                    "SELECT amount, signature, settled FROM channels WHERE client = ? AND epoch = ?",
-                    (client, epoch),
+                amount, settled = db.execute(
+                    "SELECT amount, settled FROM channels WHERE client = ? AND epoch = ?", (client, epoch)
                 ).fetchone()
                 usage: dict[bytes, list[int]] = {}
                 for _, adapter, tokens, cost in receipts:
@@ -401,13 +468,14 @@ class Ledger:
                     entry[0] += 1
                     entry[1] += tokens
                     entry[2] += cost
-                voucher = SignedVoucher(Voucher(client, self.node.address, epoch, int(amount)), bytes(signature))
                 claims.append(
                     ChannelClaim(
-                        voucher=voucher,
+                        voucher=self._latest_voucher(db, client, epoch, amount),
                         claimed_total=int(settled) + sum(r[3] for r in receipts),
                         receipt_ids=tuple(r[0] for r in receipts),
-                        usage=tuple(UsageEntry(a, *totals) for a, totals in usage.items()),
+                        usage=tuple(
+                            UsageEntry(self._lane_voucher(db, client, epoch, a), *totals) for a, totals in usage.items()
+                        ),
                     )
                 )
             return claims
@@ -497,6 +565,26 @@ class Ledger:
                 (client, epoch),
             ).rowcount
 
+    def set_aside(self, claim: ChannelClaim, reason: str) -> None:
+        """Keeps ``claim`` out of settlement because the chain refuses it (``reason``: the decoded revert), so
+        that it cannot revert every batch. Its receipts stay final and unsettled: the channel is tried again
+        once the client's next voucher (a higher amount) replaces the one that failed."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO set_aside VALUES (?, ?, ?, ?, ?)",
+                (claim.client, claim.epoch, str(claim.voucher.voucher.cumulative_amount), reason, _now_ms()),
+            )
+
+    def set_aside_claims(self) -> list[tuple[str, int, int, str]]:
+        """Every claim ever set aside: (client, epoch, voucher amount in wei, reason), oldest first."""
+        with self._lock:
+            return [
+                (client, epoch, int(amount), reason)
+                for client, epoch, amount, reason in self._db.execute(
+                    "SELECT client, epoch, amount, reason FROM set_aside ORDER BY created_ms, client"
+                )
+            ]
+
     # -- views --------------------------------------------------------------------------------------------
 
     def channel_totals(self) -> list[ChannelTotals]:
@@ -514,14 +602,31 @@ class Ledger:
         node never accepted a voucher on it."""
         with self._lock:
             row = self._db.execute(
-                "SELECT amount, signature, committed, charged, settled FROM channels WHERE client = ? AND epoch = ?",
+                "SELECT amount, committed, charged, settled FROM channels WHERE client = ? AND epoch = ?",
                 (client, epoch),
             ).fetchone()
-        if row is None:
-            return None
-        amount, signature, committed, charged, settled = row
-        totals = ChannelTotals(client, epoch, int(amount), int(committed), int(charged), int(settled))
-        return totals, SignedVoucher(Voucher(client, self.node.address, epoch, int(amount)), bytes(signature))
+            if row is None:
+                return None
+            amount, committed, charged, settled = row
+            totals = ChannelTotals(client, epoch, int(amount), int(committed), int(charged), int(settled))
+            return totals, self._latest_voucher(self._db, client, epoch, amount)
+
+    def lane(self, client: str, epoch: int, adapter: bytes) -> tuple[int, SignedVoucher] | None:
+        """Wei charged for ``adapter`` (32-byte id) in the channel epoch and the latest voucher accepted for it;
+        ``None`` when the node accepted none for it (a client resumes its per-adapter amount from this)."""
+        with self._lock:
+            if self._db.execute(
+                "SELECT 1 FROM lane_vouchers WHERE client = ? AND epoch = ? AND adapter = ?", (client, epoch, adapter)
+            ).fetchone() is None:
+                return None
+            charged = sum(
+                int(cost)
+                for (cost,) in self._db.execute(
+                    "SELECT cost FROM receipts WHERE client = ? AND epoch = ? AND adapter = ? AND state = 'final'",
+                    (client, epoch, adapter),
+                )
+            )
+            return charged, self._lane_voucher(self._db, client, epoch, adapter)
 
     def receipt_totals(self, settled_only: bool = True) -> dict[bytes, ReceiptTotals]:
         """Per adapter id: calls, tokens and wei of final receipts (only those in settled batches by default)."""

@@ -75,10 +75,12 @@ class CallPrice:
 @dataclass(frozen=True)
 class ChannelView:
     """A client's channel with this node: ``state`` on chain; ``ledger`` (totals and the latest accepted
-    voucher) for the current epoch, ``None`` before the node accepted a voucher on it."""
+    voucher) for the current epoch, ``None`` before the node accepted a voucher on it; ``lane`` (wei charged and
+    the latest voucher accepted for one adapter), ``None`` when not asked or none was accepted for it."""
 
     state: ChannelState
     ledger: tuple[ChannelTotals, SignedVoucher] | None
+    lane: tuple[int, SignedVoucher] | None = None
 
 
 class _LastKnownRegistry:
@@ -169,24 +171,25 @@ class NodePayments:
     def node_address(self) -> str:
         return self.ledger.node.address
 
-    def quote(self, cid: str) -> Quote:
-        """The current price of calls to ``cid`` on this node.
+    def quote(self, cid: str, publisher: str) -> Quote:
+        """The current price of calls to ``publisher``'s adapter ``cid`` on this node.
 
         Raises:
             ValueError: ``cid`` is not a CID (or the call would be free).
             AdapterNotPayable: unknown or revoked adapter.
             ChainUnreachable: the chain does not answer and the adapter's registration was never read.
         """
-        return make_quote(self._registrations, cid, self.node_fee_per_1k)
+        return make_quote(self._registrations, cid, self.node_fee_per_1k, publisher)
 
-    def authorize(self, signed: SignedVoucher, cid: str, max_tokens: int) -> Authorization:
-        """Checks that ``signed`` pays for up to ``max_tokens`` tokens of ``cid`` and records the call durably.
+    def authorize(self, signed: SignedVoucher, cid: str, max_tokens: int, publisher: str) -> Authorization:
+        """Checks that ``signed`` pays for up to ``max_tokens`` tokens of ``publisher``'s adapter ``cid`` and
+        records the call durably.
 
         Raises:
             ValueError: bad ``cid`` or ``max_tokens`` < 1.
             PaymentError: not paid for (the subclass and message say why and what to do).
         """
-        return self._authorize(signed, self.quote(cid), max_tokens)
+        return self._authorize(signed, self.quote(cid, publisher), max_tokens)
 
     def _authorize(self, signed: SignedVoucher, quote: Quote, max_tokens: int) -> Authorization:
         client = signed.voucher.client
@@ -280,9 +283,9 @@ class NodePayments:
             return None
         return self.finalize(authorization, tokens)
 
-    def channel_view(self, client: str) -> ChannelView:
-        """``client``'s channel with this node, on chain and in the ledger (current epoch); while the chain is
-        unreachable, the state last read from it.
+    def channel_view(self, client: str, adapter: bytes | None = None) -> ChannelView:
+        """``client``'s channel with this node, on chain and in the ledger (current epoch; with ``adapter``, a
+        32-byte id, that adapter's lane too); while the chain is unreachable, the state last read from it.
 
         Raises:
             ChainUnreachable: the chain does not answer and this client's channel was never read.
@@ -294,7 +297,8 @@ class NodePayments:
                 state = self._channels_seen.get(client)
             if state is None:
                 raise
-        return ChannelView(state, self.ledger.channel(client, state.epoch))
+        lane = self.ledger.lane(client, state.epoch, adapter) if adapter is not None else None
+        return ChannelView(state, self.ledger.channel(client, state.epoch), lane)
 
     def usage(self, cid: str | None = None) -> list[UsageRow]:
         """Settled on-chain usage of adapter ``cid``, or of every registered adapter.

@@ -13,9 +13,10 @@ A node prices a call to an adapter with ``call_quote``. The publisher's price is
 (settlement pays only registered adapters, at their registered royalty), and the registration must agree with
 the adapter's signed manifest (``AdapterTerms``):
 
-    not registered, node fee 0                                    → free: nothing could be settled for it
-    not registered, node fee > 0                                  → AdapterNotPayable (the fee cannot be settled)
-    registered by another account than the manifest's publisher  → TermsMismatch: a squatter is never paid
+    not registered by the manifest's publisher, node fee 0       → free: nothing could be settled for it
+    not registered by the manifest's publisher, node fee > 0     → AdapterNotPayable (the fee cannot be settled)
+                                  (a registration is keyed by (publisher, CID): one by anybody else is another
+                                  adapter, so a squatter is never looked up, never paid, and cannot block it)
     revoked by its publisher                                      → AdapterRevoked (even a free call)
     registered price or royalty differ from the manifest's        → TermsMismatch
     registered price + node fee == 0                              → free
@@ -75,8 +76,8 @@ def cost_wei(tokens: int, price_per_1k_tokens: int) -> int:
     return -(-tokens * price_per_1k_tokens // 1000)
 
 
-def make_quote(registry: AdapterRegistry, cid: str, node_fee_per_1k: int) -> Quote:
-    """Reads the adapter's terms from the registry and prices calls to it on this node.
+def make_quote(registry: AdapterRegistry, cid: str, node_fee_per_1k: int, publisher: str) -> Quote:
+    """Reads the terms of ``publisher``'s adapter ``cid`` from the registry and prices calls to it on this node.
 
     Raises:
         ValueError: ``cid`` is not a CID, ``node_fee_per_1k`` is negative, or the total price is zero (a free
@@ -84,7 +85,7 @@ def make_quote(registry: AdapterRegistry, cid: str, node_fee_per_1k: int) -> Quo
         AdapterNotPayable: the adapter is not registered, or its publisher revoked it.
     """
     _check_fee(node_fee_per_1k)
-    info = registration(registry, cid)
+    info = registration(registry, cid, publisher)
     if info is None:
         raise AdapterNotPayable(_unregistered(cid))
     if info.revoked_at:
@@ -113,21 +114,15 @@ def call_quote(registry: AdapterRegistry, cid: str, terms: AdapterTerms, node_fe
     Raises:
         ValueError: ``cid`` is not a CID, or ``node_fee_per_1k`` is negative.
         AdapterNotPayable: the node charges a fee and the adapter is not registered.
-        TermsMismatch: registered by someone else, or at other terms.
+        TermsMismatch: registered at other terms than the manifest's.
         AdapterRevoked: the publisher revoked the adapter.
     """
     _check_fee(node_fee_per_1k)
-    info = registration(registry, cid)
+    info = registration(registry, cid, terms.publisher)
     if info is None:
         if node_fee_per_1k == 0:
             return None
         raise AdapterNotPayable(_unregistered(cid))
-    if info.publisher != terms.publisher:
-        raise TermsMismatch(
-            f"adapter {cid} is registered on chain by {info.publisher}, but its manifest is signed by "
-            f"{terms.publisher}; it is not served (nobody but the publisher may earn from it). "
-            "The publisher can republish it under a new CID (e.g. with another --name) and register that"
-        )
     if info.revoked_at:
         raise AdapterRevoked(_revoked(cid, info))
     registered = (info.price_per_1k_tokens, info.royalty_bps)
@@ -142,14 +137,14 @@ def call_quote(registry: AdapterRegistry, cid: str, terms: AdapterTerms, node_fe
     return _quote(info, node_fee_per_1k)
 
 
-def registration(registry: AdapterRegistry, cid: str) -> AdapterInfo | None:
-    """The registry's record of ``cid``, ``None`` when it was never registered.
+def registration(registry: AdapterRegistry, cid: str, publisher: str) -> AdapterInfo | None:
+    """The registry's record of ``publisher``'s adapter ``cid``, ``None`` when that publisher never registered it.
 
     Raises:
-        ValueError: ``cid`` is not a CID.
+        ValueError: ``cid`` is not a CID or ``publisher`` not an address.
     """
     try:
-        return registry.adapter(adapter_id(cid))
+        return registry.adapter(adapter_id(cid, publisher))
     except ContractRevert as exc:
         if exc.error == "UnknownAdapter":
             return None

@@ -1,7 +1,7 @@
 """Plain records shared by the chain modules: what the contracts store and what vouchers and receipts say.
 
 All amounts are wei (int), token counts are tokens (int), addresses are checksummed hex strings, adapter ids are
-the 32-byte ``keccak256(cid)`` of ``AdapterRegistry``.
+the 32-byte ``keccak256(publisher ‖ cid)`` of ``AdapterRegistry``.
 """
 
 from __future__ import annotations
@@ -33,12 +33,17 @@ class Eip712Domain:
 @dataclass(frozen=True)
 class Voucher:
     """The client authorises ``node`` to claim up to ``cumulative_amount`` wei in total from the channel's
-    ``epoch`` (EIP-712 type ``Voucher(address client,address node,uint64 epoch,uint256 cumulativeAmount)``)."""
+    ``epoch``, of which up to ``adapter_amount`` wei in total for calls to ``adapter`` (32-byte registry id) at
+    ``price_per_1k_tokens`` wei per 1000 tokens (EIP-712 type ``Voucher(address client,address node,uint64 epoch,
+    uint256 cumulativeAmount,bytes32 adapter,uint256 pricePer1kTokens,uint256 adapterAmount)``)."""
 
     client: str
     node: str
     epoch: int
     cumulative_amount: int
+    adapter: bytes
+    price_per_1k_tokens: int
+    adapter_amount: int
 
 
 @dataclass(frozen=True)
@@ -97,12 +102,18 @@ class ChannelState:
 
 @dataclass(frozen=True)
 class UsageEntry:
-    """One adapter's share of a redemption: ``calls`` calls, ``tokens`` tokens, ``amount`` wei."""
+    """One adapter's share of a redemption: ``calls`` calls, ``tokens`` tokens, ``amount`` wei, backed by
+    ``voucher``: the client's latest signed voucher naming that adapter (the contract bounds the entry by it)."""
 
-    adapter: bytes
+    voucher: SignedVoucher
     calls: int
     tokens: int
     amount: int
+
+    @property
+    def adapter(self) -> bytes:
+        """The 32-byte adapter id the entry attributes to (the voucher's)."""
+        return self.voucher.voucher.adapter
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@
                       no receipt, nonce used → can never be mined:       batch_failed
                       no receipt otherwise   → send the *same* signed tx again and wait
         prepare()   plan claims, check each channel on chain (epoch moved on → forfeit; redeemed ≠ settled
-                    → SettlementError), sign one settle tx, record it in the ledger   ← before sending
+                    → SettlementError), simulate each claim alone (reverts → set aside with its reason, so one
+                    bad claim cannot stall every channel), sign one settle tx, record it in the ledger
+                    ← before sending
         submit()    send it, wait for its receipt
         record()    batch_settled / batch_failed
 
@@ -78,6 +80,8 @@ class Settler:
 
     Attributes:
         failures: consecutive failed attempts of the background loop (0 again after a success).
+        set_aside: claims this settler set aside because their simulation reverted (``Ledger.set_aside_claims``
+            lists them all, with the reasons).
 
     Raises:
         ValueError: a threshold is below 1, ``retry_min_s`` is not above 0, or ``node`` is not the ledger's
@@ -109,6 +113,7 @@ class Settler:
         self.tx_timeout_s = tx_timeout_s
         self.retry_min_s = retry_min_s
         self.failures = 0  # consecutive failed attempts of the background loop
+        self.set_aside = 0  # claims set aside by this settler because the chain refuses them
         self._retry_at: float | None = None
         self._run_lock = threading.Lock()
         self._wake = threading.Event()
@@ -150,7 +155,7 @@ class Settler:
                 revert (the decoded contract error is the cause).
             LedgerError: a batch is still open.
         """
-        claims = [c for c in self.ledger.plan_claims(self.max_redemptions) if self._claimable(c)]
+        claims = [c for c in self.ledger.plan_claims(self.max_redemptions) if self._claimable(c) and self._accepted(c)]
         if not claims:
             return None
         chain = self.channels.chain
@@ -181,6 +186,25 @@ class Settler:
                 f"channel {claim.client} epoch {claim.epoch}: chain redeemed {state.redeemed} wei, the ledger "
                 f"settled {settled} wei; another process is settling for this node, or the ledger is not this chain's"
             )
+        return True
+
+    def _accepted(self, claim: ChannelClaim) -> bool:
+        """Simulates ``claim`` alone; one the chain refuses is set aside (logged, counted in ``set_aside`` and
+        in the ledger) so that it cannot revert the batch of every other channel."""
+        try:
+            self.channels.simulate_settle(self.node.address, [claim.redemption()])
+        except ContractRevert as exc:
+            self.ledger.set_aside(claim, str(exc))
+            self.set_aside += 1
+            log.error(
+                "settlement claim of %s epoch %d (%d wei on voucher %d) set aside, the chain refuses it: %s",
+                claim.client,
+                claim.epoch,
+                claim.claimed_total,
+                claim.voucher.voucher.cumulative_amount,
+                exc,
+            )
+            return False
         return True
 
     def submit(self, batch: OpenBatch) -> TxReceipt:

@@ -3,22 +3,29 @@
 Both are EIP-712 typed data (https://eips.ethereum.org/EIPS/eip-712) in the domain
 ``{name: "OpenLoRA", version: "1", chainId, verifyingContract: PaymentChannels}``:
 
-    Voucher(address client,address node,uint64 epoch,uint256 cumulativeAmount)
+    Voucher(address client,address node,uint64 epoch,uint256 cumulativeAmount,bytes32 adapter,
+            uint256 pricePer1kTokens,uint256 adapterAmount)
     Receipt(address node,address client,uint64 epoch,uint64 sequence,bytes32 adapter,address publisher,
             uint64 tokens,uint256 cost,uint256 chargedTotal)
 
 A voucher is cumulative: it authorises the node to claim up to ``cumulativeAmount`` in total from the channel's
-epoch, so only the latest one matters and losing one costs nothing. The node accepts a call when
+epoch, so only the latest one matters and losing one costs nothing. It also names the call's adapter and price
+and authorises up to ``adapterAmount`` in total for that adapter on the epoch: settlement may attribute to an
+adapter only what the client's latest voucher for it allows (PaymentChannels). The node accepts a call when
 
+    signature in the chain's form (v 27/28, low s) (else InvalidVoucher: the contract would refuse it)
     signature recovers to voucher.client          (else InvalidVoucher)
     voucher.node == this node                      (else WrongNode)
     voucher.epoch == the channel's epoch on chain  (else WrongEpoch)
     no withdrawal requested on the channel         (else ChannelClosing)
+    voucher.adapter, pricePer1kTokens == the call's (else InvalidVoucher)
     cumulativeAmount > latest accepted amount      (else StaleVoucher: replays and reorderings land here)
     cumulativeAmount - committed >= max cost       (else InsufficientAuthorization)
+    adapterAmount - adapter committed >= max cost  (else InsufficientAuthorization)
     committed + max cost <= deposited on chain     (else InsufficientDeposit)
 
-where ``committed`` is what the node already charged on the epoch plus the max cost of its calls in flight.
+where ``committed`` is what the node already charged on the epoch plus the max cost of its calls in flight, and
+``adapter committed`` the same for the call's adapter only.
 Requiring a strictly larger amount per call makes a voucher single-use, so one seen on the wire cannot be
 replayed to spend the client's unused authorisation; the unused part still carries over, because the client
 computes its next amount from ``chargedTotal`` (the node-signed receipt), not from its previous voucher.
@@ -31,6 +38,7 @@ from eth_account.messages import SignableMessage, encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_utils import is_checksum_address
 
+from ..adapters.signing import signature_form_error
 from .errors import (
     ChannelClosing,
     InsufficientAuthorization,
@@ -56,6 +64,9 @@ _VOUCHER_TYPE = [
     {"name": "node", "type": "address"},
     {"name": "epoch", "type": "uint64"},
     {"name": "cumulativeAmount", "type": "uint256"},
+    {"name": "adapter", "type": "bytes32"},
+    {"name": "pricePer1kTokens", "type": "uint256"},
+    {"name": "adapterAmount", "type": "uint256"},
 ]
 _RECEIPT_TYPE = [
     {"name": "node", "type": "address"},
@@ -79,8 +90,11 @@ def voucher_message(voucher: Voucher, domain: Eip712Domain) -> SignableMessage:
     for name in ("client", "node"):
         if not is_checksum_address(getattr(voucher, name)):
             raise InvalidVoucher(f"voucher.{name} must be a checksummed address, got {getattr(voucher, name)!r}")
-    if not 0 <= voucher.epoch <= UINT64_MAX or not 0 <= voucher.cumulative_amount <= UINT256_MAX:
-        raise InvalidVoucher("voucher.epoch must fit uint64 and voucher.cumulative_amount uint256")
+    amounts = (voucher.cumulative_amount, voucher.price_per_1k_tokens, voucher.adapter_amount)
+    if not 0 <= voucher.epoch <= UINT64_MAX or not all(0 <= a <= UINT256_MAX for a in amounts):
+        raise InvalidVoucher("voucher.epoch must fit uint64 and its amounts and price uint256")
+    if len(voucher.adapter) != 32:
+        raise InvalidVoucher(f"voucher.adapter must be a 32-byte adapter id, got {len(voucher.adapter)} bytes")
     return encode_typed_data(
         full_message={
             "types": {"EIP712Domain": _DOMAIN_TYPE, "Voucher": _VOUCHER_TYPE},
@@ -91,6 +105,9 @@ def voucher_message(voucher: Voucher, domain: Eip712Domain) -> SignableMessage:
                 "node": voucher.node,
                 "epoch": voucher.epoch,
                 "cumulativeAmount": voucher.cumulative_amount,
+                "adapter": voucher.adapter,
+                "pricePer1kTokens": voucher.price_per_1k_tokens,
+                "adapterAmount": voucher.adapter_amount,
             },
         }
     )
@@ -112,10 +129,12 @@ def recover_voucher_signer(signed: SignedVoucher, domain: Eip712Domain) -> str:
     """The checksummed address whose key signed ``signed.voucher``.
 
     Raises:
-        InvalidVoucher: the signature is not 65 bytes or recovers to no key.
+        InvalidVoucher: the signature is not 65 bytes, has v not in {27, 28} or a high s (the chain refuses
+            those), or recovers to no key.
     """
-    if len(signed.signature) != 65:
-        raise InvalidVoucher(f"voucher signature must be 65 bytes (r, s, v), got {len(signed.signature)}")
+    if (problem := signature_form_error(signed.signature)) is not None:
+        # the contract's ECDSA would revert on it: a call served on it could never be settled
+        raise InvalidVoucher(f"voucher {problem}; sign it with a standard EIP-712 signer")
     try:
         return Account.recover_message(voucher_message(signed.voucher, domain), signature=signed.signature)
     except InvalidVoucher:
@@ -133,6 +152,9 @@ def check_voucher(
     latest_amount: int,
     committed: int,
     max_cost: int,
+    adapter: bytes,
+    price_per_1k_tokens: int,
+    adapter_committed: int,
 ) -> None:
     """Raises unless the node may serve a call of max cost ``max_cost`` wei on ``signed`` (rules: module doc).
 
@@ -142,6 +164,8 @@ def check_voucher(
         latest_amount: the largest cumulative amount the node accepted on this channel epoch (0 if none).
         committed: wei the node charged on this epoch plus the max cost of its calls in flight.
         max_cost: wei this call costs at most (quote × max tokens).
+        adapter / price_per_1k_tokens: the call's adapter id (32 bytes) and price (wei per 1000 tokens).
+        adapter_committed: like ``committed``, for the call's adapter only.
 
     Raises:
         InvalidVoucher, WrongNode, WrongEpoch, ChannelClosing, StaleVoucher, InsufficientAuthorization,
@@ -160,6 +184,11 @@ def check_voucher(
             f"client {v.client} requested a withdrawal (possible at {channel.withdraw_at}); "
             "withdraw, then deposit again to open the next epoch"
         )
+    if v.adapter != adapter or v.price_per_1k_tokens != price_per_1k_tokens:
+        raise InvalidVoucher(
+            f"voucher pays adapter 0x{v.adapter.hex()} at {v.price_per_1k_tokens} wei per 1k tokens; this call is to "
+            f"0x{adapter.hex()} at {price_per_1k_tokens} wei per 1k tokens (ask GetQuote again and sign for that)"
+        )
     if v.cumulative_amount <= latest_amount:
         raise StaleVoucher(
             f"voucher amount {v.cumulative_amount} wei is not above the latest accepted {latest_amount} wei; "
@@ -170,6 +199,13 @@ def check_voucher(
         raise InsufficientAuthorization(
             f"voucher authorises {v.cumulative_amount} wei but this call needs {needed} wei "
             f"({committed} committed + {max_cost} max cost); sign a voucher for at least {needed} wei"
+        )
+    adapter_needed = adapter_committed + max_cost
+    if v.adapter_amount < adapter_needed:
+        raise InsufficientAuthorization(
+            f"voucher authorises {v.adapter_amount} wei for adapter 0x{adapter.hex()} but this call needs "
+            f"{adapter_needed} wei ({adapter_committed} committed on it + {max_cost} max cost); sign a voucher whose "
+            f"adapter amount is at least {adapter_needed} wei"
         )
     if needed > channel.deposited:
         raise InsufficientDeposit(

@@ -35,7 +35,14 @@ def voucher_to_pb(signed: SignedVoucher) -> pb.Voucher:
     """The wire form of a signed voucher."""
     v = signed.voucher
     return pb.Voucher(
-        client=v.client, node=v.node, epoch=v.epoch, cumulative_amount=str(v.cumulative_amount), signature=signed.signature
+        client=v.client,
+        node=v.node,
+        epoch=v.epoch,
+        cumulative_amount=str(v.cumulative_amount),
+        signature=signed.signature,
+        adapter_id=v.adapter,
+        price_per_1k_tokens=str(v.price_per_1k_tokens),
+        adapter_amount=str(v.adapter_amount),
     )
 
 
@@ -49,9 +56,16 @@ def voucher_from_pb(message: pb.Voucher) -> SignedVoucher:
         if not is_checksum_address(getattr(message, name)):
             raise InvalidVoucher(f"voucher.{name} must be a checksummed address, got {getattr(message, name)!r}")
     amount = wei(message.cumulative_amount, "voucher.cumulative_amount", InvalidVoucher)
+    price = wei(message.price_per_1k_tokens, "voucher.price_per_1k_tokens", InvalidVoucher)
+    adapter_amount = wei(message.adapter_amount, "voucher.adapter_amount", InvalidVoucher)
     if len(message.signature) != 65:
         raise InvalidVoucher(f"voucher.signature must be 65 bytes (r, s, v), got {len(message.signature)}")
-    return SignedVoucher(Voucher(message.client, message.node, message.epoch, amount), bytes(message.signature))
+    if len(message.adapter_id) != 32:
+        raise InvalidVoucher(f"voucher.adapter_id must be 32 bytes, got {len(message.adapter_id)}")
+    voucher = Voucher(
+        message.client, message.node, message.epoch, amount, bytes(message.adapter_id), price, adapter_amount
+    )
+    return SignedVoucher(voucher, bytes(message.signature))
 
 
 def receipt_to_pb(signed: SignedReceipt) -> pb.Receipt:

@@ -1,8 +1,11 @@
 """Paying a node per call from a key held in this process (README "Economics"), sync and async.
 
-    per call:  GetQuote(prompt, client) ─► max cost, channel state ─► Payer signs a voucher for
-               what was charged + the calls in flight ─► Generate(voucher) ─► text ─► receipt checked
-               (signed by the node, cost <= max cost) ─► its charged total is the base of the next voucher
+    once:      the node's contracts checked (chain.pinning: the pinned deployment, openlora code) before any
+               deposit or voucher
+    per call:  GetQuote(prompt, client) ─► price recomputed from the registry (client.quotes; a quote that
+               disagrees is refused) ─► Payer signs a voucher for what was charged + the calls in flight, naming
+               the adapter and price ─► Generate(voucher) ─► text ─► receipt checked (signed by the node, cost ==
+               its tokens at the voucher's price) ─► its charged total is the base of the next voucher
 
 A paid ``Generate`` is sent again only when (1) the node refused the voucher as stale or short (concurrent
 calls of this client reached it out of order; a fresh voucher fixes it) or (2) the request never left this
@@ -28,7 +31,8 @@ from .streams import AsyncGenerationStream, AsyncPaidStream, GenerationStream, P
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
-    from ..chain.contracts import AdapterRegistry, PaymentChannels
+    from ..chain.audit import ChannelAudit
+    from ..chain.contracts import AdapterRegistry, Deployment, PaymentChannels
     from ..chain.payer import Payer, PendingPayment
     from ..chain.records import ChannelState
     from .aio import AsyncNodeClient
@@ -64,16 +68,27 @@ def node_contracts(info: pb.ChainInfo, rpc_url: str | None = None) -> tuple[Adap
     return AdapterRegistry(chain, info.registry), PaymentChannels(chain, info.channels)
 
 
+class _Paying:
+    """One session's trusted pieces: the payer, the pinned registry, the node fee cap (wei per 1k) and the
+    publishers proven by the adapters' signed manifests (CID -> address)."""
+
+    def __init__(self, payer: Payer, registry: AdapterRegistry, max_node_fee_per_1k: int) -> None:
+        self.payer = payer
+        self.registry = registry
+        self.max_node_fee_per_1k = max_node_fee_per_1k
+        self.publishers: dict[str, str] = {}
+
+
 def register_adapter(client: NodeClient, cid: str, signer: LocalAccount, rpc_url: str | None = None) -> bool:
     """Registers adapter ``cid`` on the node's chain at the terms of its signed manifest, signed by ``signer``
     (the manifest's publisher), so that calls to it can be paid and attributed.
 
     Returns:
-        ``True`` when registered now, ``False`` when it already was, by ``signer`` at the same terms.
+        ``True`` when registered now, ``False`` when ``signer`` already registered it at the same terms.
 
     Raises:
-        ValueError: ``signer`` is not the manifest's publisher, or the CID is registered by another account or
-            at other terms.
+        ValueError: ``signer`` is not the manifest's publisher, or ``signer`` registered the CID at other terms
+            (a registration by anybody else is another adapter and does not matter).
         grpc.RpcError: the node does not know the adapter.
         openlora.chain.errors.ChainError: the chain cannot be reached, or the transaction reverts.
     """
@@ -84,14 +99,14 @@ def register_adapter(client: NodeClient, cid: str, signer: LocalAccount, rpc_url
         raise ValueError(f"adapter {cid} is published by {info.publisher}; register it with that key, not {signer.address}")
     price, royalty = int(info.price_per_1k_tokens or 0), info.royalty_bps
     registry, _ = node_contracts(client.node_info().chain, rpc_url)
-    existing = registration(registry, info.cid)
+    existing = registration(registry, info.cid, signer.address)
     if existing is None:
         registry.register(signer, info.cid, price, royalty)
         return True
-    if (existing.publisher, existing.price_per_1k_tokens, existing.royalty_bps) != (signer.address, price, royalty):
+    if (existing.price_per_1k_tokens, existing.royalty_bps) != (price, royalty):
         raise ValueError(
-            f"adapter {cid} is already registered by {existing.publisher} at {existing.price_per_1k_tokens} wei per 1k "
-            f"tokens and {existing.royalty_bps} bps; nodes refuse paid calls to it (republish under a new CID)"
+            f"you already registered adapter {cid} at {existing.price_per_1k_tokens} wei per 1k tokens and "
+            f"{existing.royalty_bps} bps; nodes refuse paid calls to it (republish under a new CID)"
         )
     return False
 
@@ -107,25 +122,68 @@ def revoke_adapter(client: NodeClient, cid: str, signer: LocalAccount, rpc_url: 
     registry.revoke(signer, cid)
 
 
-def _new_payer(info: pb.ChainInfo, account: LocalAccount, rpc_url: str | None) -> Payer:
-    """A payer of ``account`` to the node described by ``info`` (reads the channel on chain)."""
+def _connect(
+    info: pb.ChainInfo,
+    account: LocalAccount,
+    rpc_url: str | None,
+    deployment: Deployment | None,
+    max_node_fee_per_1k: int | None,
+) -> _Paying:
+    """The payer of ``account`` to the node described by ``info``, once its contracts pass ``check_contracts``
+    (reads the channel on chain). The fee cap defaults to the fee the node announces now.
+
+    Raises:
+        UntrustedContracts: the node names contracts this client does not trust.
+        ChainError: the chain cannot be reached.
+    """
     from ..chain.payer import Payer
+    from ..chain.pinning import check_contracts
+    from ..chain.wire import wei
 
-    _, channels = node_contracts(info, rpc_url)
-    return Payer(channels, account, info.node_address)
+    registry, channels = node_contracts(info, rpc_url)
+    check_contracts(registry, channels, deployment)
+    cap = wei(info.node_fee_per_1k or "0", "node_fee_per_1k") if max_node_fee_per_1k is None else max_node_fee_per_1k
+    return _Paying(Payer(channels, account, info.node_address), registry, cap)
 
 
-def _pay(payer: Payer, request: pb.GenerateRequest, quote: pb.Quote) -> PendingPayment:
-    """Catches ``payer`` up with the node's account of the channel (a new process, or another one paying with
-    the same key), reserves the quote's max cost and puts the signed voucher into ``request``."""
+def _pay(paying: _Paying, request: pb.GenerateRequest, quote: pb.Quote, manifest: pb.AdapterInfo | None) -> PendingPayment:
+    """Checks ``quote`` against the chain (``client.quotes``), catches the payer up with the node's account of
+    the channel (a new process, or another one paying with the same key), reserves the call's max cost and puts
+    the signed voucher into ``request``.
+
+    ``manifest``: the node's ``GetAdapter`` answer for the adapter, needed the first time it is paid (its
+    publisher is then remembered).
+
+    Raises:
+        UntrustedQuote: the quote disagrees with the chain, the signed manifest or the request (nothing is
+            signed).
+    """
     from ..chain.wire import voucher_from_pb, voucher_to_pb, wei
+    from .quotes import check_quote, manifest_publisher
 
+    payer = paying.payer
+    if request.adapter not in paying.publishers:
+        paying.publishers[request.adapter] = manifest_publisher(request.adapter, manifest)
+    price = check_quote(
+        quote,
+        request,
+        registry=paying.registry,
+        channels=payer.channels,
+        node=payer.node,
+        publisher=paying.publishers[request.adapter],
+        max_node_fee_per_1k=paying.max_node_fee_per_1k,
+    )
     channel = quote.channel
     if channel.epoch != payer.epoch:
         payer.refresh()
     if channel.epoch == payer.epoch and channel.HasField("latest_voucher"):
-        payer.resume(voucher_from_pb(channel.latest_voucher), wei(channel.charged_total, "charged_total"))
-    payment = payer.pay(int(quote.max_cost_wei))
+        lane = None
+        if channel.HasField("adapter_voucher"):
+            lane = (voucher_from_pb(channel.adapter_voucher), wei(channel.adapter_charged, "adapter_charged"))
+        payer.resume(voucher_from_pb(channel.latest_voucher), wei(channel.charged_total, "charged_total"), lane)
+    payment = payer.pay(
+        price.max_cost, adapter=price.adapter, price_per_1k_tokens=price.price_per_1k_tokens, max_tokens=price.max_tokens
+    )
     request.voucher.CopyFrom(voucher_to_pb(payment.voucher))
     return payment
 
@@ -157,6 +215,11 @@ class PaidSession:
         account: the client's key (``openlora.adapters.keys.load_account``).
         rpc_url: the chain's JSON-RPC URL (default: the one the node advertises).
         retries: times a call is re-paid when concurrent calls' vouchers reached the node out of order.
+        deployment: the contracts this client trusts (``Deployment.from_json`` of a deployment file); the node
+            must name exactly them. Without it, any deployment of the openlora contracts' code is accepted
+            (``chain.pinning``).
+        max_node_fee_per_1k: the most node fee this client pays, wei per 1000 tokens (default: the fee the node
+            announces when the session connects).
 
     ``generate`` blocks until the node accepted the payment (first text or the end), so that a voucher refused
     as stale can be re-signed and sent again.
@@ -164,24 +227,39 @@ class PaidSession:
 
     RETRY_ON = RETRY_ON
 
-    def __init__(self, client: NodeClient, account: LocalAccount, rpc_url: str | None = None, retries: int = 8) -> None:
+    def __init__(
+        self,
+        client: NodeClient,
+        account: LocalAccount,
+        rpc_url: str | None = None,
+        retries: int = 8,
+        deployment: Deployment | None = None,
+        max_node_fee_per_1k: int | None = None,
+    ) -> None:
         self.client = client
         self.account = account
         self.rpc_url = rpc_url
         self.retries = retries
-        self._payer: Payer | None = None
+        self.deployment = deployment
+        self.max_node_fee_per_1k = max_node_fee_per_1k
+        self._paying: _Paying | None = None
         self._lock = threading.Lock()
 
+    def _connected(self) -> _Paying:
+        with self._lock:
+            if self._paying is None:
+                info = self.client.node_info().chain
+                self._paying = _connect(info, self.account, self.rpc_url, self.deployment, self.max_node_fee_per_1k)
+            return self._paying
+
     def payer(self) -> Payer:
-        """The channel's payer (connects to the chain on first use).
+        """The channel's payer (connects to the chain and checks the node's contracts on first use).
 
         Raises:
+            openlora.chain.errors.UntrustedContracts: the node names contracts this client does not trust.
             openlora.chain.errors.ChainError: the chain cannot be reached.
         """
-        with self._lock:
-            if self._payer is None:
-                self._payer = _new_payer(self.client.node_info().chain, self.account, self.rpc_url)
-            return self._payer
+        return self._connected().payer
 
     def open_channel(self, amount_wei: int) -> ChannelState:
         """Deposits ``amount_wei`` into this client's channel with the node (a transaction signed here).
@@ -199,6 +277,19 @@ class PaidSession:
         """The price of ``request`` and the state of this client's channel."""
         return self.client.quote(request, self.account.address)
 
+    def audit(self) -> ChannelAudit:
+        """What the node charged (its signed receipts held by this session) against what it claimed and
+        attributed on chain for the current epoch (``chain.audit``).
+
+        Raises:
+            openlora.chain.errors.InvalidReceipt: a receipt held is inconsistent (the node signed two versions).
+            openlora.chain.errors.ChainError: the chain cannot be reached.
+        """
+        from ..chain.audit import audit_channel
+
+        payer = self.payer()
+        return audit_channel(payer.channels, self.account.address, payer.node, payer.receipts, payer.signed_amount)
+
     def generate(self, prompt: str | None = None, **kwargs) -> GenerationStream:
         """Like :meth:`NodeClient.generate` (same arguments), paying when the quote says so.
 
@@ -207,8 +298,10 @@ class PaidSession:
 
         Raises:
             grpc.RpcError: the node refused the call (``payment_error`` names a payment refusal) or failed it.
+            openlora.chain.errors.UntrustedQuote: the quote disagrees with the chain, the manifest or the request.
             openlora.chain.errors.InvalidReceipt: the node's account of the channel is not backed by this client's
-                vouchers.
+                vouchers, or a receipt's cost is not its tokens at the voucher's price.
+            openlora.chain.errors.UntrustedContracts: the node names contracts this client does not trust.
             openlora.chain.errors.ChainError: the chain cannot be reached.
         """
         request = generate_request(prompt, **kwargs)
@@ -217,8 +310,11 @@ class PaidSession:
             quote = self.quote(request)
             if not quote.payment_required:
                 return self.client._stream(request)
-            payer = self.payer()
-            payment = _pay(payer, request, quote)
+            paying = self._connected()
+            payer = paying.payer
+            known = request.adapter in paying.publishers
+            manifest = None if known else self.client.get_adapter(request.adapter)
+            payment = _pay(paying, request, quote, manifest)
             responses = self.client._stub.Generate(request, timeout=self.client.timeout)
             try:
                 first = next(responses)
@@ -238,25 +334,36 @@ class AsyncPaidSession:
 
     RETRY_ON = RETRY_ON
 
-    def __init__(self, client: AsyncNodeClient, account: LocalAccount, rpc_url: str | None = None, retries: int = 8):
+    def __init__(
+        self,
+        client: AsyncNodeClient,
+        account: LocalAccount,
+        rpc_url: str | None = None,
+        retries: int = 8,
+        deployment: Deployment | None = None,
+        max_node_fee_per_1k: int | None = None,
+    ):
         self.client = client
         self.account = account
         self.rpc_url = rpc_url
         self.retries = retries
-        self._payer: Payer | None = None
+        self.deployment = deployment
+        self.max_node_fee_per_1k = max_node_fee_per_1k
+        self._paying: _Paying | None = None
         self._lock = asyncio.Lock()
 
-    async def payer(self) -> Payer:
-        """The channel's payer (connects to the chain on first use).
-
-        Raises:
-            openlora.chain.errors.ChainError: the chain cannot be reached.
-        """
+    async def _connected(self) -> _Paying:
         async with self._lock:
-            if self._payer is None:
+            if self._paying is None:
                 info = (await self.client.node_info()).chain
-                self._payer = await asyncio.to_thread(_new_payer, info, self.account, self.rpc_url)
-            return self._payer
+                self._paying = await asyncio.to_thread(
+                    _connect, info, self.account, self.rpc_url, self.deployment, self.max_node_fee_per_1k
+                )
+            return self._paying
+
+    async def payer(self) -> Payer:
+        """The channel's payer (see :meth:`PaidSession.payer`)."""
+        return (await self._connected()).payer
 
     async def open_channel(self, amount_wei: int) -> ChannelState:
         """Deposits ``amount_wei`` into this client's channel with the node (see :meth:`PaidSession.open_channel`)."""
@@ -279,8 +386,11 @@ class AsyncPaidSession:
             quote = await self.quote(request)
             if not quote.payment_required:
                 return self.client._stream(request)
-            payer = await self.payer()
-            payment = await asyncio.to_thread(_pay, payer, request, quote)
+            paying = await self._connected()
+            payer = paying.payer
+            known = request.adapter in paying.publishers
+            manifest = None if known else await self.client.get_adapter(request.adapter)
+            payment = await asyncio.to_thread(_pay, paying, request, quote, manifest)
             call = self.client._stub.Generate(request, timeout=self.client.timeout)
             try:
                 first = await call.read()

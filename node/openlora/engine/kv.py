@@ -73,7 +73,7 @@ class KVBatch:
 
     def keep(self, rows: list[int]) -> None:
         """Keep only ``rows`` (in that order) and drop columns that became padding everywhere."""
-        idx = torch.tensor(rows, dtype=torch.long)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         self.mask = self.mask.index_select(0, idx)
         real = self.mask.any(dim=0).nonzero()
         start = int(real[0]) if len(real) else self.width

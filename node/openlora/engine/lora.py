@@ -46,7 +46,8 @@ class BatchSlots:
         slot_rank: largest rank held by each slot, kept by the slot manager.
     """
 
-    def __init__(self, n_slots: int) -> None:
+    def __init__(self, n_slots: int, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
         self.slot_ids: torch.Tensor | None = None
         self.present: frozenset[int] = frozenset()
         self.rank = 0
@@ -65,7 +66,7 @@ class BatchSlots:
         if key != self._key:
             self._key = key
             self.version += 1
-            self.slot_ids = torch.tensor(slot_ids, dtype=torch.long)
+            self.slot_ids = torch.tensor(slot_ids, dtype=torch.long, device=self.device)
             self.present = present
             self.rank = rank
 
@@ -203,17 +204,33 @@ def inject_lora(model: nn.Module, n_slots: int, r_max: int) -> tuple[BatchSlots,
     Returns:
         The shared routing object and ``{module name: LoRALinear}``.
     """
-    routing = BatchSlots(n_slots)
+    routing = BatchSlots(n_slots, next(model.parameters()).device)
     layers: dict[str, LoRALinear] = {}
-    targets = [
-        (name, mod)
-        for name, mod in model.named_modules()
-        if isinstance(mod, nn.Linear) and ".layers." in f".{name}" and not name.endswith("lm_head")
-    ]
-    for name, mod in targets:
+    for name, mod in adaptable_linears(model):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         wrapped = LoRALinear(mod, n_slots, r_max, routing)
         setattr(parent, child, wrapped)
         layers[name] = wrapped
     return routing, layers
+
+
+def adaptable_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """Every ``nn.Linear`` inside the decoder layers (not the output head), by module name."""
+    return [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear) and ".layers." in f".{name}" and not name.endswith("lm_head")
+    ]
+
+
+def adaptable_shapes(path) -> dict[str, tuple[int, int]]:
+    """Adaptable module name → ``(in_features, out_features)`` of the HF model folder ``path``,
+    read from its config alone (the model is built on the meta device: no weights, no memory).
+    What the verifier checks adapters against when the weights live in another engine (vLLM)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)))
+    return {name: (mod.in_features, mod.out_features) for name, mod in adaptable_linears(model)}

@@ -1,4 +1,4 @@
-"""The engine loop: heterogeneous continuous batching over adapter slots.
+"""The torch engine: heterogeneous continuous batching over adapter slots (``--engine torch``).
 
 One thread owns the model. Each turn of its loop::
 
@@ -14,7 +14,8 @@ level as in Orca (OSDI 2022). Adapter loads (blockstore → verify → host cach
 pool, never on this loop; a request whose adapter is loading waits while the others decode,
 and a failed load fails only the requests for that adapter.
 
-Events go to each request's ``emit`` callback from the engine thread; it must not block.
+Events go to each request's ``emit`` callback from the engine thread; it must not block. The
+interface it implements, and the events, are in ``engine/interface.py``.
 """
 
 from __future__ import annotations
@@ -22,97 +23,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import Enum
 
 import torch
 
 from ..adapters.peft_format import LoraAdapter
+from .interface import EngineInfo, Failed, FinishReason, Finished, GenerationRequest, NonFiniteLogits, QueueFull, TextDelta
 from .kv import KVBatch, left_padded
 from .model import ResidentModel
-from .sampling import Detokenizer, SamplingParams, sample_next
+from .sampling import Detokenizer, sample_next
 from .slots import HostCache, NoFreeSlot, SlotManager
 
 log = logging.getLogger(__name__)
-
-
-class FinishReason(str, Enum):
-    """Why a completion ended."""
-
-    STOP = "stop"  # EOS token or a stop string
-    LENGTH = "length"  # max_new_tokens or the context limit
-    CANCELLED = "cancelled"  # the client went away or cancelled
-
-
-class QueueFull(RuntimeError):
-    """The waiting queue is at ``max_waiting``; the caller should answer RESOURCE_EXHAUSTED."""
-
-
-class NonFiniteLogits(RuntimeError):
-    """A row's logits held NaN or Inf (an adapter whose weights overflow on this prompt); only that row fails."""
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    """New completion text, safe to show (no partial stop string, no split UTF-8).
-
-    Attributes:
-        text: the text.
-        tokens: generated tokens this text completes (text held back earlier counts here), so
-            the sum over deltas is what a client received, in tokens.
-    """
-
-    text: str
-    tokens: int = 1
-
-
-@dataclass(frozen=True)
-class Finished:
-    """The last event of a request that ran.
-
-    Attributes:
-        reason: why it ended.
-        prompt_tokens / completion_tokens: token counts (completion includes a final EOS).
-        ttft_ms: submit → first token, ms (``None`` if cancelled before one).
-        itl_ms: gaps between consecutive tokens, ms.
-    """
-
-    reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_ms: float | None = None
-    itl_ms: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True)
-class Failed:
-    """The last event of a request that could not run; ``error`` says why."""
-
-    error: Exception
-
-
-@dataclass(eq=False)
-class GenerationRequest:
-    """One completion to compute.
-
-    Attributes:
-        prompt_ids: prompt token ids (≥ 1).
-        sampling: validated sampling parameters.
-        emit: called from the engine thread with TextDelta*, then one Finished or Failed.
-        adapter: adapter CID, or ``None`` for the base model.
-        request_id: unique id for :meth:`Engine.cancel`.
-    """
-
-    prompt_ids: list[int]
-    sampling: SamplingParams
-    emit: Callable[[object], None]
-    adapter: str | None = None
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    submitted: float = field(default_factory=time.perf_counter)
 
 
 class _Row:
@@ -135,8 +59,9 @@ class _Row:
         self.error: Exception | None = None  # set when the row failed alone (it retires with Failed)
 
 
-class Engine:
-    """Continuous-batching generation over one resident base and its adapter slots.
+class TorchEngine:
+    """Continuous-batching generation over one resident base and its adapter slots
+    (implements :class:`~openlora.engine.interface.Engine`).
 
     Args:
         rm: the resident model.
@@ -173,11 +98,14 @@ class Engine:
         self.max_prefill_tokens = max_prefill_tokens
         self._on_cache = on_cache
         self._fresh: set[str] = set()  # loaded to the host tier and not installed since (their miss is counted)
-        tok = rm.tokenizer
-        self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(rm.eos_ids, default=0)
+        self.codec = rm.codec
+        self.info = EngineInfo(
+            "torch", str(rm.dtype).removeprefix("torch."), rm.device.type, slots.capacity, rm.max_rank, max_batch
+        )
         self._cv = threading.Condition()
         self._inbox: list[GenerationRequest] = []
         self._cancels: set[str] = set()
+        self._forgets: set[str] = set()  # revoked: evicted once no running row holds them
         self._wake = False
         self._stopping = False
         self._waiting: deque[GenerationRequest] = deque()
@@ -222,10 +150,10 @@ class Engine:
         n = len(req.prompt_ids)
         if n == 0:
             raise ValueError("the prompt is empty")
-        if n + req.sampling.max_new_tokens > self.rm.max_context:
+        if n + req.sampling.max_new_tokens > self.codec.max_context:
             raise ValueError(
                 f"prompt ({n} tokens) + max_new_tokens ({req.sampling.max_new_tokens}) exceeds the "
-                f"model's context of {self.rm.max_context} tokens"
+                f"model's context of {self.codec.max_context} tokens"
             )
         with self._cv:
             self._check_room()
@@ -259,9 +187,29 @@ class Engine:
         fut = self._loads.get(cid)
         return "loading" if fut is not None and not fut.done() else None
 
-    def stats(self) -> dict:
-        """Running rows, waiting requests, loads in flight (a snapshot, for node info)."""
-        return {"running": len(self._rows), "waiting": len(self._waiting) + len(self._inbox), "loading": len(self._loads)}
+    def stats(self) -> dict[str, int]:
+        """Running rows, waiting requests, loads in flight, host-tier adapters (a snapshot, for node info)."""
+        return {
+            "running": len(self._rows),
+            "waiting": len(self._waiting) + len(self._inbox),
+            "loading": len(self._loads),
+            "host_cached": len(self.host),
+        }
+
+    def resident(self) -> list[str]:
+        """CIDs in device slots now."""
+        return self.slots.resident()
+
+    def warm(self, cid: str, adapter: LoraAdapter) -> None:
+        """Put a verified, parsed adapter in the host tier (its first request skips the load)."""
+        self.host.put(cid, adapter)
+
+    def forget(self, cid: str) -> None:
+        """Drop ``cid`` from the host tier now and from its device slot once no running row holds it."""
+        self.host.drop(cid)
+        with self._cv:
+            self._forgets.add(cid)
+            self._cv.notify()
 
     # ----- engine thread -----
 
@@ -279,17 +227,20 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._cv:
-                    while not (self._stopping or self._inbox or self._rows or self._wake or self._cancels):
+                    while not (self._stopping or self._inbox or self._rows or self._wake or self._cancels or self._forgets):
                         self._cv.wait()
                     if self._stopping:
                         break
                     self._waiting.extend(self._inbox)
                     self._inbox.clear()
                     cancels, self._cancels = self._cancels, set()
+                    forgets, self._forgets = self._forgets, set()
                     self._wake = False
                 try:
                     if cancels:
                         self._apply_cancels(cancels)
+                    if forgets:
+                        self._evict(forgets)
                     self._finish_loads()
                     admitted = self._admit()
                     if admitted:
@@ -328,6 +279,13 @@ class Engine:
                 hit = True
         if hit:
             self._retire()
+
+    def _evict(self, cids: set[str]) -> None:
+        """Evict revoked adapters from their slots; one a running row still holds is tried again later."""
+        held = {cid for cid in cids if not self.slots.evict(cid) and self.slots.slot_of(cid) is not None}
+        if held:
+            with self._cv:
+                self._forgets |= held
 
     def _start_load(self, cid: str) -> None:
         self._on_cache("host", False)
@@ -428,8 +386,8 @@ class Engine:
     def _prefill(self, admitted: list[tuple[GenerationRequest, int]]) -> None:
         from transformers import DynamicCache
 
-        new_rows = [_Row(req, slot, self.rm.tokenizer) for req, slot in admitted]
-        ids, mask, pos = left_padded([r.req.prompt_ids for r in new_rows], self._pad_id)
+        new_rows = [_Row(req, slot, self.codec.tokenizer) for req, slot in admitted]
+        ids, mask, pos = (t.to(self.rm.device) for t in left_padded([r.req.prompt_ids for r in new_rows], self.codec.pad_id))
         cache = DynamicCache(config=self.rm.model.config)
         try:
             logits = self._forward(
@@ -437,7 +395,7 @@ class Engine:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=pos,
-                cache=cache,
+                past_key_values=cache,
                 logits_to_keep=1,
             )
         except Exception as e:  # keep serving: only these requests fail
@@ -466,10 +424,10 @@ class Engine:
         kv = self._kv
         pos = kv.next_positions()
         mask = kv.grow()
-        ids = torch.tensor([[r.last] for r in self._rows], dtype=torch.long)
+        ids = torch.tensor([[r.last] for r in self._rows], dtype=torch.long, device=self.rm.device)
         try:
             logits = self._forward(
-                [r.slot for r in self._rows], input_ids=ids, attention_mask=mask, position_ids=pos, cache=kv.cache
+                [r.slot for r in self._rows], input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=kv.cache
             )
         except Exception as e:  # the shared cache may be inconsistent now: fail the batch, keep serving
             log.exception("decode step failed")
@@ -497,9 +455,10 @@ class Engine:
         if not rows:
             return
         if not all(finite):
-            logits = logits[torch.tensor(finite)]
+            logits = logits[torch.tensor(finite, device=logits.device)]
         try:
-            tokens = sample_next(logits, [r.req.sampling for r in rows], [r.gen for r in rows])
+            # on the CPU: each row's torch.Generator lives there (a [B, V] copy per step on a GPU)
+            tokens = sample_next(logits.cpu(), [r.req.sampling for r in rows], [r.gen for r in rows])
         except Exception as e:  # a sampling error: fail this batch, never the engine thread
             log.exception("sampling failed")
             self._fail_batch(e)
@@ -515,7 +474,7 @@ class Engine:
             row.t_prev = now
             row.count += 1
             row.last = tok
-            if tok in self.rm.eos_ids and not row.req.sampling.ignore_eos:
+            if tok in self.codec.eos_ids and not row.req.sampling.ignore_eos:
                 row.done = FinishReason.STOP
                 continue
             row.pending += 1

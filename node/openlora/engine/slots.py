@@ -15,11 +15,8 @@ import time
 from collections import OrderedDict
 
 from ..adapters.peft_format import LoraAdapter
+from .interface import NoFreeSlot
 from .lora import BatchSlots, LoRALinear
-
-
-class NoFreeSlot(RuntimeError):
-    """Every device slot is referenced by a running request or pinned; retry after one finishes."""
 
 
 class SlotManager:

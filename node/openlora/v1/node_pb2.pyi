@@ -80,18 +80,24 @@ class GenerateRequest(_message.Message):
     def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., voucher: _Optional[_Union[Voucher, _Mapping]] = ...) -> None: ...
 
 class Voucher(_message.Message):
-    __slots__ = ("client", "node", "epoch", "cumulative_amount", "signature")
+    __slots__ = ("client", "node", "epoch", "cumulative_amount", "signature", "adapter_id", "price_per_1k_tokens", "adapter_amount")
     CLIENT_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     CUMULATIVE_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
+    PRICE_PER_1K_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     client: str
     node: str
     epoch: int
     cumulative_amount: str
     signature: bytes
-    def __init__(self, client: _Optional[str] = ..., node: _Optional[str] = ..., epoch: _Optional[int] = ..., cumulative_amount: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    adapter_id: bytes
+    price_per_1k_tokens: str
+    adapter_amount: str
+    def __init__(self, client: _Optional[str] = ..., node: _Optional[str] = ..., epoch: _Optional[int] = ..., cumulative_amount: _Optional[str] = ..., signature: _Optional[bytes] = ..., adapter_id: _Optional[bytes] = ..., price_per_1k_tokens: _Optional[str] = ..., adapter_amount: _Optional[str] = ...) -> None: ...
 
 class Receipt(_message.Message):
     __slots__ = ("node", "client", "epoch", "sequence", "adapter_id", "publisher", "tokens", "cost", "charged_total", "signature")
@@ -266,7 +272,7 @@ class SlotInfo(_message.Message):
     def __init__(self, capacity: _Optional[int] = ..., resident: _Optional[_Iterable[str]] = ..., host_cached: _Optional[int] = ..., max_rank: _Optional[int] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("version", "base_model", "base_fingerprint", "dtype", "device", "slots", "running", "waiting", "adapters_known", "chain", "p2p")
+    __slots__ = ("version", "base_model", "base_fingerprint", "dtype", "device", "slots", "running", "waiting", "adapters_known", "chain", "p2p", "engine")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     BASE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +284,7 @@ class NodeInfo(_message.Message):
     ADAPTERS_KNOWN_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     P2P_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
     version: str
     base_model: str
     base_fingerprint: str
@@ -289,7 +296,8 @@ class NodeInfo(_message.Message):
     adapters_known: int
     chain: ChainInfo
     p2p: P2PInfo
-    def __init__(self, version: _Optional[str] = ..., base_model: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., slots: _Optional[_Union[SlotInfo, _Mapping]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., adapters_known: _Optional[int] = ..., chain: _Optional[_Union[ChainInfo, _Mapping]] = ..., p2p: _Optional[_Union[P2PInfo, _Mapping]] = ...) -> None: ...
+    engine: str
+    def __init__(self, version: _Optional[str] = ..., base_model: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., slots: _Optional[_Union[SlotInfo, _Mapping]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., adapters_known: _Optional[int] = ..., chain: _Optional[_Union[ChainInfo, _Mapping]] = ..., p2p: _Optional[_Union[P2PInfo, _Mapping]] = ..., engine: _Optional[str] = ...) -> None: ...
 
 class P2PInfo(_message.Message):
     __slots__ = ("peer_id", "multiaddr", "peers", "nodes_known")
@@ -338,7 +346,7 @@ class GetQuoteRequest(_message.Message):
     def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., client: _Optional[str] = ...) -> None: ...
 
 class ChannelState(_message.Message):
-    __slots__ = ("epoch", "deposited", "redeemed", "withdraw_at", "latest_voucher", "charged_total", "committed")
+    __slots__ = ("epoch", "deposited", "redeemed", "withdraw_at", "latest_voucher", "charged_total", "committed", "adapter_voucher", "adapter_charged")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     DEPOSITED_FIELD_NUMBER: _ClassVar[int]
     REDEEMED_FIELD_NUMBER: _ClassVar[int]
@@ -346,6 +354,8 @@ class ChannelState(_message.Message):
     LATEST_VOUCHER_FIELD_NUMBER: _ClassVar[int]
     CHARGED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_VOUCHER_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_CHARGED_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     deposited: str
     redeemed: str
@@ -353,7 +363,9 @@ class ChannelState(_message.Message):
     latest_voucher: Voucher
     charged_total: str
     committed: str
-    def __init__(self, epoch: _Optional[int] = ..., deposited: _Optional[str] = ..., redeemed: _Optional[str] = ..., withdraw_at: _Optional[int] = ..., latest_voucher: _Optional[_Union[Voucher, _Mapping]] = ..., charged_total: _Optional[str] = ..., committed: _Optional[str] = ...) -> None: ...
+    adapter_voucher: Voucher
+    adapter_charged: str
+    def __init__(self, epoch: _Optional[int] = ..., deposited: _Optional[str] = ..., redeemed: _Optional[str] = ..., withdraw_at: _Optional[int] = ..., latest_voucher: _Optional[_Union[Voucher, _Mapping]] = ..., charged_total: _Optional[str] = ..., committed: _Optional[str] = ..., adapter_voucher: _Optional[_Union[Voucher, _Mapping]] = ..., adapter_charged: _Optional[str] = ...) -> None: ...
 
 class Quote(_message.Message):
     __slots__ = ("payment_required", "adapter", "prompt_tokens", "max_new_tokens", "price_per_1k_tokens", "publisher_price_per_1k", "node_fee_per_1k", "max_cost_wei", "publisher", "royalty_bps", "node_address", "chain_id", "channels", "channel")
@@ -394,18 +406,20 @@ class GetUsageRequest(_message.Message):
     def __init__(self, adapter: _Optional[str] = ...) -> None: ...
 
 class AdapterUsage(_message.Message):
-    __slots__ = ("adapter", "calls", "tokens", "amount_wei", "publisher_earnings_wei")
+    __slots__ = ("adapter", "calls", "tokens", "amount_wei", "publisher_earnings_wei", "publisher")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     CALLS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_WEI_FIELD_NUMBER: _ClassVar[int]
     PUBLISHER_EARNINGS_WEI_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHER_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     calls: int
     tokens: int
     amount_wei: str
     publisher_earnings_wei: str
-    def __init__(self, adapter: _Optional[str] = ..., calls: _Optional[int] = ..., tokens: _Optional[int] = ..., amount_wei: _Optional[str] = ..., publisher_earnings_wei: _Optional[str] = ...) -> None: ...
+    publisher: str
+    def __init__(self, adapter: _Optional[str] = ..., calls: _Optional[int] = ..., tokens: _Optional[int] = ..., amount_wei: _Optional[str] = ..., publisher_earnings_wei: _Optional[str] = ..., publisher: _Optional[str] = ...) -> None: ...
 
 class GetUsageResponse(_message.Message):
     __slots__ = ("adapters",)

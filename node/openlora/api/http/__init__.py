@@ -15,7 +15,8 @@ An error found before the first token is the response's status, also when stream
 token is awaited before the stream starts); one after it is a last SSE event ``{"error": …}``.
 
 Payment: the client sends its voucher in ``X-OpenLoRA-Voucher`` as JSON with the gRPC Voucher's fields
-(``client``, ``node``, ``epoch``, ``cumulative_amount`` as a decimal string, ``signature`` as 0x-hex);
+(``client``, ``node``, ``epoch``, ``cumulative_amount``, ``price_per_1k_tokens`` and ``adapter_amount`` as
+decimal strings, ``adapter_id`` and ``signature`` as 0x-hex);
 the node-signed receipt comes back in ``X-OpenLoRA-Receipt`` (same JSON shape as the gRPC Receipt, bytes as
 0x-hex) or, when streaming, as ``openlora_receipt`` in the last chunk. Wire formats follow OpenAI's
 API reference (https://platform.openai.com/docs/api-reference/chat) and the SSE spec (WHATWG HTML §9.2).

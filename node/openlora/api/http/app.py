@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ...adapters.catalog import AdapterState
 from ...content.cid import cid_text
 from ...content.errors import InvalidCID
-from ...engine.scheduler import TextDelta
+from ...engine.interface import TextDelta
 from ...metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from ..calls import CallDone, CallError, CallInput, Calls
 from ..ratelimit import RateLimited, RateLimiter, client_key
@@ -231,6 +231,8 @@ def build_app(calls: Calls, metrics: NodeMetrics, base_name: str, limiter: RateL
         }  # fmt: skip
         if price.quote is not None:
             out["price_per_1k_tokens"] = str(price.quote.price_per_1k_tokens)
+            out["adapter_id"] = "0x" + price.quote.adapter_id.hex()  # what the voucher names
+            out["publisher"] = price.quote.publisher
         return JSONResponse(out)
 
     @app.get("/metrics")
@@ -239,7 +241,7 @@ def build_app(calls: Calls, metrics: NodeMetrics, base_name: str, limiter: RateL
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        if app.state.ready and calls.engine.alive:
+        if app.state.ready and getattr(calls.engine, "alive", True):  # the torch engine's thread
             return JSONResponse({"status": "serving"})
         return JSONResponse({"status": "not_serving"}, 503)
 

@@ -1,7 +1,8 @@
 """What crosses the HTTP boundary: OpenAI request bodies, error objects and codes, voucher and receipt JSON.
 
     CallError (gRPC code, payment error) ──http_status──► 400 402 403 404 422 429 500 503 + {"error": {…}}
-    X-OpenLoRA-Voucher: {"client", "node", "epoch", "cumulative_amount", "signature": "0x…"} ──► pb.Voucher
+    X-OpenLoRA-Voucher: {"client", "node", "epoch", "cumulative_amount", "adapter_id": "0x…",
+                         "price_per_1k_tokens", "adapter_amount", "signature": "0x…"} ──► pb.Voucher
     SignedReceipt ──► {"node", "client", …, "cost", "charged_total", "signature": "0x…"} (X-OpenLoRA-Receipt)
 
 Fields follow OpenAI's API reference (https://platform.openai.com/docs/api-reference/chat); this node
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...chain.records import SignedReceipt
-from ...engine.scheduler import FinishReason
+from ...engine.interface import FinishReason
 from ...v1 import node_pb2 as pb
 from ..calls import MAX_CHAT_MESSAGES, CallDone, CallError, CallInput
 
@@ -154,22 +155,27 @@ def parse_voucher(text: str) -> pb.Voucher:
     """The ``X-OpenLoRA-Voucher`` header as a gRPC Voucher (its checks run in the core, as for gRPC).
 
     Raises:
-        CallError: PERMISSION_DENIED (``InvalidVoucher``): not a JSON object with the five fields of the right types.
+        CallError: PERMISSION_DENIED (``InvalidVoucher``): not a JSON object with the eight fields of the right types.
     """
     try:
         data = json.loads(text)
         sig = data["signature"]
         if not isinstance(sig, str) or not sig.startswith("0x"):
             raise ValueError("signature must be 0x-hex")
+        adapter = data["adapter_id"]
+        if not isinstance(adapter, str) or not adapter.startswith("0x"):
+            raise ValueError("adapter_id must be 0x-hex")
         return pb.Voucher(
             client=str(data["client"]), node=str(data["node"]), epoch=int(data["epoch"]),
             cumulative_amount=str(data["cumulative_amount"]), signature=bytes.fromhex(sig[2:]),
+            adapter_id=bytes.fromhex(adapter[2:]), price_per_1k_tokens=str(data["price_per_1k_tokens"]),
+            adapter_amount=str(data["adapter_amount"]),
         )  # fmt: skip
     except (ValueError, TypeError, KeyError) as e:
         raise CallError(
             grpc.StatusCode.PERMISSION_DENIED,
-            f"{VOUCHER_HEADER} must be a JSON object with client, node, epoch, cumulative_amount (decimal wei) and "
-            f"signature (0x-hex): {type(e).__name__}: {e}",
+            f"{VOUCHER_HEADER} must be a JSON object with client, node, epoch, cumulative_amount, adapter_id (0x-hex), "
+            f"price_per_1k_tokens, adapter_amount (decimal wei) and signature (0x-hex): {type(e).__name__}: {e}",
             payment_error="InvalidVoucher",
         ) from None
 

@@ -1,0 +1,140 @@
+"""Greedy float32 text from the vLLM engine equals PEFT's, for the demo adapters and every LoRA shape
+``test_lora_numerics.py`` pins for the torch engine.
+
+The adapters go the node's whole way: signed manifests published into a real blockstore and catalog
+(``AdapterStore``), read back and verified by ``load_verified``, written to the engine's private
+folders and handed to vLLM as ``LoRARequest``s. Reference: ``peft.PeftModel.generate`` (greedy) on a
+float32 base loaded the way the node loads it. Where the texts differ, the first differing token
+must be a near-tie under PEFT's own logits: vLLM's CPU kernels (its attention, its LoRA ops) sum in
+another order than transformers' eager forward, so a top-2 gap of a few float32 ulps of the logits
+may flip; ``NEAR_TIE`` (logits) is that bound, 100× the float32 tolerance of the torch engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+from adapter_corpus import BaseInfo, signed_manifest
+from conftest import DEMO_ADAPTERS
+from lora_cases import CASES, save_case_adapters
+
+from openlora.adapters.catalog import Catalog
+from openlora.adapters.store import AdapterStore, BaseProfile
+from openlora.content.blockstore import BlockStore
+from openlora.engine.interface import Failed, Finished, GenerationRequest, TextDelta
+from openlora.engine.lora import adaptable_shapes
+from openlora.engine.sampling import SamplingParams
+from openlora.engine.text import load_codec
+from openlora.engine.vllm_engine import AdapterFolders, VllmEngine, VllmOptions
+
+NEW_TOKENS = 12
+NEAR_TIE = 1e-2
+PROMPTS = ["The three most important habits for good sleep are", "What should I do about a persistent cough?"]
+DEMO = ("medical", "legal", "finance")
+
+
+@pytest.fixture(scope="module")
+def base_fp32(base_source):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(base_source.path), dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def folders(base_fp32, tmp_path_factory) -> dict:
+    # B spread ×4: every case's delta then changes some greedy text within NEW_TOKENS (checked below)
+    out = save_case_adapters(base_fp32, tmp_path_factory.mktemp, b_scale=4.0)
+    out.update({d: DEMO_ADAPTERS / d for d in DEMO})
+    return out
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def store_and_cids(base_source, folders, tmp_path_factory):
+    data = tmp_path_factory.mktemp("vllm-store")
+    profile = BaseProfile(base_source.name, base_source.fingerprint, adaptable_shapes(base_source.path), 64)
+    store = AdapterStore(BlockStore(data / "blocks"), Catalog(data / "catalog.sqlite"), profile)
+    base = BaseInfo(base_source.name, base_source.fingerprint, 64)
+    cids = {}
+    for name, folder in folders.items():
+        files = {f: (folder / f).read_bytes() for f in ("adapter_config.json", "adapter_model.safetensors")}
+        cids[name] = store.publish(signed_manifest(files, base, name=name), files)
+    return store, cids, data
+
+
+@pytest.fixture(scope="module")
+def engine(loop, base_source, store_and_cids):
+    store, _, data = store_and_cids
+    codec = load_codec(base_source.path)
+    options = VllmOptions(dtype="float32", max_loras=4, max_cpu_loras=16, max_lora_rank=64, max_batch=4, kv_cache_gib=1, enforce_eager=True)
+    engine = loop.run_until_complete(
+        VllmEngine.open(base_source, codec, options, store.load_verified, AdapterFolders(data / "vllm-adapters"))
+    )
+    yield engine
+    engine.stop()
+
+
+def _generate(loop, engine: VllmEngine, ids: list[int], cid: str | None) -> str:
+    async def run() -> str:
+        events: asyncio.Queue = asyncio.Queue()
+        engine.submit(GenerationRequest(ids, SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.0), events.put_nowait, cid))
+        text = []
+        while True:
+            ev = await asyncio.wait_for(events.get(), 300)
+            if isinstance(ev, TextDelta):
+                text.append(ev.text)
+            elif isinstance(ev, Finished):
+                return "".join(text)
+            elif isinstance(ev, Failed):
+                raise ev.error
+
+    return loop.run_until_complete(run())
+
+
+@pytest.mark.parametrize("case", [*CASES, *DEMO])
+def test_vllm_greedy_text_equals_peft(case, loop, engine, store_and_cids, folders, base_source):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    _, cids, _ = store_and_cids
+    tok = engine.codec.tokenizer
+    ref = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(base_source.path), dtype=torch.float32), str(folders[case])
+    ).eval()
+    changed = False
+    for ids in _prompts(engine.codec):
+        got = _generate(loop, engine, ids, cids[case])
+        with torch.inference_mode():
+            out = ref.generate(input_ids=torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False)[0, len(ids) :]
+        want_ids = [t for t in out.tolist() if t not in engine.codec.eos_ids]
+        want = tok.decode(want_ids, skip_special_tokens=True)
+        if got != want:
+            _assert_near_tie(ref, tok, ids, want_ids, got)
+        changed = changed or want != _generate(loop, engine, ids, None)
+    assert changed, "the adapter changed no greedy text: the comparison proves nothing"
+
+
+def _prompts(codec) -> list[list[int]]:
+    """The text prompts, and one of seeded random token ids (flat next-token distributions, where even a
+    rank-1 adapter moves the greedy choice)."""
+    g = torch.Generator().manual_seed(3)
+    return [codec.encode_prompt(p) for p in PROMPTS] + [torch.randint(100, 40000, (24,), generator=g).tolist()]
+
+
+def _assert_near_tie(ref, tok, prompt_ids: list[int], want_ids: list[int], got: str) -> None:
+    """The first token where vLLM's text leaves PEFT's was a near-tie in PEFT's own logits."""
+    k = next(k for k in range(len(want_ids)) if not got.startswith(tok.decode(want_ids[: k + 1], skip_special_tokens=True)))
+    common = tok.decode(want_ids[:k], skip_special_tokens=True)
+    theirs = tok(got[len(common) :], add_special_tokens=False)["input_ids"][0]
+    with torch.inference_mode():
+        logits = ref(input_ids=torch.tensor([prompt_ids + want_ids[:k]])).logits[0, -1].float()
+    gap = (logits[want_ids[k]] - logits[theirs]).item()
+    assert gap <= NEAR_TIE, (k, tok.decode([want_ids[k]]), tok.decode([theirs]), gap)
