@@ -28,6 +28,9 @@ key, so the node passes every check before the one the case is meant to trip.
     absent_file             the manifest lists the weights; they are not sent     absent_file
     summary_lies            the manifest says r=4; the files say r=8              manifest_mismatch
     not_canonical           the manifest JSON is pretty-printed                   bad_manifest
+    huge_alpha              lora_alpha = 1e30 on the finite demo weights (its     scaling_limit
+                            logits would be inf)
+    unprintable_name        the signed name holds a newline and an ANSI escape    bad_manifest
 
 ``wrong_hash`` and ``absent_file`` are about the upload, not the adapter the manifest names, so
 the node does not record them (:data:`NOT_RECORDED`); their load-path twins — a block tampered on
@@ -89,6 +92,8 @@ CASE_REASONS = {
     "absent_file": RejectReason.ABSENT_FILE,
     "summary_lies": RejectReason.MANIFEST_MISMATCH,
     "not_canonical": RejectReason.BAD_MANIFEST,
+    "huge_alpha": RejectReason.SCALING_LIMIT,
+    "unprintable_name": RejectReason.BAD_MANIFEST,
 }
 NOT_RECORDED = {"wrong_hash", "absent_file"}  # about the upload, not the adapter (module docstring)
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -176,6 +181,14 @@ def sign(unsigned: UnsignedManifest, key=PUBLISHER) -> bytes:
     """Canonical bytes of ``unsigned`` signed by ``key`` (which need not be the publisher)."""
     signature = bytes(key.sign_message(manifest_message(unsigned)).signature)
     return encode_manifest(Manifest(**unsigned.model_dump(), signature="0x" + signature.hex()))
+
+
+def _signed_unchecked(files: Mapping[str, bytes], base: BaseInfo, **fields) -> bytes:
+    """A signed manifest with ``fields`` the schema refuses (built without validation, signed as is)."""
+    values = {**unsigned_manifest(files, base).model_dump(), **fields}
+    unsigned = UnsignedManifest.model_construct(**values)
+    signature = bytes(PUBLISHER.sign_message(manifest_message(unsigned)).signature)
+    return encode_manifest(Manifest.model_construct(**values, signature="0x" + signature.hex()))
 
 
 def signed_manifest(files: Mapping[str, bytes], base: BaseInfo, **fields) -> bytes:
@@ -266,6 +279,8 @@ def upload_cases(base: BaseInfo, marker: Path) -> list[Case]:
         Case("absent_file", R.ABSENT_FILE, signed_manifest(good, base, name="absent_file"), {CONFIG_FILE: good[CONFIG_FILE]}),
         case("summary_lies", R.MANIFEST_MISMATCH, good, peft=honest_summary(good).model_copy(update={"r": 4})),
         Case("not_canonical", R.BAD_MANIFEST, json.dumps(json.loads(signed_manifest(good, base, name="x")), indent=1).encode(), good),
+        case("huge_alpha", R.SCALING_LIMIT, {**good, CONFIG_FILE: config_bytes(lora_alpha=1e30)}),
+        Case("unprintable_name", R.BAD_MANIFEST, _signed_unchecked(good, base, name="ok\n\x1b[31mforged log line"), good),
     ]
     assert [(c.id, c.reason) for c in cases] == list(CASE_REASONS.items()) and len({c.cid for c in cases}) == len(cases)
     return cases

@@ -170,6 +170,7 @@ def test_a_valid_status() -> None:
         ({"node_fee_per_1k_wei": -1}, "malformed"),
         ({"load": {"active": 0, "waiting": 0, "max_batch": 0}}, "malformed"),
         ({"resident": ["bafk"] * 257}, "malformed"),
+        ({"base_name": "SmolLM2\n\x1b[2Jforged"}, "malformed"),  # printable text only: it reaches logs and terminals
     ],
 )
 def test_bad_statuses(changes: dict, reason: str) -> None:

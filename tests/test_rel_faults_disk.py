@@ -147,7 +147,7 @@ def test_a_node_whose_disk_is_full_refuses_publish_with_resource_exhausted_and_k
         out = cli("openlora-node", "publish", str(DEMO_ADAPTERS / "medical"), "--node", node.address)
         assert out.returncode != 0
         assert out.stderr.startswith("error: RESOURCE_EXHAUSTED: cannot store adapter "), out.stderr
-        assert "disk full: cannot store block" in out.stderr and "free space" in out.stderr
+        assert "disk full: cannot store" in out.stderr and "free space" in out.stderr
         with NodeClient(node.address, timeout=120) as c:
             assert c.list_adapters() == []  # nothing half-published is listed
             assert c.generate("Say hi.", max_new_tokens=2, temperature=0).text()  # still serving

@@ -16,6 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from openlora.api.calls import CHAT_MESSAGE_OVERHEAD_CHARS, MAX_CHAT_MESSAGES
 from openlora.api.ratelimit import CLIENT_KEY_HEADER, MAX_CLIENT_KEY_CHARS, RateLimited, RateLimiter, client_key
 from openlora.api.server import MAX_MESSAGE_BYTES
 from openlora.local import NodeProcess
@@ -220,3 +221,26 @@ def test_without_a_client_header_the_caller_address_is_the_key(stub) -> None:
         stub.GetQuote(request, timeout=60)
     e = refusal(lambda: stub.GetQuote(request, timeout=60))
     assert e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def chat(n: int, content: str = "") -> pb.GenerateRequest:
+    messages = [pb.ChatMessage(role="user", content=content)] * n
+    return pb.GenerateRequest(chat=pb.ChatMessages(messages=messages), sampling=pb.SamplingParams(max_new_tokens=1, temperature=0))
+
+
+def test_a_million_empty_chat_messages_are_refused_by_count_before_templating(stub) -> None:
+    request = chat(1_000_000)
+    assert request.ByteSize() < MAX_MESSAGE_BYTES  # grpc lets it through: the node's own limit must refuse it
+    e = refusal(lambda: list(stub.Generate(request, metadata=as_client("many-messages"), timeout=120)))
+    assert e.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert f"chat has 1000000 messages; this node accepts up to {MAX_CHAT_MESSAGES}" in e.details()
+    assert stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=30).base_model
+
+
+def test_chat_messages_count_their_template_overhead_in_the_character_limit(stub) -> None:
+    # --max-prompt-tokens 16: 256 characters; 5 empty messages count 5 × 64 for their markers
+    limit = MAX_PROMPT_TOKENS * 16
+    assert 5 * CHAT_MESSAGE_OVERHEAD_CHARS > limit
+    e = refusal(lambda: list(stub.Generate(chat(5), metadata=as_client("overhead"), timeout=120)))
+    assert e.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert f"chat is longer than {limit} characters" in e.details() and "template markers" in e.details()

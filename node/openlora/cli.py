@@ -174,6 +174,7 @@ def start(
     dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16.", show_default="bfloat16")] = None,
     max_loras: Annotated[Optional[int], typer.Option(help="Adapter slots on the device.", show_default="8")] = None,
     max_cpu_loras: Annotated[Optional[int], typer.Option(help="Adapters kept parsed in host RAM.", show_default="64")] = None,
+    max_cpu_lora_bytes: Annotated[Optional[int], typer.Option(help="Bytes of adapter weights kept parsed in host RAM.", show_default="4294967296")] = None,
     max_lora_rank: Annotated[Optional[int], typer.Option(help="Largest adapter rank served.", show_default="64")] = None,
     max_batch: Annotated[Optional[int], typer.Option(help="Rows decoded together.", show_default="16")] = None,
     max_waiting: Annotated[Optional[int], typer.Option(help="Queued requests before RESOURCE_EXHAUSTED.", show_default="256")] = None,

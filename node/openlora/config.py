@@ -103,6 +103,8 @@ class NodeSettings(BaseSettings):
         dtype: compute dtype of the base and adapter slots.
         max_loras: device adapter slots (vLLM's ``max_loras``).
         max_cpu_loras: adapters kept parsed in host RAM (vLLM's ``max_cpu_loras``).
+        max_cpu_lora_bytes: bytes of adapter weights kept parsed in host RAM at most (the host cache
+            evicts by whichever of the two bounds is reached first).
         max_lora_rank: largest adapter rank served; larger ones are refused at publish/load.
         max_batch: rows decoded together.
         max_waiting: queued requests before RESOURCE_EXHAUSTED.
@@ -151,6 +153,7 @@ class NodeSettings(BaseSettings):
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     max_loras: Annotated[int, Field(ge=1, le=1024)] = 8
     max_cpu_loras: Annotated[int, Field(ge=1)] = 64
+    max_cpu_lora_bytes: Annotated[int, Field(ge=1)] = 4 * 1024**3
     max_lora_rank: Annotated[int, Field(ge=1, le=1024)] = 64
     max_batch: Annotated[int, Field(ge=1, le=1024)] = 16
     max_waiting: Annotated[int, Field(ge=1)] = 256

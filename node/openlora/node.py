@@ -23,7 +23,7 @@ import torch
 from .adapters.catalog import Catalog
 from .adapters.store import AdapterStore, BaseProfile
 from .api.ratelimit import RateLimiter
-from .api.server import start_server
+from .api.server import not_serving_on, start_server
 from .api.calls import Calls, ServingLimits
 from .api.servicer import NodeServicer
 from .api.swarm_link import SwarmLink
@@ -101,6 +101,8 @@ class Node:
         # ── end chain ──
         limiter = RateLimiter(s.client_rate_limit_rps, s.client_rate_limit_burst) if s.client_rate_limit_rps else None
         self._server, self.port, self._health = await start_server(servicer, s.host, s.port, limiter)
+        if hasattr(self._engine, "on_exit"):  # the torch engine's thread; vLLM reports its own failures
+            not_serving_on(self._engine.on_exit, self._health)
         http_port = s.resolved_http_port()
         if http_port is not None:
             from .api.http import HttpServer, build_app  # fastapi + uvicorn load only when HTTP is on
@@ -131,7 +133,7 @@ class Node:
             rm = await asyncio.to_thread(load_resident, source, s.dtype, s.max_loras, s.max_lora_rank, s.device)
             store = AdapterStore(blocks, self._catalog, BaseProfile(source.name, source.fingerprint, rm.base_modules, rm.max_rank))
             engine = TorchEngine(
-                rm, SlotManager(rm.lora_layers, rm.routing, s.max_loras), HostCache(s.max_cpu_loras),
+                rm, SlotManager(rm.lora_layers, rm.routing, s.max_loras), HostCache(s.max_cpu_loras, s.max_cpu_lora_bytes),
                 metrics.timed_load(store.load), max_batch=s.max_batch, max_waiting=s.max_waiting,
                 on_cache=metrics.cache_lookup,
             )  # fmt: skip

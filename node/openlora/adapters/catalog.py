@@ -18,6 +18,11 @@ remembered by CID with its typed reason so the same bad adapter is refused at on
 and ``GetAdapter`` can say why; a retryable one (a corrupt or absent local copy, a node limit)
 may be verified again. SQLite in WAL mode; every method is one short transaction and
 safe to call from any thread.
+
+Adapters only announced (AVAILABLE) are bounded: past ``max_announced`` the least recently
+learned of them are forgotten (:meth:`Catalog.forget_announced`); an entry this node fetched,
+verified, published, serves or rejected is never evicted. A forgotten adapter is learned again
+from its next announcement, or fetched on the first request for it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from enum import Enum
 from pathlib import Path
 
 from .reasons import RejectReason
+
+MAX_ANNOUNCED = 2000  # AVAILABLE (announced, never fetched) entries kept at most
 
 class AdapterState(str, Enum):
     """Stored lifecycle state of an adapter on this node."""
@@ -113,6 +120,34 @@ class Catalog:
             "SELECT cid, state, reason, detail, name, manifest, updated_at FROM adapters WHERE cid = ?", (cid,)
         ).fetchone()
         return _entry(row) if row else None
+
+    def count(self) -> int:
+        """Entries in the catalog."""
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM adapters").fetchone()[0]
+
+    def page(self, limit: int, after: tuple[float, str] | None = None) -> list[CatalogEntry]:
+        """At most ``limit`` entries, most recently changed first, starting after the entry whose
+        ``(updated_at, cid)`` is ``after`` (keyset paging: an entry changed while a client pages
+        moves to the front, so that listing may miss it; the next one shows it)."""
+        query = "SELECT cid, state, reason, detail, name, manifest, updated_at FROM adapters"
+        args: tuple = ()
+        if after is not None:
+            query += " WHERE updated_at < ? OR (updated_at = ? AND cid > ?)"
+            args = (after[0], after[0], after[1])
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY updated_at DESC, cid LIMIT ?", (*args, limit)).fetchall()
+        return [_entry(r) for r in rows]
+
+    def forget_announced(self, keep: int = MAX_ANNOUNCED) -> int:
+        """Delete AVAILABLE entries beyond the ``keep`` most recently learned; returns how many went."""
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM adapters WHERE cid IN (SELECT cid FROM adapters WHERE state = ? "
+                "ORDER BY updated_at DESC, cid LIMIT -1 OFFSET ?)",
+                (AdapterState.AVAILABLE.value, keep),
+            )
+            return cur.rowcount
 
     def list(self) -> list[CatalogEntry]:
         """Every entry, most recently changed first."""

@@ -16,7 +16,8 @@
 Fields (all required, no others allowed):
 
     version              1
-    name                 publisher's adapter name, ≤ 200 characters (may be empty)
+    name                 publisher's adapter name, ≤ 200 printable characters (may be empty; no
+                         newlines, ANSI escapes or other control characters)
     base                 {name, fingerprint "sha256:<64 hex>"} of the base model (engine/base.py)
     peft                 summary of adapter_config.json + the weights (r, lora_alpha, sorted
                          target_modules or a regex string, rank/alpha patterns, use_rslora,
@@ -51,7 +52,7 @@ import re
 from typing import Annotated
 
 from eth_utils import is_checksum_address
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..content.cid import check_supported, cid_text, parse_cid
 from ..content.errors import InvalidCID
@@ -68,6 +69,19 @@ _SIGNATURE = r"^0x[0-9a-f]{130}$"
 _BAD_FILE_NAME = re.compile(r"[/\\\x00]|^\.\.?$")
 
 
+def _printable(v: str) -> str:
+    """Names end up in logs, terminals and UIs: no newlines, ANSI escapes, bidi overrides or other
+    control or format characters (``str.isprintable``; spaces are fine)."""
+    if not v.isprintable():
+        bad = next(c for c in v if not c.isprintable())
+        raise ValueError(f"must be printable text (found {bad!r})")
+    return v
+
+
+PrintableName = Annotated[str, AfterValidator(_printable)]
+"""A name shown to people: printable text only (see :func:`_printable`); length is bounded where it is used."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -75,7 +89,7 @@ class _Strict(BaseModel):
 class BaseRef(_Strict):
     """The base model an adapter was trained on: its name and fingerprint (``"sha256:<hex>"``)."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: Annotated[PrintableName, Field(min_length=1, max_length=200)]
     fingerprint: Annotated[str, Field(pattern=_FINGERPRINT)]
 
 
@@ -123,7 +137,7 @@ class UnsignedManifest(_Strict):
     """Manifest schema v1 without its signature: exactly what the publisher signs (module docstring)."""
 
     version: int
-    name: Annotated[str, Field(max_length=200)]
+    name: Annotated[PrintableName, Field(max_length=200)]
     base: BaseRef
     peft: PeftSummary
     files: Annotated[list[FileRef], Field(min_length=1, max_length=16)]

@@ -65,6 +65,10 @@ _UNSUPPORTED = {
 
 MAX_PATTERN_CHARS = 256
 MAX_PATTERN_REPEATS = 2  # * + {m,n} per pattern: matching one module name stays polynomial and small
+# Largest effective LoRA scaling (lora_alpha / r, or / sqrt(r) with rsLoRA) accepted. Published
+# adapters sit at 0.5–4; a scaling of 1e30 on finite weights overflows the logits to inf, so it is
+# refused as a verdict at verification rather than found one batch at a time.
+MAX_LORA_SCALING = 64.0
 MAX_PATTERN_KEYS = 64  # rank_pattern / alpha_pattern keys: each is tried against every module
 _REPEATS = (MAX_REPEAT, MIN_REPEAT, POSSESSIVE_REPEAT)
 
@@ -293,6 +297,7 @@ def load_adapter(
         AdapterRejected: with the first failing check's reason, in this order: BAD_CONFIG /
             UNSUPPORTED_PEFT, UNKNOWN_MODULE, RANK_LIMIT, the header's reasons
             (HEADER_TOO_LARGE, TRUNCATED_FILE, BAD_SAFETENSORS, BAD_DTYPE, BAD_OFFSETS),
+            SCALING_LIMIT (a module's effective scaling above :data:`MAX_LORA_SCALING`),
             MISSING_WEIGHTS / BAD_DTYPE / SHAPE_MISMATCH / UNKNOWN_MODULE on the header's
             tensors, NON_FINITE.
     """
@@ -305,6 +310,14 @@ def load_adapter(
     if too_big:
         name, r = next(iter(sorted(too_big.items())))
         raise AdapterRejected(RejectReason.RANK_LIMIT, f"rank {r} (module {name}) exceeds this node's max LoRA rank {max_rank}")
+    scalings = {n: _scaling(alpha, r, lc.use_rslora) for n, (r, alpha) in expected.items()}
+    for name, scaling in sorted(scalings.items()):
+        if not math.isfinite(scaling) or abs(scaling) > MAX_LORA_SCALING:
+            raise AdapterRejected(
+                RejectReason.SCALING_LIMIT,
+                f"module {name} has scaling {scaling:g} (lora_alpha / {'sqrt(r)' if lc.use_rslora else 'r'}); "
+                f"at most {MAX_LORA_SCALING:g} in magnitude is accepted: lower lora_alpha",
+            )
 
     header = parse_header(weights_raw, WEIGHTS_FILE)
     infos = header.tensors
@@ -341,6 +354,13 @@ def load_adapter(
         b = tensors[f"{_KEY_PREFIX}{name}.lora_B.weight"]
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise AdapterRejected(RejectReason.NON_FINITE, f"{name} has NaN or Inf weights")
-        scaling = alpha / math.sqrt(r) if lc.use_rslora else alpha / r
-        modules[name] = ModuleLoRA(a.contiguous(), b.contiguous(), float(scaling))
+        modules[name] = ModuleLoRA(a.contiguous(), b.contiguous(), scalings[name])
     return LoraAdapter(config=cfg, modules=modules)
+
+
+def _scaling(alpha: float, r: int, rslora: bool) -> float:
+    """PEFT's scaling of one module: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA (``inf`` on overflow)."""
+    try:
+        return float(alpha / math.sqrt(r) if rslora else alpha / r)
+    except OverflowError:  # an int lora_alpha beyond float range
+        return math.inf

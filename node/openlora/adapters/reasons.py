@@ -38,6 +38,7 @@ class RejectReason(str, Enum):
     BAD_CONFIG = "bad_config"
     UNSUPPORTED_PEFT = "unsupported_peft"
     RANK_LIMIT = "rank_limit"
+    SCALING_LIMIT = "scaling_limit"
     # adapter_model.safetensors: the container
     HEADER_TOO_LARGE = "header_too_large"
     BAD_SAFETENSORS = "bad_safetensors"

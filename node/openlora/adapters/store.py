@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 from ..content.blockstore import BlockStore
 from ..content.cid import RAW, cid_text, make_cid
-from ..content.errors import BlockHashMismatch, BlockNotFound, InvalidDag, LimitExceeded
+from ..content.errors import BlockHashMismatch, BlockNotFound, InvalidDag, LimitExceeded, SizeMismatch
 from .catalog import AdapterState, Catalog, CatalogEntry
 from .manifest import FileRef, Manifest, parse_manifest
 from .peft_format import LoraAdapter
@@ -114,10 +114,12 @@ class AdapterStore:
 
     def learn(self, cid: str, manifest_raw: bytes, name: str) -> bool:
         """Record an adapter a peer announced (manifest already validated by the swarm) as
-        AVAILABLE, unless this node already knows it. Returns whether it was new."""
+        AVAILABLE, unless this node already knows it; past ``catalog.MAX_ANNOUNCED`` announced-only
+        entries the least recently learned are forgotten. Returns whether it was new."""
         if self.catalog.get(cid) is not None:
             return False
         self.catalog.set_state(cid, AdapterState.AVAILABLE, name=name, manifest=manifest_raw)
+        self.catalog.forget_announced()  # bounded: a peer announcing thousands cannot grow it without end
         return True
 
     def admit_fetched(self, cid: str) -> LoraAdapter:
@@ -186,13 +188,15 @@ class AdapterStore:
 
     def _read(self, ref: FileRef) -> bytes:
         try:
-            return self.blocks.cat(ref.cid)
+            return self.blocks.cat(ref.cid, ref.size)  # the root must declare the manifest's size: no more is read
         except BlockNotFound as e:
             raise AdapterRejected(RejectReason.ABSENT_FILE, f"{ref.name} ({ref.cid}) is not stored on this node: {e}") from None
         except BlockHashMismatch as e:
             raise AdapterRejected(RejectReason.HASH_MISMATCH, f"{ref.name} ({ref.cid}): {e}") from None
         except LimitExceeded as e:
             raise AdapterRejected(RejectReason.SIZE_LIMIT, f"{ref.name} ({ref.cid}): {e}") from None
+        except SizeMismatch as e:
+            raise AdapterRejected(RejectReason.MANIFEST_MISMATCH, f"{ref.name}: {e} (the size the manifest lists)") from None
         except InvalidDag as e:
             raise AdapterRejected(
                 RejectReason.BAD_MANIFEST, f"the manifest lists {ref.name} as {ref.cid}, which is not a UnixFS file: {e}"

@@ -44,6 +44,7 @@ from ..engine.interface import (
     FinishReason,
     Finished,
     GenerationRequest,
+    NonFiniteLogits,
     QueueFull,
     TextDelta,
 )
@@ -57,6 +58,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROLES = frozenset({"system", "user", "assistant"})
+# What the chat template adds around each message (role markers, separators), counted in the
+# character budget so that many short messages cost what their rendered prompt costs: 4 tokens
+# at the budget's 16 characters per token.
+CHAT_MESSAGE_OVERHEAD_CHARS = 64
+MAX_CHAT_MESSAGES = 1024
 
 
 class CallError(Exception):
@@ -88,7 +94,9 @@ class ServingLimits:
         max_prompt_tokens: longest prompt accepted, tokens.
         max_new_tokens: largest ``max_new_tokens`` accepted, tokens.
         default_new_tokens: used when the request leaves it 0 (at most ``max_new_tokens``).
-        max_prompt_chars: longest raw prompt / chat text accepted before tokenising, characters.
+        max_prompt_chars: longest raw prompt / chat text accepted before tokenising, characters (a chat
+            message counts its content plus ``CHAT_MESSAGE_OVERHEAD_CHARS``).
+        max_chat_messages: most chat messages accepted in one call.
     """
 
     def __init__(
@@ -98,6 +106,7 @@ class ServingLimits:
         self.max_new_tokens = max_new_tokens
         self.default_new_tokens = min(default_new_tokens, max_new_tokens)
         self.max_prompt_chars = max_prompt_tokens * 16
+        self.max_chat_messages = MAX_CHAT_MESSAGES
 
 
 @dataclass(frozen=True)
@@ -244,6 +253,18 @@ class Calls:
             raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         return params
 
+    def check_chat_count(self, n: int) -> None:
+        """Refuse ``n`` chat messages over the limit; transports call it before they copy the messages.
+
+        Raises:
+            CallError: INVALID_ARGUMENT naming the limit.
+        """
+        if n > self.limits.max_chat_messages:
+            raise CallError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"chat has {n} messages; this node accepts up to {self.limits.max_chat_messages}",
+            )
+
     def prompt_ids(self, call: CallInput) -> list[int]:
         """Prompt token ids of ``call`` (raw prompt, or chat through the chat template).
 
@@ -268,11 +289,15 @@ class Calls:
         else:
             if not call.chat:
                 raise ValueError("chat has no messages")
+            self.check_chat_count(len(call.chat))
             bad = [role for role, _ in call.chat if role not in ROLES]
             if bad:
                 raise ValueError(f"chat role {bad[0]!r} is not one of {sorted(ROLES)}")
-            if sum(len(content) for _, content in call.chat) > self.limits.max_prompt_chars:
-                raise ValueError(f"chat is longer than {self.limits.max_prompt_chars} characters (16 per token of --max-prompt-tokens)")
+            if sum(len(content) + CHAT_MESSAGE_OVERHEAD_CHARS for _, content in call.chat) > self.limits.max_prompt_chars:
+                raise ValueError(
+                    f"chat is longer than {self.limits.max_prompt_chars} characters (16 per token of --max-prompt-tokens; "
+                    f"each message counts {CHAT_MESSAGE_OVERHEAD_CHARS} for its template markers)"
+                )
             ids = codec.encode_chat([{"role": role, "content": content} for role, content in call.chat])
         if len(ids) > self.limits.max_prompt_tokens:
             raise ValueError(
@@ -321,7 +346,7 @@ class Calls:
 
     async def _run(self, call: CallInput, adapter: str | None) -> AsyncIterator[TextDelta | CallDone]:
         sampling = self.sampling(call)
-        ids = self.prompt_ids(call)
+        ids = await asyncio.to_thread(self.prompt_ids, call)  # templating and tokenizing: off the event loop
         price = await self.price(adapter, len(ids), sampling.max_new_tokens)
         # From here on the call is recorded in the ledger (when paid): every way out below closes it.
         paid = await self._open(call.voucher, price, adapter)
@@ -458,6 +483,8 @@ def _failure_status(error: Exception, adapter: str | None) -> tuple[grpc.StatusC
         return grpc.StatusCode.FAILED_PRECONDITION, f"{error}; a node running --engine torch serves it"
     if isinstance(error, (NoFreeSlot, QueueFull)):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+    if isinstance(error, NonFiniteLogits):
+        return grpc.StatusCode.FAILED_PRECONDITION, f"generation failed: {error}; try another prompt or adapter"
     if isinstance(error, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     log.error("generation failed: %r", error)

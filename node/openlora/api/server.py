@@ -1,11 +1,16 @@
 """The node's gRPC server: ``openlora.v1.Node`` plus ``grpc.health.v1`` and server reflection.
 
-    request ──► grpc core: messages over MAX_MESSAGE_BYTES refused (RESOURCE_EXHAUSTED)
+    request ──► grpc core: messages over MAX_MESSAGE_BYTES refused (RESOURCE_EXHAUSTED); at most
+                MAX_CONCURRENT_STREAMS calls at once per connection; handshake and idle deadlines
             ──► RateLimitInterceptor (Generate / PublishAdapter / GetQuote, per client; ratelimit.py)
             ──► NodeServicer (servicer.py: per-request limits, payment, engine)
 """
 
 from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -15,8 +20,13 @@ from ..v1 import node_pb2, node_pb2_grpc
 from .ratelimit import RateLimiter, RateLimitInterceptor
 from .servicer import NodeServicer
 
+log = logging.getLogger(__name__)
+
 SERVICE = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+MAX_CONCURRENT_STREAMS = 64  # calls in flight on one client connection
+HANDSHAKE_TIMEOUT_MS = 10_000  # from TCP accept to a complete HTTP/2 handshake
+MAX_CONNECTION_IDLE_MS = 300_000  # a connection with no call for this long is closed (GOAWAY)
 
 
 async def start_server(
@@ -43,6 +53,11 @@ async def start_server(
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            # a connection may carry MAX_CONCURRENT_STREAMS calls at once (more wait client-side); one
+            # that never completes its HTTP/2 handshake, or stays idle, is closed (descriptors are finite)
+            ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+            ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+            ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
         ]
     )
     node_pb2_grpc.add_NodeServicer_to_server(servicer, server)
@@ -58,3 +73,23 @@ async def start_server(
     await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     return server, bound, health_servicer
+
+
+def not_serving_on(on_exit: Callable[[Callable[[], None]], None], health: health.aio.HealthServicer) -> None:
+    """Turn health to NOT_SERVING (the Node service and the server as a whole) when the engine thread ends.
+
+    Args:
+        on_exit: the engine's ``on_exit`` (the listener runs on the engine thread).
+        health: the servicer :func:`start_server` returned; updated on the running loop.
+    """
+    loop = asyncio.get_running_loop()
+
+    async def mark() -> None:
+        for service in (SERVICE, ""):
+            await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def exited() -> None:
+        log.warning("the engine thread has ended: health is NOT_SERVING")
+        asyncio.run_coroutine_threadsafe(mark(), loop)
+
+    on_exit(exited)

@@ -8,7 +8,7 @@ and nothing about one request can stop the node from serving the others:
     malformed CID / prompt / sampling                      INVALID_ARGUMENT
     publish refused (unsigned, bad manifest, bad files)    INVALID_ARGUMENT "adapter rejected: <reason>: …"
     adapter rejected (earlier, or at load)                 FAILED_PRECONDITION + reason
-    queue full / every slot busy                           RESOURCE_EXHAUSTED
+    queue full, every slot busy, 4 uploads in flight       RESOURCE_EXHAUSTED
     call not paid for (PaymentError)                       the error's ``status`` + trailing metadata
                                                            ``openlora-payment-error: <error name>``
     paid call cut off after it delivered text              its status + trailing ``openlora-receipt-bin``
@@ -41,6 +41,7 @@ from ..engine.interface import FinishReason, TextDelta
 from ..v1 import node_pb2 as pb
 from ..v1 import node_pb2_grpc
 from .calls import CallError, CallInput, Calls
+from .uploads import MAX_CONCURRENT_UPLOADS, Upload
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ _STATE = {
 }
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 PUBLISH_CHUNK = 1 << 20  # bytes per FileChunk the clients send
+# ListAdapters page, at most: an AdapterInfo carries its manifest (≤ 64 KiB), so 100 stay under 8 MiB
+LIST_PAGE_SIZE = 100
 _UNSIGNED = (
     "unsigned publishing is not accepted: the first message must be a PublishHeader carrying the signed manifest; "
     "create a publisher key with `openlora-node keys new` and publish with `openlora-node publish ADAPTER_DIR --key PATH`"
@@ -75,6 +78,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         self.calls = calls
         self.engine = calls.engine
         self.store = calls.store
+        self._uploads = 0  # PublishAdapter calls in progress (this event loop only touches it)
 
     # ----- helpers -----
 
@@ -92,10 +96,15 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             metadata = ((wire.RECEIPT_KEY, wire.receipt_to_pb(error.receipt).SerializeToString()),)
         await context.abort(error.code, str(error), trailing_metadata=metadata)
 
-    @staticmethod
-    def _call_input(request, sampling: pb.SamplingParams | None = None) -> CallInput:
-        """The transport-neutral form of a GenerateRequest (or the input part of a GetQuoteRequest)."""
+    def _call_input(self, request, sampling: pb.SamplingParams | None = None) -> CallInput:
+        """The transport-neutral form of a GenerateRequest (or the input part of a GetQuoteRequest).
+
+        Raises:
+            CallError: more chat messages than the node accepts (counted before they are copied).
+        """
         kind = request.WhichOneof("input")
+        if kind == "chat":
+            self.calls.check_chat_count(len(request.chat.messages))
         prompt = request.prompt if kind == "prompt" else None
         chat = tuple((m.role, m.content) for m in request.chat.messages) if kind == "chat" else None
         if sampling is None:
@@ -166,7 +175,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         try:
             adapter = await calls.resolve_adapter(request.adapter)
             max_new = calls.sampling(CallInput(max_new_tokens=request.max_new_tokens)).max_new_tokens
-            ids = calls.prompt_ids(self._call_input(request))
+            ids = await asyncio.to_thread(calls.prompt_ids, self._call_input(request))
         except CallError as e:
             await self._fail(context, e)
         if request.client and not is_checksum_address(request.client):
@@ -257,52 +266,63 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         )
 
     async def PublishAdapter(self, request_iterator, context):
-        manifest_raw: bytes | None = None
-        cid = ""
-        files: dict[str, bytearray] = {}
-        total = 0
-        limit = self.store.base.max_adapter_bytes
-        async for part in request_iterator:
-            kind = part.WhichOneof("part")
-            if kind == "header":
-                if manifest_raw is not None or files:
-                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "send exactly one header, as the first message")
-                if not part.header.manifest:
-                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
-                manifest_raw = bytes(part.header.manifest)
-                # Refuse a bad manifest before reading megabytes of chunks.
-                try:
-                    cid, manifest = await asyncio.to_thread(self.store.check_manifest, manifest_raw)
-                except AdapterRejected as e:
-                    self.calls.metrics.rejected("publish", e)
-                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _rejected(e, manifest_cid(manifest_raw)))
-                if part.header.name and part.header.name != manifest.name:
-                    await self._abort(
-                        context,
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"header name {part.header.name!r} differs from the signed manifest's name {manifest.name!r}; leave it empty",
-                    )
-            elif kind == "chunk":
-                if manifest_raw is None:
-                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
-                path = part.chunk.path
-                if not _PLAIN_NAME.match(path) or path in (".", ".."):
-                    await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"file name {path!r} must be a plain file name")
-                total += len(part.chunk.data)
-                if total > limit:
-                    await self._abort(
-                        context, grpc.StatusCode.INVALID_ARGUMENT, f"adapter rejected: size_limit: upload exceeds {limit} bytes"
-                    )
-                files.setdefault(path, bytearray()).extend(part.chunk.data)
-        if manifest_raw is None:
-            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
+        # Each upload streams to disk (uploads.py), bounded by its manifest; at most MAX_CONCURRENT_UPLOADS at once.
+        if self._uploads >= MAX_CONCURRENT_UPLOADS:
+            await self._abort(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{MAX_CONCURRENT_UPLOADS} uploads are in progress on this node; retry later",
+            )  # fmt: skip
+        self._uploads += 1
+        upload: Upload | None = None
         try:
-            await asyncio.to_thread(self.store.publish, manifest_raw, {k: bytes(v) for k, v in files.items()})
-        except AdapterRejected as e:
-            self.calls.metrics.rejected("publish", e)
-            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _rejected(e, cid))
-        except StoreFull as e:
-            await self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot store adapter {cid}: {e}")
+            manifest_raw: bytes | None = None
+            cid = ""
+            async for part in request_iterator:
+                kind = part.WhichOneof("part")
+                if kind == "header":
+                    if manifest_raw is not None:
+                        await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "send exactly one header, as the first message")
+                    if not part.header.manifest:
+                        await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
+                    manifest_raw = bytes(part.header.manifest)
+                    # Refuse a bad manifest before reading megabytes of chunks.
+                    try:
+                        cid, manifest = await asyncio.to_thread(self.store.check_manifest, manifest_raw)
+                    except AdapterRejected as e:
+                        self.calls.metrics.rejected("publish", e)
+                        await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _rejected(e, manifest_cid(manifest_raw)))
+                    if part.header.name and part.header.name != manifest.name:
+                        await self._abort(
+                            context,
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"header name {part.header.name!r} differs from the signed manifest's name {manifest.name!r}; leave it empty",
+                        )
+                    upload = await asyncio.to_thread(Upload, self.store.blocks.root / "uploads", manifest)
+                elif kind == "chunk":
+                    if manifest_raw is None:
+                        await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
+                    path = part.chunk.path
+                    if not _PLAIN_NAME.match(path) or path in (".", ".."):
+                        await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"file name {path!r} must be a plain file name")
+                    try:
+                        await asyncio.to_thread(upload.write, path, part.chunk.data)
+                    except AdapterRejected as e:
+                        await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _rejected(e, cid))
+                    except StoreFull as e:
+                        await self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot store adapter {cid}: {e}")
+            if manifest_raw is None:
+                await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _UNSIGNED)
+            try:
+                await asyncio.to_thread(lambda: self.store.publish(manifest_raw, upload.files()))
+            except AdapterRejected as e:
+                self.calls.metrics.rejected("publish", e)
+                await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, _rejected(e, cid))
+            except StoreFull as e:
+                await self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot store adapter {cid}: {e}")
+        finally:
+            self._uploads -= 1
+            if upload is not None:
+                await asyncio.to_thread(upload.close)
         log.info("published adapter %s (%s) by %s", cid, manifest.name or "unnamed", manifest.publisher)
         if self.calls.swarm_link is not None:
             self.calls.swarm_link.announce(cid)
@@ -315,7 +335,20 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             await self._fail(context, e)
 
     async def ListAdapters(self, request, context):
-        return pb.ListAdaptersResponse(adapters=[self._info(e) for e in self.store.catalog.list()])
+        size = min(request.page_size or LIST_PAGE_SIZE, LIST_PAGE_SIZE)
+        after = None
+        if request.page_token:
+            try:
+                stamp, cid = request.page_token.split(" ", 1)
+                after = (float(stamp), cid)
+            except ValueError:
+                await self._abort(
+                    context, grpc.StatusCode.INVALID_ARGUMENT,
+                    f"page_token {request.page_token[:80]!r} is not one this node gave; start again with an empty token",
+                )  # fmt: skip
+        entries = await asyncio.to_thread(self.store.catalog.page, size + 1, after)
+        token = f"{entries[size - 1].updated_at!r} {entries[size - 1].cid}" if len(entries) > size else ""
+        return pb.ListAdaptersResponse(adapters=[self._info(e) for e in entries[:size]], next_page_token=token)
 
     async def GetNodeInfo(self, request, context):
         eng = self.engine
@@ -336,7 +369,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             ),
             running=stats["running"],
             waiting=stats["waiting"],
-            adapters_known=len(self.store.catalog.list()),
+            adapters_known=self.store.catalog.count(),
             chain=self._chain_info(),
             p2p=await self._p2p_info(),
         )

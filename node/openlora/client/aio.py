@@ -129,8 +129,17 @@ class AsyncNodeClient:
         return await self._unary(self._stub.GetAdapter, pb.GetAdapterRequest(cid=cid))
 
     async def list_adapters(self) -> list[pb.AdapterInfo]:
-        """Every adapter the node knows."""
-        return list((await self._unary(self._stub.ListAdapters, pb.ListAdaptersRequest())).adapters)
+        """Every adapter the node knows, most recently changed first (every page of ListAdapters)."""
+        adapters: list[pb.AdapterInfo] = []
+        tokens: set[str] = set()
+        token = ""
+        while True:
+            page = await self._unary(self._stub.ListAdapters, pb.ListAdaptersRequest(page_token=token))
+            adapters.extend(page.adapters)
+            token = page.next_page_token
+            if not token or token in tokens:  # a node repeating a token would page for ever
+                return adapters
+            tokens.add(token)
 
     async def node_info(self) -> pb.NodeInfo:
         """The node's base model, fingerprint, slots and load."""

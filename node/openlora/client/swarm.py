@@ -6,6 +6,7 @@ libp2p is imported only here and only when called, so clients that dial a node d
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,7 +16,8 @@ if TYPE_CHECKING:
 def route(swarm: str, adapter: str | None = None, base_fingerprint: str | None = None) -> PeerEntry:
     """Pick the node to call through the swarm: ask the node at ``swarm`` (a libp2p multiaddr)
     which nodes it knows, keep those with the adapter's base, prefer one with the adapter
-    resident, then the least loaded (``p2p.peers.pick_node``).
+    resident, then the least loaded (``p2p.peers.pick_node``), and use it only once the server at
+    its gRPC address confirms it is that peer (:func:`pick_verified`).
 
     Args:
         swarm: ``/ip4/…/tcp/N/p2p/PEERID`` of any node (as its ready line prints).
@@ -28,14 +30,57 @@ def route(swarm: str, adapter: str | None = None, base_fingerprint: str | None =
 
     Raises:
         openlora.p2p.errors.SwarmError: the node cannot be reached.
-        openlora.p2p.peers.NoNodeAvailable: no known node serves that base.
+        openlora.p2p.peers.NoNodeAvailable: no known node serves that base (at an address it proves).
     """
     from ..p2p.directory import query_nodes
-    from ..p2p.peers import pick_node
 
     entries, adapter_base = query_nodes(swarm, adapter)
     base = base_fingerprint or adapter_base or (entries[0].base_fingerprint if entries else "")
-    return pick_node(entries, base, adapter)
+    return pick_verified(entries, base, adapter, answers_as)
+
+
+def pick_verified(
+    entries: list[PeerEntry], base: str, adapter: str | None, verify: Callable[[PeerEntry], bool]
+) -> PeerEntry:
+    """``p2p.peers.pick_node`` over the entries whose gRPC address ``verify`` confirms, best first.
+
+    A status is signed by its peer, but the gRPC address in it is only that peer's claim: a peer could
+    name someone else's server and send every client there. An entry is used only once the server at
+    its address says it is that peer; one that does not is dropped and the next best is tried.
+
+    Raises:
+        openlora.p2p.peers.NoNodeAvailable: no entry with that base is confirmed.
+    """
+    from ..p2p.peers import NoNodeAvailable, pick_node
+
+    left = list(entries)
+    refused: list[str] = []
+    while True:
+        try:
+            entry = pick_node(left, base, adapter)
+        except NoNodeAvailable as e:
+            if refused:
+                raise NoNodeAvailable(f"{e}; refused for naming a gRPC address that is not theirs: {', '.join(refused)}") from None
+            raise
+        if verify(entry):
+            return entry
+        refused.append(f"{entry.peer_id} ({entry.grpc_address})")
+        left = [e for e in left if e.peer_id != entry.peer_id]
+
+
+def answers_as(entry: PeerEntry, timeout_s: float = 10.0) -> bool:
+    """Whether the gRPC server at ``entry.grpc_address`` reports ``entry.peer_id`` as its own (GetNodeInfo)."""
+    import grpc
+
+    from ..v1 import node_pb2 as pb
+    from ..v1 import node_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(entry.grpc_address) as ch:
+            info = node_pb2_grpc.NodeStub(ch).GetNodeInfo(pb.GetNodeInfoRequest(), timeout=timeout_s)
+    except (grpc.RpcError, ValueError):
+        return False
+    return info.p2p.peer_id == entry.peer_id
 
 
 async def aroute(swarm: str, adapter: str | None = None, base_fingerprint: str | None = None) -> PeerEntry:

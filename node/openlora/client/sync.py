@@ -143,8 +143,17 @@ class NodeClient:
         return self._unary(self._stub.GetAdapter, pb.GetAdapterRequest(cid=cid))
 
     def list_adapters(self) -> list[pb.AdapterInfo]:
-        """Every adapter the node knows."""
-        return list(self._unary(self._stub.ListAdapters, pb.ListAdaptersRequest()).adapters)
+        """Every adapter the node knows, most recently changed first (every page of ListAdapters)."""
+        adapters: list[pb.AdapterInfo] = []
+        tokens: set[str] = set()
+        token = ""
+        while True:
+            page = self._unary(self._stub.ListAdapters, pb.ListAdaptersRequest(page_token=token))
+            adapters.extend(page.adapters)
+            token = page.next_page_token
+            if not token or token in tokens:  # a node repeating a token would page for ever
+                return adapters
+            tokens.add(token)
 
     def node_info(self) -> pb.NodeInfo:
         """The node's base model, fingerprint, slots and load."""

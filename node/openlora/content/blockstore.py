@@ -186,31 +186,41 @@ class BlockStore:
         """
         return cid_text(import_path(path, cid_version=cid_version, on_block=self._write).root)
 
-    def cat(self, cid: str | CID) -> bytes:
+    def cat(self, cid: str | CID, size: int | None = None) -> bytes:
         """The whole file under ``cid``, reassembled from local blocks and verified.
+
+        Args:
+            size: the file's expected size in bytes (the manifest's); checked at the root before
+                any other block is read, so no more than ``size`` bytes are ever assembled.
 
         Raises:
             InvalidCID, UnsupportedCID: ``cid`` is not a usable CID.
             BlockNotFound: a block of the DAG is not stored (see :meth:`missing`).
             CorruptBlock: a stored block no longer matches its CID (it was deleted).
             InvalidDag, LimitExceeded: the DAG is malformed or breaks ``limits``.
+            SizeMismatch: the root declares another size than ``size``.
         """
-        return b"".join(iter_file(cid, self.get, self.limits))
+        return b"".join(iter_file(cid, self.get, self.limits, size))
 
-    def missing(self, cid: str | CID) -> list[str]:
+    def missing(self, cid: str | CID, size: int | None = None) -> list[str]:
         """The blocks of the file DAG under ``cid`` that must still be fetched, in file order.
 
         Corrupt blocks found on the way are deleted and listed as missing. Call again after
         storing them: children of newly stored nodes appear in the next answer.
 
+        Args:
+            size: the file's expected size in bytes; the root must declare it (checked before
+                any child is listed, so a root that claims more is refused before its children
+                are fetched).
+
         Returns:
             Canonical CID strings; empty when ``cat`` can run without fetching.
 
         Raises:
-            InvalidCID, UnsupportedCID, InvalidDag, LimitExceeded: as :meth:`cat`, for the part
-            of the DAG that is present.
+            InvalidCID, UnsupportedCID, InvalidDag, SizeMismatch, LimitExceeded: as :meth:`cat`, for
+            the part of the DAG that is present.
         """
-        return [cid_text(c) for c in missing_blocks(cid, self._get_or_none, self.has, self.limits)]
+        return [cid_text(c) for c in missing_blocks(cid, self._get_or_none, self.has, self.limits, size)]
 
     def _get_or_none(self, cid: CID) -> bytes | None:
         try:

@@ -57,6 +57,11 @@ class InvalidDag(ContentError, ValueError):
     wrong UnixFS type, sizes that do not add up, links to unsupported codecs)."""
 
 
+class SizeMismatch(InvalidDag):
+    """A file's DAG root declares another size than the one expected (e.g. the signed manifest's),
+    found at the root, before any child block is fetched or read."""
+
+
 class LimitExceeded(ContentError, ValueError):
     """A block or DAG exceeds a configured bound (block size, file size, depth, links per node,
     number of blocks); the message names the bound and how to raise it."""

@@ -4,7 +4,8 @@
                                                                       │
             every child must hold exactly the bytes its parent's blocksizes entry says,
             so the output is exactly the root's declared filesize (checked before any child
-            is fetched against max_file_size)
+            is fetched against max_file_size, or against the exact size the caller expects:
+            an adapter's signed manifest names each file's size)
 
 A getter may be a remote peer: nothing it returns is used before its hash matches the CID the
 parent named. Hashes make cycles impossible, but not size: a hostile DAG can still be deep,
@@ -24,7 +25,7 @@ from dataclasses import dataclass, fields
 from multiformats import CID
 
 from .cid import RAW, check_supported, cid_text, parse_cid, verify_block
-from .errors import InvalidDag, LimitExceeded
+from .errors import InvalidDag, LimitExceeded, SizeMismatch
 from .unixfs import FileNode, decode_file_node
 
 MAX_BLOCK_SIZE = 2 << 20  # bytes; Bitswap's message limit, the largest block peers exchange
@@ -85,8 +86,9 @@ class _Walk:
                 cid=cid_text(cid),
             )
 
-    def node(self, cid: CID, block: bytes, expected_size: int | None) -> FileNode:
-        """Verify and decode one block; ``expected_size`` is the parent's claim (None: root)."""
+    def node(self, cid: CID, block: bytes, expected_size: int | None, root: bool = False) -> FileNode:
+        """Verify and decode one block; ``expected_size`` is the parent's claim, or for the root the
+        caller's (``None``: the root is bounded by ``max_file_size`` only)."""
         limits = self.limits
         if len(block) > limits.max_block_size:
             name = cid_text(cid)
@@ -103,6 +105,9 @@ class _Walk:
                 f"limit; raise DagLimits.max_file_size if this file is expected",
                 cid=name,
             )
+        if root and expected_size is not None and node.filesize != expected_size:
+            name = cid_text(cid)
+            raise SizeMismatch(f"file {name} declares {node.filesize} bytes; expected {expected_size}", cid=name)
         if expected_size is not None and node.filesize != expected_size:
             name = cid_text(cid)
             raise InvalidDag(
@@ -119,7 +124,7 @@ class _Walk:
 
 
 def iter_file(
-    root: str | CID, get_block: Callable[[CID], bytes], limits: DagLimits = DEFAULT_LIMITS
+    root: str | CID, get_block: Callable[[CID], bytes], limits: DagLimits = DEFAULT_LIMITS, size: int | None = None
 ) -> Iterator[bytes]:
     """Stream a file's bytes from its DAG, fetching and verifying one block at a time.
 
@@ -127,6 +132,7 @@ def iter_file(
         root: the file's CID (v0 or v1; a raw CID is a one-block file).
         get_block: returns the bytes of a block; may be untrusted (every block is verified).
         limits: bounds on the DAG.
+        size: the file's size in bytes when the caller knows it; the root must declare exactly that.
 
     Yields:
         Consecutive pieces of the file (``bytes``), in order; together exactly the root's
@@ -136,6 +142,7 @@ def iter_file(
         InvalidCID, UnsupportedCID: the root is not a usable CID.
         BlockHashMismatch: a block does not hash to the CID its parent named (``.cid``).
         InvalidDag: a block is not a UnixFS file node, or sizes disagree (``.cid``).
+        SizeMismatch: the root declares another size than ``size`` (an ``InvalidDag``).
         LimitExceeded: the DAG breaks a bound in ``limits`` (``.cid``).
         Whatever ``get_block`` raises (e.g. BlockNotFound).
     """
@@ -145,13 +152,13 @@ def iter_file(
 
     def emit(cid: CID, expected: int | None, depth: int) -> Iterator[bytes]:
         walk.count(cid, depth)
-        node = walk.node(cid, get_block(cid), expected)
+        node = walk.node(cid, get_block(cid), expected, root=depth == 0)
         if node.data:
             yield node.data
         for link in node.links:
             yield from emit(link.cid, link.filesize, depth + 1)
 
-    yield from emit(root, None, 0)
+    yield from emit(root, size, 0)
 
 
 def missing_blocks(
@@ -159,6 +166,7 @@ def missing_blocks(
     get_block: Callable[[CID], bytes | None],
     has_block: Callable[[CID], bool],
     limits: DagLimits = DEFAULT_LIMITS,
+    size: int | None = None,
 ) -> list[CID]:
     """The blocks of a file DAG that are not available locally, in file order.
 
@@ -171,12 +179,14 @@ def missing_blocks(
         get_block: local bytes of a block, or ``None`` when absent.
         has_block: whether a block is present locally.
         limits: bounds on the DAG (checked on the part that is present).
+        size: the file's size in bytes when the caller knows it; the root must declare exactly
+            that (checked as soon as the root is present, before any child is listed).
 
     Returns:
         CIDs to fetch; empty when the whole file is present.
 
     Raises:
-        InvalidCID, UnsupportedCID, BlockHashMismatch, InvalidDag, LimitExceeded: as
+        InvalidCID, UnsupportedCID, BlockHashMismatch, InvalidDag, SizeMismatch, LimitExceeded: as
         :func:`iter_file`, for the blocks that are present.
     """
     root = parse_cid(root)
@@ -186,7 +196,7 @@ def missing_blocks(
 
     def visit(cid: CID, expected: int | None, depth: int) -> None:
         walk.count(cid, depth)
-        if cid.codec.code == RAW and expected is not None:
+        if cid.codec.code == RAW and depth > 0:
             if not has_block(cid):
                 missing.append(cid)
             return
@@ -194,8 +204,8 @@ def missing_blocks(
         if block is None:
             missing.append(cid)
             return
-        for link in walk.node(cid, block, expected).links:
+        for link in walk.node(cid, block, expected, root=depth == 0).links:
             visit(link.cid, link.filesize, depth + 1)
 
-    visit(root, None, 0)
+    visit(root, size, 0)
     return missing

@@ -43,6 +43,10 @@ class QueueFull(RuntimeError):
     """The waiting queue is at ``max_waiting``; the caller should answer RESOURCE_EXHAUSTED."""
 
 
+class NonFiniteLogits(RuntimeError):
+    """A row's logits held NaN or Inf (an adapter whose weights overflow on this prompt); only that row fails."""
+
+
 class NoFreeSlot(RuntimeError):
     """Every device slot is referenced by a running request or pinned; retry after one finishes."""
 

@@ -53,14 +53,23 @@ class KVBatch:
         return self.mask
 
     def join(self, other: KVBatch) -> None:
-        """Append ``other``'s rows after this batch's rows (both are left-padded)."""
+        """Append ``other``'s rows after this batch's rows (both are left-padded).
+
+        All or nothing: every joined tensor is built before any is assigned, so an allocation
+        failure (``MemoryError``, or torch's ``RuntimeError`` out of memory) leaves this batch as it was.
+        """
         w = max(self.width, other.width)
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            mine.keys = torch.cat([_pad_left(mine.keys, w - self.width, 2), _pad_left(theirs.keys, w - other.width, 2)])
-            mine.values = torch.cat(
-                [_pad_left(mine.values, w - self.width, 2), _pad_left(theirs.values, w - other.width, 2)]
+        joined = [
+            tuple(
+                torch.cat([_pad_left(getattr(mine, kv), w - self.width, 2), _pad_left(getattr(theirs, kv), w - other.width, 2)])
+                for kv in ("keys", "values")
             )
-        self.mask = torch.cat([_pad_left(self.mask, w - self.width, 1), _pad_left(other.mask, w - other.width, 1)])
+            for mine, theirs in zip(self.cache.layers, other.cache.layers)
+        ]
+        mask = torch.cat([_pad_left(self.mask, w - self.width, 1), _pad_left(other.mask, w - other.width, 1)])
+        for layer, (keys, values) in zip(self.cache.layers, joined):
+            layer.keys, layer.values = keys, values
+        self.mask = mask
 
     def keep(self, rows: list[int]) -> None:
         """Keep only ``rows`` (in that order) and drop columns that became padding everywhere."""

@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from ..adapters.peft_format import LoraAdapter
-from .interface import EngineInfo, Failed, FinishReason, Finished, GenerationRequest, QueueFull, TextDelta
+from .interface import EngineInfo, Failed, FinishReason, Finished, GenerationRequest, NonFiniteLogits, QueueFull, TextDelta
 from .kv import KVBatch, left_padded
 from .model import ResidentModel
 from .sampling import Detokenizer, sample_next
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class _Row:
     """Engine-side state of a running request."""
 
-    __slots__ = ("req", "slot", "detok", "gen", "count", "last", "t_first", "t_prev", "itl", "done", "pending")
+    __slots__ = ("req", "slot", "detok", "gen", "count", "last", "t_first", "t_prev", "itl", "done", "pending", "error")
 
     def __init__(self, req: GenerationRequest, slot: int, tokenizer) -> None:
         self.req = req
@@ -56,6 +56,7 @@ class _Row:
         self.itl: list[float] = []
         self.done: FinishReason | None = None
         self.pending = 0  # tokens whose text has not been emitted yet
+        self.error: Exception | None = None  # set when the row failed alone (it retires with Failed)
 
 
 class TorchEngine:
@@ -113,12 +114,23 @@ class TorchEngine:
         self._loads: dict[str, Future] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="adapter-load")
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._exit_listeners: list[Callable[[], None]] = []
 
     # ----- API side (any thread) -----
 
     def start(self) -> None:
         """Start the engine thread."""
         self._thread.start()
+
+    def on_exit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (from the engine thread) when the engine thread ends before :meth:`stop`
+        asked it to: a node whose engine died must stop reporting itself healthy."""
+        self._exit_listeners.append(listener)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread is running."""
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         """Stop the loop; running and waiting requests get ``Finished(CANCELLED)``."""
@@ -202,6 +214,16 @@ class TorchEngine:
     # ----- engine thread -----
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            for listener in self._exit_listeners if not self._stopping else ():
+                try:
+                    listener()
+                except Exception:
+                    log.exception("engine exit listener failed")
+
+    def _loop(self) -> None:
         with torch.inference_mode():
             while True:
                 with self._cv:
@@ -214,16 +236,20 @@ class TorchEngine:
                     cancels, self._cancels = self._cancels, set()
                     forgets, self._forgets = self._forgets, set()
                     self._wake = False
-                if cancels:
-                    self._apply_cancels(cancels)
-                if forgets:
-                    self._evict(forgets)
-                self._finish_loads()
-                admitted = self._admit()
-                if admitted:
-                    self._prefill(admitted)
-                if self._rows:
-                    self._decode()
+                try:
+                    if cancels:
+                        self._apply_cancels(cancels)
+                    if forgets:
+                        self._evict(forgets)
+                    self._finish_loads()
+                    admitted = self._admit()
+                    if admitted:
+                        self._prefill(admitted)
+                    if self._rows:
+                        self._decode()
+                except Exception as e:  # e.g. out of memory growing the KV mask: fail the batch, keep the loop
+                    log.exception("engine step failed")
+                    self._fail_batch(e)
         for row in self._rows:
             row.done = FinishReason.CANCELLED
         self._retire()
@@ -382,7 +408,14 @@ class TorchEngine:
         if self._kv is None:
             self._kv = batch
         else:
-            self._kv.join(batch)
+            try:
+                self._kv.join(batch)  # all or nothing (KVBatch.join)
+            except (MemoryError, RuntimeError) as e:  # out of memory: fail these requests, the running rows go on
+                log.exception("joining %d new rows to the KV cache failed", len(new_rows))
+                for row in new_rows:
+                    self.slots.release(row.slot)
+                    self._emit(row.req, Failed(e))
+                return
         self._rows.extend(new_rows)
         self._sample(logits, new_rows)
         self._retire()
@@ -411,10 +444,22 @@ class TorchEngine:
         self._rows, self._kv = [], None
 
     def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> None:
+        # A row whose logits are not finite (its adapter overflowed) fails alone; the others sample on.
+        finite = torch.isfinite(logits).all(dim=-1).tolist()
+        for row, ok in zip(rows, finite):
+            if not ok and row.done is None:
+                adapter = row.req.adapter or "the base model"
+                row.error = NonFiniteLogits(f"{adapter} produced non-finite logits (NaN or Inf) for this prompt")
+                row.done = FinishReason.CANCELLED
+        rows = [r for r, ok in zip(rows, finite) if ok]
+        if not rows:
+            return
+        if not all(finite):
+            logits = logits[torch.tensor(finite, device=logits.device)]
         try:
             # on the CPU: each row's torch.Generator lives there (a [B, V] copy per step on a GPU)
             tokens = sample_next(logits.cpu(), [r.req.sampling for r in rows], [r.gen for r in rows])
-        except Exception as e:  # e.g. non-finite logits: fail this batch, never the engine thread
+        except Exception as e:  # a sampling error: fail this batch, never the engine thread
             log.exception("sampling failed")
             self._fail_batch(e)
             return
@@ -451,6 +496,9 @@ class TorchEngine:
                 keep.append(i)
                 continue
             self.slots.release(row.slot)
+            if row.error is not None:
+                self._emit(row.req, Failed(row.error))
+                continue
             if row.done is not FinishReason.CANCELLED:
                 tail = row.detok.flush()
                 if tail:

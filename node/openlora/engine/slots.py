@@ -1,6 +1,6 @@
 """Where adapters live: device slots (in the LoRA stacks) above a host cache above the blockstore.
 
-    blockstore (disk, verified blocks) ──load+verify, off the step loop──► host cache (LRU, --max-cpu-loras)
+    blockstore (disk, verified blocks) ──load+verify, off the step loop──► host cache (LRU, --max-cpu-loras, max_cpu_lora_bytes)
     host cache ──copy into preallocated stacks, between steps──► device slot (LRU, --max-loras)
 
 A device slot is taken by a request for its whole life (refcount), so an adapter in use is
@@ -137,12 +137,29 @@ class SlotManager:
 
 
 class HostCache:
-    """The host tier: parsed adapters in RAM, LRU by count (``--max-cpu-loras``). Thread-safe."""
+    """The host tier: parsed adapters in RAM, LRU, bounded by count (``--max-cpu-loras``) and by the
+    bytes of their weight tensors (``max_cpu_lora_bytes``). Thread-safe.
 
-    def __init__(self, max_items: int) -> None:
+    The adapter just put is always kept, even alone over ``max_bytes`` (the engine installs it
+    from here next; an adapter's size is bounded by the node's size limit at verification).
+
+    Args:
+        max_items: adapters kept at most (at least 1).
+        max_bytes: weight bytes kept at most (``LoraAdapter.nbytes`` summed); ``None``: no byte bound.
+    """
+
+    def __init__(self, max_items: int, max_bytes: int | None = None) -> None:
         self._max = max(1, max_items)
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._items: OrderedDict[str, LoraAdapter] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """Weight bytes held now."""
+        with self._lock:
+            return self._bytes
 
     def get(self, cid: str) -> LoraAdapter | None:
         """The cached adapter (marked most recently used), or ``None``."""
@@ -153,17 +170,25 @@ class HostCache:
             return a
 
     def put(self, cid: str, adapter: LoraAdapter) -> None:
-        """Insert, evicting the least recently used beyond capacity."""
+        """Insert, evicting the least recently used beyond either bound."""
         with self._lock:
+            old = self._items.pop(cid, None)
+            if old is not None:
+                self._bytes -= old.nbytes
             self._items[cid] = adapter
-            self._items.move_to_end(cid)
-            while len(self._items) > self._max:
-                self._items.popitem(last=False)
+            self._bytes += adapter.nbytes
+            while len(self._items) > 1 and (
+                len(self._items) > self._max or (self._max_bytes is not None and self._bytes > self._max_bytes)
+            ):
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= evicted.nbytes
 
     def drop(self, cid: str) -> None:
         """Forget ``cid`` (unload)."""
         with self._lock:
-            self._items.pop(cid, None)
+            old = self._items.pop(cid, None)
+            if old is not None:
+                self._bytes -= old.nbytes
 
     def __len__(self) -> int:
         with self._lock:

@@ -9,6 +9,9 @@ this node's base (the caller filters). ``local`` marks adapters whose blocks thi
 (published here or fetched completely): catalog sync tells peers so. It survives restarts, so
 a node knows the catalog before its first peer connects. SQLite in WAL mode; every method is
 one short transaction and safe from any thread.
+
+Records this node does not hold are bounded (``max_remote``): past it, those least recently
+announced (latest provider ``seen_at``) are forgotten with their providers; ``local`` ones never are.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..adapters.catalog import MAX_ANNOUNCED
 
 
 @dataclass(frozen=True)
@@ -47,12 +52,14 @@ class SwarmCatalog:
 
     Args:
         path: database file (its folder is created).
+        max_remote: records of adapters this node does not hold, kept at most.
 
     Raises:
         sqlite3.Error: the file cannot be opened as a database.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_remote: int = MAX_ANNOUNCED) -> None:
+        self.max_remote = max_remote
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False)
@@ -99,7 +106,20 @@ class SwarmCatalog:
                 self._db.execute("UPDATE adapters SET local = 1 WHERE cid = ?", (cid,))
             if provider is not None:
                 self._db.execute("INSERT OR REPLACE INTO providers VALUES (?, ?, ?)", (cid, provider, now))
+            if cur.rowcount == 1 and not local:
+                self._forget_remote()
             return cur.rowcount == 1
+
+    def _forget_remote(self) -> None:
+        """Drop the least recently announced records beyond ``max_remote`` among those not held here."""
+        stale = self._db.execute(
+            "SELECT a.cid FROM adapters a LEFT JOIN providers p ON p.cid = a.cid WHERE a.local = 0 "
+            "GROUP BY a.cid ORDER BY MAX(COALESCE(p.seen_at, a.learned_at)) DESC, a.cid LIMIT -1 OFFSET ?",
+            (self.max_remote,),
+        ).fetchall()
+        for (cid,) in stale:
+            self._db.execute("DELETE FROM providers WHERE cid = ?", (cid,))
+            self._db.execute("DELETE FROM adapters WHERE cid = ?", (cid,))
 
     def get(self, cid: str) -> CatalogRecord | None:
         """The record of ``cid``, or ``None``."""

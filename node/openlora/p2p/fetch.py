@@ -2,10 +2,11 @@
 
     fetch_adapter(cid)
       manifest block ──fetch_dag──► validate_manifest(raw) ──► base fingerprint == ours
-      each file CID ──fetch_dag──► all blocks stored
+      each file CID ──fetch_dag(size = the manifest's)──► all blocks stored
     fetch_dag(root)                                   one round per DAG level:
-      missing = store.missing(root) ──► spread over the sources of the best tier left for each
-                                        block (round robin, batches of 16)
+      missing = store.missing(root, size) ──► spread over the sources of the best tier left for each
+                                        block (round robin, batches of 16); the root must
+                                        declare ``size`` before any child is asked for
       each answer: block ──store.put (sha2-256 == CID?)──► stored
                    wrong bytes / oversized ──► on_bad_block(source) and drop the source
                    absent ──► that source lacks that CID; another is asked
@@ -34,7 +35,7 @@ from ..adapters.manifest import Manifest
 from ..adapters.reasons import AdapterRejected, RejectReason
 from ..content.blockstore import BlockStore
 from ..content.cid import RAW, cid_text, parse_cid
-from ..content.errors import BlockHashMismatch, InvalidCID, LimitExceeded
+from ..content.errors import BlockHashMismatch, InvalidCID, LimitExceeded, SizeMismatch
 from .errors import FetchFailed, FetchTimeout, SourceUnavailable
 from .validate import ManifestValidator
 
@@ -145,8 +146,8 @@ class _DagFetch:
         self.lacks: dict[str, set[int]] = defaultdict(set)
         self.stats = FetchStats()
 
-    async def run(self, root: str) -> FetchStats:
-        while missing := await anyio.to_thread.run_sync(self.store.missing, root):
+    async def run(self, root: str, size: int | None) -> FetchStats:
+        while missing := await anyio.to_thread.run_sync(self.store.missing, root, size):
             self.stats.rounds += 1
             plan: dict[int, list[str]] = defaultdict(list)
             for n, cid in enumerate(missing):
@@ -215,6 +216,7 @@ async def fetch_dag(
     *,
     on_bad_block: BadBlockHandler | None = None,
     timeout_s: float | None = None,
+    size: int | None = None,
 ) -> FetchStats:
     """Fetch every missing block of the DAG under ``root`` into ``store``, verified.
 
@@ -226,16 +228,19 @@ async def fetch_dag(
         on_bad_block: told about every refused block (to penalise its source).
         timeout_s: overall deadline, seconds (``None``: no deadline; sources time out on
             their own).
+        size: the file's size in bytes when known (an adapter's manifest says it): the root must
+            declare exactly that, checked once the root is stored and before any child is fetched.
 
     Raises:
         FetchFailed: some blocks are not available from any remaining source.
         FetchTimeout: not done within ``timeout_s``.
         InvalidCID, UnsupportedCID, InvalidDag, LimitExceeded: the DAG itself is unusable.
+        SizeMismatch: the root declares another size than ``size``.
     """
     started = time.perf_counter()
     job = _DagFetch(store, sources, on_bad_block)
     with anyio.move_on_after(math.inf if timeout_s is None else timeout_s) as scope:
-        stats = await job.run(root)
+        stats = await job.run(root, size)
     if scope.cancelled_caught:
         left = await anyio.to_thread.run_sync(store.missing, root)
         raise FetchTimeout(f"fetching {root} timed out after {timeout_s:g} s with {len(left)} block(s) missing", left)
@@ -267,7 +272,9 @@ async def fetch_adapter(
 
     Raises:
         InvalidCID: ``cid`` is not a CIDv1 with the raw codec.
-        AdapterRejected: BAD_MANIFEST (the validator's refusal), BASE_MISMATCH.
+        AdapterRejected: BAD_MANIFEST (the validator's refusal), BASE_MISMATCH, MANIFEST_MISMATCH
+            (a file's DAG root declares another size than the manifest: refused before its
+            children are fetched).
         FetchFailed, FetchTimeout: blocks unavailable or too slow (``missing`` lists them).
     """
     parsed = parse_cid(cid)
@@ -319,5 +326,8 @@ async def _fetch_adapter(
             f"this node serves {base_fingerprint}",
         )
     for f in manifest.files:
-        total.add(await fetch_dag(store, f.cid, sources, on_bad_block=on_bad_block, timeout_s=left()))
+        try:
+            total.add(await fetch_dag(store, f.cid, sources, on_bad_block=on_bad_block, timeout_s=left(), size=f.size))
+        except SizeMismatch as e:
+            raise AdapterRejected(RejectReason.MANIFEST_MISMATCH, f"{f.name}: {e} (the size the manifest lists)") from None
     return FetchedAdapter(cid, raw, manifest, total)

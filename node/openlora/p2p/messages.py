@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..adapters.manifest import MAX_MANIFEST_BYTES
+from ..adapters.manifest import MAX_MANIFEST_BYTES, PrintableName
 from .errors import MessageRejected
 
 TOPIC_ADAPTERS = "/openlora/1/adapters"
@@ -135,7 +135,7 @@ class NodeStatus(_Strict):
     peer_id: Annotated[str, Field(min_length=1, max_length=128)]
     addrs: Annotated[list[Annotated[str, Field(max_length=256)]], Field(min_length=1, max_length=MAX_ADDRS)]
     grpc_address: Annotated[str, Field(min_length=1, max_length=256)]
-    base_name: Annotated[str, Field(min_length=1, max_length=200)]
+    base_name: Annotated[PrintableName, Field(min_length=1, max_length=200)]
     base_fingerprint: Annotated[str, Field(pattern=_FINGERPRINT)]
     resident: Annotated[list[_CID], Field(max_length=MAX_RESIDENT)]
     node_fee_per_1k_wei: Annotated[int, Field(ge=0, lt=2**256)]

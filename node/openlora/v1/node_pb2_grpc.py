@@ -111,7 +111,7 @@ class NodeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAdapters(self, request, context):
-        """Every adapter this node knows, newest first.
+        """The adapters this node knows, most recently changed first, one page at a time (page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -27,6 +27,7 @@ from ...engine.interface import TextDelta
 from ...metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from ..calls import CallDone, CallError, CallInput, Calls
 from ..ratelimit import RateLimited, RateLimiter, client_key
+from .limits import BodyLimit
 from .wire import (
     BASE_MODEL,
     FINISH,
@@ -60,6 +61,7 @@ def build_app(calls: Calls, metrics: NodeMetrics, base_name: str, limiter: RateL
     ``app.state.ready`` (bool) is True while serving; :class:`HttpServer` clears it on stop.
     """
     app = FastAPI(title="openlora-node", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit)
     app.state.ready = True
 
     @app.exception_handler(RequestValidationError)
@@ -239,7 +241,7 @@ def build_app(calls: Calls, metrics: NodeMetrics, base_name: str, limiter: RateL
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        if app.state.ready:
+        if app.state.ready and getattr(calls.engine, "alive", True):  # the torch engine's thread
             return JSONResponse({"status": "serving"})
         return JSONResponse({"status": "not_serving"}, 503)
 

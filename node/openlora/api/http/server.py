@@ -8,6 +8,8 @@ from contextlib import nullcontext, suppress
 import uvicorn
 from fastapi import FastAPI
 
+from .limits import GuardedH11Protocol
+
 
 class _QuietServer(uvicorn.Server):
     """A uvicorn server that leaves signals to the node (which drains gRPC and HTTP together)."""
@@ -40,7 +42,7 @@ class HttpServer:
         """
         config = uvicorn.Config(
             self.app, host=self.host, port=self.port, lifespan="off", log_config=None, access_log=False, ws="none",
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=5, http=GuardedH11Protocol,  # connection cap and head deadline (limits.py)
         )  # fmt: skip
         self._server = _QuietServer(config)
         self._task = asyncio.create_task(self._serve())

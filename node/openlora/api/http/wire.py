@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...chain.records import SignedReceipt
 from ...engine.interface import FinishReason
 from ...v1 import node_pb2 as pb
-from ..calls import CallDone, CallError, CallInput
+from ..calls import MAX_CHAT_MESSAGES, CallDone, CallError, CallInput
 
 VOUCHER_HEADER = "X-OpenLoRA-Voucher"
 RECEIPT_HEADER = "X-OpenLoRA-Receipt"
@@ -107,7 +107,7 @@ class RequestBody(BaseModel):
 class ChatBody(RequestBody):
     """``POST /v1/chat/completions``."""
 
-    messages: Annotated[list[_Message], Field(min_length=1)]
+    messages: Annotated[list[_Message], Field(min_length=1, max_length=MAX_CHAT_MESSAGES)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     tools: list | None = None
 
