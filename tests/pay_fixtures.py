@@ -112,7 +112,7 @@ def refusal(stub, request) -> grpc.RpcError:
 
 def channel_of(client: NodeClient, account: LocalAccount) -> pb.ChannelState:
     """The node's account of ``account``'s channel (from a quote)."""
-    return client.quote(generate_request("x", raw=True, max_new_tokens=1), account.address).channel
+    return client.quote(generate_request("x", raw=True, max_new_tokens=1), account).channel
 
 
 def wait_usage(client: NodeClient, cid: str, calls: int, timeout_s: float = 60.0) -> pb.AdapterUsage:

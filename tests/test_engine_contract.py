@@ -191,3 +191,24 @@ def test_metrics_count_calls_per_adapter(node, client, cids):
     body = httpx.get(f"http://{http}/metrics", timeout=10).text
     lines = [line for line in body.splitlines() if line.startswith("openlora_requests_total{")]
     assert any(cids["finance"] in line and 'code="OK"' in line for line in lines), lines
+
+
+def test_health_stops_saying_serving_when_the_engine_dies(node, client):
+    """Last in the module: it kills the engine. (The torch engine's thread is killed in-process by
+    test_rel_engine_faults.py; here vLLM's engine-core process is SIGKILLed from outside.)"""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    if node[2] == "torch":
+        pytest.skip("the torch engine's thread cannot be killed from outside; see test_rel_engine_faults.py")
+    for child in _children(node[0].proc.pid):
+        if "EngineCore" in " ".join(child.cmdline()) or "EngineCor" in child.name():
+            child.kill()
+    with grpc.insecure_channel(node[0].address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 30
+        while (status := stub.Check(health_pb2.HealthCheckRequest(service="")).status) == health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline, "health still SERVING 30 s after vLLM's engine core died"
+            time.sleep(0.5)
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    http = node[0].ready_line.split(" http=")[1].split()[0]
+    assert httpx.get(f"http://{http}/health", timeout=10).status_code == 503

@@ -40,7 +40,8 @@ from openlora.chain.backends import rpc_chain
 from openlora.chain.contracts import Deployment, PaymentChannels, adapter_id
 from openlora.chain.errors import UntrustedContracts
 from openlora.chain.pricing import cost_wei
-from openlora.client import NodeClient, PaidSession, node_contracts, payment_error
+from openlora.chain.quote_auth import sign_quote_auth
+from openlora.client import NodeClient, PaidSession, node_contracts, payment_error, quote_request
 from openlora.local import cli
 
 PRICE, ROYALTY = 1000, 2500  # wei per 1k tokens, bps
@@ -159,7 +160,7 @@ def test_free_calls_need_no_voucher(client, node, keys):  # noqa: F811
 
 
 def test_quote_prices_prompt_plus_max_new_tokens(node, client, info, priced):
-    quote = client.quote(paid_request(priced, None, max_new_tokens=20), CLIENT2.address)
+    quote = client.quote(paid_request(priced, None, max_new_tokens=20), CLIENT2)
     assert quote.payment_required and quote.adapter == priced
     assert (quote.price_per_1k_tokens, quote.publisher_price_per_1k, quote.node_fee_per_1k) == (str(PRICE), str(PRICE), "0")
     assert int(quote.max_cost_wei) == cost_wei(quote.prompt_tokens + 20, PRICE)
@@ -333,3 +334,21 @@ def test_usage_of_bad_cid_is_invalid_argument(client):
         client.usage("not-a-cid")
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+
+
+def test_quote_shows_a_channels_ledger_only_to_its_client(client, priced, session):
+    session.generate(QUESTION, adapter=priced, max_new_tokens=2).text()  # the ledger holds a voucher of CLIENT's
+    request = paid_request(priced, None)
+    mine = client.quote(request, CLIENT).channel
+    assert mine.HasField("latest_voucher") and int(mine.charged_total) > 0
+    unsigned = quote_request(request)
+    unsigned.client, unsigned.issued_at = CLIENT.address, int(time.time())
+    stranger = quote_request(request, CLIENT2)  # signed by CLIENT2, then naming CLIENT
+    stranger.client = CLIENT.address
+    stale = quote_request(request, CLIENT)
+    stale.issued_at, stale.client_signature = sign_quote_auth(CLIENT, int(time.time()) - 3600)
+    for asked in (unsigned, stranger, stale):
+        seen = client._stub.GetQuote(asked, timeout=30).channel
+        assert not seen.HasField("latest_voucher") and not seen.HasField("adapter_voucher")
+        assert (seen.charged_total, seen.committed, seen.adapter_charged) == ("0", "0", "0")
+        assert seen.deposited == mine.deposited  # what the chain shows anyone stays

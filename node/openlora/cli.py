@@ -183,13 +183,13 @@ def start(
     threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: all cores).")] = None,
     tensor_parallel_size: Annotated[Optional[int], typer.Option(help="vllm: GPUs the base is split across (tensor parallel).", show_default="1")] = None,
     pipeline_parallel_size: Annotated[Optional[int], typer.Option(help="vllm: pipeline stages (GPUs along the layers; with --nnodes, across boxes).", show_default="1")] = None,
-    distributed_executor_backend: Annotated[Optional[str], typer.Option(help="vllm: executor, mp or ray (default: vLLM picks).")] = None,
+    executor_backend: Annotated[Optional[str], typer.Option(help="vllm: its distributed executor, mp or ray (default: vLLM picks).")] = None,
     nnodes: Annotated[Optional[int], typer.Option(help="vllm: boxes one node's vLLM spans (multi-node executor).", show_default="1")] = None,
     node_rank: Annotated[Optional[int], typer.Option(help="vllm: this box's rank among --nnodes (0 runs the node).", show_default="0")] = None,
     master_addr: Annotated[Optional[str], typer.Option(help="vllm: address of the rank-0 box.", show_default="127.0.0.1")] = None,
     vllm_kv_cache_gib: Annotated[Optional[float], typer.Option(help="vllm on CPU: KV cache size, GiB.", show_default="2.0")] = None,
     gpu_memory_utilization: Annotated[Optional[float], typer.Option(help="vllm on GPU: share of each GPU's memory it may take.", show_default="0.9")] = None,
-    vllm_enforce_eager: Annotated[Optional[bool], typer.Option("--vllm-enforce-eager/--no-vllm-enforce-eager", help="vllm: no graph capture or compilation (faster start, slower steps).", show_default="--no-vllm-enforce-eager")] = None,
+    vllm_enforce_eager: Annotated[Optional[bool], typer.Option("--vllm-enforce-eager", help="vllm: no graph capture or compilation (faster start, slower steps).", show_default="off")] = None,
     p2p: Annotated[Optional[bool], typer.Option("--p2p/--no-p2p", help="Join the libp2p swarm (discovery, block exchange).", show_default="--p2p")] = None,
     p2p_port: Annotated[Optional[int], typer.Option(help="libp2p TCP port on the listen host; 0 picks a free one.", show_default="0")] = None,
     bootstrap: Annotated[Optional[list[str]], typer.Option(help="Peer multiaddr /ip4/…/tcp/N/p2p/ID to join (repeatable; OPENLORA_BOOTSTRAP takes a comma-separated list).")] = None,
@@ -615,7 +615,7 @@ def quote(
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate at most (0: node default, 128).", min=0)] = 0,
     system: Annotated[Optional[str], typer.Option(help="System message for the chat template.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Price PROMPT as raw text, without the chat template.")] = False,
-    client: Annotated[str, typer.Option(help="Your address: adds your channel's state.")] = "",
+    key: Annotated[Optional[Path], typer.Option(help="Your keystore: adds your channel's state (the request is signed: a node shows a channel's ledger to its client only).")] = None,
 ) -> None:
     """Print what a call would cost (JSON): prompt tokens, price per 1k tokens, max cost in wei."""
     from google.protobuf import json_format
@@ -626,7 +626,7 @@ def quote(
         request = generate_request(
             prompt, messages=None if raw else chat_messages(prompt, system), raw=raw, adapter=_adapter_cid(c, adapter), max_new_tokens=max_tokens
         )  # fmt: skip
-        q = _rpc_call(c.quote, request, client)
+        q = _rpc_call(c.quote, request, _load_key(key, dev_index=2) if key is not None else None)
     typer.echo(json_format.MessageToJson(q, indent=2, always_print_fields_with_no_presence=True))
 
 

@@ -245,6 +245,7 @@ def shared_model_cache() -> Path:
 #: and settings whose unit suffix the flag leaves out).
 FLAGS = {
     "fetch_timeout_s": "--fetch-timeout",
+    "distributed_executor_backend": "--executor-backend",
     "client_rate_limit_rps": "--client-rate-limit",
     "chain.rpc_url": "--chain-rpc",
     "chain.port": "--chain-port",

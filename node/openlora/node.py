@@ -101,8 +101,7 @@ class Node:
         # ── end chain ──
         limiter = RateLimiter(s.client_rate_limit_rps, s.client_rate_limit_burst) if s.client_rate_limit_rps else None
         self._server, self.port, self._health = await start_server(servicer, s.host, s.port, limiter)
-        if hasattr(self._engine, "on_exit"):  # the torch engine's thread; vLLM reports its own failures
-            not_serving_on(self._engine.on_exit, self._health)
+        not_serving_on(self._engine.on_exit, self._health)
         http_port = s.resolved_http_port()
         if http_port is not None:
             from .api.http import HttpServer, build_app  # fastapi + uvicorn load only when HTTP is on

@@ -35,6 +35,7 @@ from ..adapters.reasons import AdapterRejected, RejectReason
 from ..adapters.store import manifest_cid
 from ..chain import wire
 from ..chain.errors import ChainError, ContractRevert
+from ..chain.quote_auth import quote_auth_error
 from ..content.cid import cid_text
 from ..content.errors import InvalidCID, StoreFull
 from ..engine.interface import FinishReason, TextDelta
@@ -222,13 +223,16 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                     charged_total="0", committed="0",
                 )  # fmt: skip
             )
-            if view.ledger is not None:
+            why = quote_auth_error(request.client, request.issued_at, request.client_signature)
+            if why is not None:  # what the chain shows anyone; the ledger's vouchers and totals are the client's
+                log.info("quote for %s without its channel's ledger: %s", request.client, why)
+            elif view.ledger is not None:
                 totals, latest = view.ledger
                 quote.channel.latest_voucher.CopyFrom(wire.voucher_to_pb(latest))
                 quote.channel.charged_total = str(totals.charged)
                 quote.channel.committed = str(totals.committed)
             quote.channel.adapter_charged = "0"
-            if view.lane is not None:
+            if why is None and view.lane is not None:
                 charged, lane_voucher = view.lane
                 quote.channel.adapter_voucher.CopyFrom(wire.voucher_to_pb(lane_voucher))
                 quote.channel.adapter_charged = str(charged)

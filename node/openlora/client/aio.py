@@ -94,7 +94,7 @@ class AsyncNodeClient:
         )  # fmt: skip
         return self._stream(req)
 
-    async def quote(self, request: pb.GenerateRequest, client: str = "") -> pb.Quote:
+    async def quote(self, request: pb.GenerateRequest, client: LocalAccount | None = None) -> pb.Quote:
         """The price of ``request``; with ``client`` (an address) also that client's channel state."""
         return await self._unary(self._stub.GetQuote, quote_request(request, client))
 

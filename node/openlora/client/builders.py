@@ -71,9 +71,15 @@ def generate_request(
     return req
 
 
-def quote_request(request: pb.GenerateRequest, client: str = "") -> pb.GetQuoteRequest:
-    """The ``GetQuote`` request pricing ``request`` (same adapter, input and max new tokens) for ``client``."""
-    quote = pb.GetQuoteRequest(adapter=request.adapter, max_new_tokens=request.sampling.max_new_tokens, client=client)
+def quote_request(request: pb.GenerateRequest, client: LocalAccount | None = None) -> pb.GetQuoteRequest:
+    """The ``GetQuote`` request pricing ``request`` (same adapter, input and max new tokens); with ``client``, signed
+    by it so the node also shows that client's channel (``chain/quote_auth.py``)."""
+    quote = pb.GetQuoteRequest(adapter=request.adapter, max_new_tokens=request.sampling.max_new_tokens)
+    if client is not None:
+        from ..chain.quote_auth import sign_quote_auth  # eth-account only when a client signs
+
+        quote.client = client.address
+        quote.issued_at, quote.client_signature = sign_quote_auth(client)
     if request.WhichOneof("input") == "chat":
         quote.chat.CopyFrom(request.chat)
     else:

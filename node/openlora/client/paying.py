@@ -275,7 +275,7 @@ class PaidSession:
 
     def quote(self, request: pb.GenerateRequest) -> pb.Quote:
         """The price of ``request`` and the state of this client's channel."""
-        return self.client.quote(request, self.account.address)
+        return self.client.quote(request, self.account)
 
     def audit(self) -> ChannelAudit:
         """What the node charged (its signed receipts held by this session) against what it claimed and
@@ -375,7 +375,7 @@ class AsyncPaidSession:
 
     async def quote(self, request: pb.GenerateRequest) -> pb.Quote:
         """The price of ``request`` and the state of this client's channel."""
-        return await self.client.quote(request, self.account.address)
+        return await self.client.quote(request, self.account)
 
     async def generate(self, prompt: str | None = None, **kwargs) -> AsyncGenerationStream:
         """Like :meth:`PaidSession.generate`, but a coroutine returning an :class:`AsyncPaidStream` (paid) or an

@@ -89,9 +89,9 @@ class NodeClient:
         )  # fmt: skip
         return self._stream(req)
 
-    def quote(self, request: pb.GenerateRequest, client: str = "") -> pb.Quote:
-        """The price of ``request`` (see :func:`generate_request`); with ``client`` (an address) also the state
-        of that client's channel with this node."""
+    def quote(self, request: pb.GenerateRequest, client: LocalAccount | None = None) -> pb.Quote:
+        """The price of ``request`` (see :func:`generate_request`); with ``client`` (its key signs the request)
+        also the state of that client's channel with this node."""
         return self._unary(self._stub.GetQuote, quote_request(request, client))
 
     def usage(self, adapter: str | None = None) -> list[pb.AdapterUsage]:

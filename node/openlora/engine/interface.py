@@ -4,6 +4,7 @@
                  ──submit(GenerationRequest)──► engine ──emit(TextDelta*, then Finished | Failed)──► call
                  ──cancel(request_id)──► the row is freed before the next step
     node.py, servicer, swarm status, metrics ──► info, codec, stats(), resident(), load_state(cid)
+    health ──► alive, on_exit(listener): a node whose engine died stops saying SERVING
     swarm link ──warm(cid, adapter)──► a freshly fetched adapter skips a second parse
     calls (revoked on chain) ──forget(cid)──► the engine drops every copy it holds
 
@@ -148,6 +149,13 @@ class Engine(Protocol):
 
     def stop(self) -> None:
         """Stop; running and waiting requests get ``Finished(CANCELLED)``; child processes end."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine can still serve (its thread or its engine-core process is running)."""
+
+    def on_exit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` once (from any thread) if the engine dies before :meth:`stop`."""
 
     def check_room(self) -> None:
         """Raise :class:`QueueFull` when :meth:`submit` would be refused now."""

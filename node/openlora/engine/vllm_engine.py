@@ -204,6 +204,8 @@ class VllmEngine:
         self._tasks: dict[str, asyncio.Task] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._exit_listeners: list[Callable[[], None]] = []
+        self._watch: asyncio.Task | None = None
 
     @classmethod
     async def open(
@@ -240,6 +242,7 @@ class VllmEngine:
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         engine = cls(llm, codec, options, load_verified, folders, current_platform.device_type)
         engine._loop = asyncio.get_running_loop()
+        engine._watch = engine._loop.create_task(engine._watch_core())
         log.info("vLLM %s started on %s (%s, max_loras %d)", vllm.__version__, engine.info.device, options.dtype, options.max_loras)
         return engine
 
@@ -248,13 +251,22 @@ class VllmEngine:
     def start(self) -> None:
         """Nothing to do: :meth:`open` started vLLM."""
 
+    @property
+    def alive(self) -> bool:
+        """Whether vLLM's engine core is running (vLLM marks itself errored when it dies)."""
+        return not self._llm.errored
+
+    def on_exit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` once if vLLM's engine core dies before :meth:`stop`."""
+        self._exit_listeners.append(listener)
+
     def stop(self) -> None:
         """Cancel every request (each gets ``Finished(CANCELLED)``) and shut vLLM's processes down.
         Safe from any thread."""
         self._stopping = True
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            for task in list(self._tasks.values()):
+            for task in [*self._tasks.values(), *([self._watch] if self._watch else [])]:
                 loop.call_soon_threadsafe(task.cancel)
         self._llm.shutdown()
 
@@ -322,6 +334,15 @@ class VllmEngine:
             asyncio.get_running_loop().create_task(self._remove(lora))
 
     # ----- on the event loop -----
+
+    async def _watch_core(self, period_s: float = 1.0) -> None:
+        """Tell the exit listeners once vLLM reports its engine core dead (it is polled: vLLM has no callback)."""
+        while self.alive:
+            await asyncio.sleep(period_s)
+        if not self._stopping:
+            log.error("vLLM's engine core died: health is NOT_SERVING")
+            for listener in self._exit_listeners:
+                listener()
 
     def _max_len(self) -> int:
         return self._llm.model_config.max_model_len

@@ -332,18 +332,22 @@ class ChainInfo(_message.Message):
     def __init__(self, chain_id: _Optional[int] = ..., rpc_url: _Optional[str] = ..., registry: _Optional[str] = ..., channels: _Optional[str] = ..., node_address: _Optional[str] = ..., node_fee_per_1k: _Optional[str] = ..., embedded: _Optional[bool] = ..., withdraw_timeout_s: _Optional[int] = ...) -> None: ...
 
 class GetQuoteRequest(_message.Message):
-    __slots__ = ("adapter", "prompt", "chat", "max_new_tokens", "client")
+    __slots__ = ("adapter", "prompt", "chat", "max_new_tokens", "client", "issued_at", "client_signature")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     prompt: str
     chat: ChatMessages
     max_new_tokens: int
     client: str
-    def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., client: _Optional[str] = ...) -> None: ...
+    issued_at: int
+    client_signature: bytes
+    def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., client: _Optional[str] = ..., issued_at: _Optional[int] = ..., client_signature: _Optional[bytes] = ...) -> None: ...
 
 class ChannelState(_message.Message):
     __slots__ = ("epoch", "deposited", "redeemed", "withdraw_at", "latest_voucher", "charged_total", "committed", "adapter_voucher", "adapter_charged")

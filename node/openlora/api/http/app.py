@@ -241,7 +241,7 @@ def build_app(calls: Calls, metrics: NodeMetrics, base_name: str, limiter: RateL
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        if app.state.ready and getattr(calls.engine, "alive", True):  # the torch engine's thread
+        if app.state.ready and calls.engine.alive:
             return JSONResponse({"status": "serving"})
         return JSONResponse({"status": "not_serving"}, 503)
 
