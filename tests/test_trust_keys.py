@@ -75,4 +75,4 @@ def test_cli_without_passphrase_or_terminal_says_how_to_give_one(tmp_path):
 def test_publish_without_a_key_says_how_to_make_one(tmp_path):
     out = _cli("publish", str(tmp_path), "--node", "127.0.0.1:1", **{KEY_ENV: str(tmp_path / "none.json"), PASSPHRASE_ENV: "x"})
     assert out.returncode == 1
-    assert out.stderr.startswith("error: no publisher key at") and "openlora-node keys new" in out.stderr
+    assert out.stderr.startswith("error: no key at") and "openlora-node keys new" in out.stderr

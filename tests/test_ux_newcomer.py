@@ -272,9 +272,11 @@ def test_node_beside_swarm_is_refused(node):
 
 
 def test_help_shows_the_defaults():
-    gen = one_line(run("openlora", "generate", "--help").stdout)
+    # a terminal wide enough that rich wraps no default in the middle of a path (the layout is rich's)
+    wide = {**os.environ, "COLUMNS": "240"}
+    gen = one_line(run("openlora", "generate", "--help", env=wide).stdout)
     assert "node default 1.0: samples" in gen and "0 for greedy" in gen
-    start = one_line(run("openlora-node", "start", "--help").stdout)
+    start = one_line(run("openlora-node", "start", "--help", env=wide).stdout)
     assert "[default: (50051)]" in start and "shared by every data dir. [default: (~/.cache/openlora/" in start
 
 

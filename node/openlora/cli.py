@@ -189,7 +189,7 @@ def start(
     master_addr: Annotated[Optional[str], typer.Option(help="vllm: address of the rank-0 box.", show_default="127.0.0.1")] = None,
     vllm_kv_cache_gib: Annotated[Optional[float], typer.Option(help="vllm on CPU: KV cache size, GiB.", show_default="2.0")] = None,
     gpu_memory_utilization: Annotated[Optional[float], typer.Option(help="vllm on GPU: share of each GPU's memory it may take.", show_default="0.9")] = None,
-    vllm_enforce_eager: Annotated[Optional[bool], typer.Option("--vllm-enforce-eager", help="vllm: no graph capture or compilation (faster start, slower steps).", show_default="off")] = None,
+    vllm_enforce_eager: Annotated[Optional[bool], typer.Option("--vllm-enforce-eager/--no-vllm-enforce-eager", help="vllm: no graph capture or compilation (faster start, slower steps).", show_default="--no-vllm-enforce-eager")] = None,
     p2p: Annotated[Optional[bool], typer.Option("--p2p/--no-p2p", help="Join the libp2p swarm (discovery, block exchange).", show_default="--p2p")] = None,
     p2p_port: Annotated[Optional[int], typer.Option(help="libp2p TCP port on the listen host; 0 picks a free one.", show_default="0")] = None,
     bootstrap: Annotated[Optional[list[str]], typer.Option(help="Peer multiaddr /ip4/…/tcp/N/p2p/ID to join (repeatable; OPENLORA_BOOTSTRAP takes a comma-separated list).")] = None,
