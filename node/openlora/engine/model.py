@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import BaseModelSource
+from .cpu_compute import compute_in_float32, wants_float32
 from .lora import BatchSlots, LoRALinear, inject_lora
 from .text import TextCodec, load_codec
 
@@ -26,7 +27,9 @@ class ResidentModel:
         codec: its tokenizer, chat template, EOS ids and context limit.
         routing: per-forward slot routing shared by the LoRA layers.
         lora_layers: base module name → LoRA layer.
-        dtype: compute dtype of weights and adapter slots.
+        dtype: the base's dtype (weights' values, activations).
+        kv_dtype: what the KV cache stores: float32 where the base computes in float32 (``engine.cpu_compute``),
+            else ``dtype``.
     """
 
     source: BaseModelSource
@@ -35,6 +38,7 @@ class ResidentModel:
     routing: BatchSlots
     lora_layers: dict[str, LoRALinear]
     dtype: torch.dtype
+    kv_dtype: torch.dtype
 
     @property
     def base_modules(self) -> dict[str, tuple[int, int]]:
@@ -60,7 +64,8 @@ def load_resident(source: BaseModelSource, dtype: str, n_slots: int, max_rank: i
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         n_slots: adapter slots on the device (slot 0 for the base is added).
         max_rank: largest adapter rank a slot can hold.
-        device: ``"cpu"`` or ``"cuda"`` (weights, slots and the KV cache live there).
+        device: ``"cpu"`` or ``"cuda"`` (weights, slots and the KV cache live there). On a CPU without
+            native half-precision kernels, a bf16/fp16 base computes in float32 (``engine.cpu_compute``).
 
     Raises:
         ValueError: unknown dtype.
@@ -72,6 +77,9 @@ def load_resident(source: BaseModelSource, dtype: str, n_slots: int, max_rank: i
     codec = load_codec(source.path)
     model = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=DTYPES[dtype]).to(device)
     model.eval().requires_grad_(False)
+    float32 = wants_float32(DTYPES[dtype], torch.device(device))
+    if float32:
+        compute_in_float32(model)
     routing, layers = inject_lora(model, n_slots + 1, max_rank)
     log.info("base %s loaded (%s, %d adaptable modules, eos %s)", source.name, dtype, len(layers), sorted(codec.eos_ids))
-    return ResidentModel(source, model, codec, routing, layers, DTYPES[dtype])
+    return ResidentModel(source, model, codec, routing, layers, DTYPES[dtype], torch.float32 if float32 else DTYPES[dtype])

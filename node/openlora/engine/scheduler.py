@@ -31,7 +31,7 @@ import torch
 
 from ..adapters.peft_format import LoraAdapter
 from .interface import EngineInfo, Failed, FinishReason, Finished, GenerationRequest, NonFiniteLogits, QueueFull, TextDelta
-from .kv import KVBatch, left_padded
+from .kv import KVBatch, left_padded, new_cache
 from .model import ResidentModel
 from .sampling import Detokenizer, sample_next
 from .slots import HostCache, NoFreeSlot, SlotManager
@@ -384,11 +384,9 @@ class TorchEngine:
             self.rm.routing.clear()
 
     def _prefill(self, admitted: list[tuple[GenerationRequest, int]]) -> None:
-        from transformers import DynamicCache
-
         new_rows = [_Row(req, slot, self.codec.tokenizer) for req, slot in admitted]
         ids, mask, pos = (t.to(self.rm.device) for t in left_padded([r.req.prompt_ids for r in new_rows], self.codec.pad_id))
-        cache = DynamicCache(config=self.rm.model.config)
+        cache = new_cache(self.rm.model.config, self.rm.kv_dtype)
         try:
             logits = self._forward(
                 [r.slot for r in new_rows],
