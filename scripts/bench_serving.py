@@ -18,9 +18,11 @@ reserves one core for the front end by default (VLLM_CPU_NUM_OF_RESERVED_CPU), a
 
 Reported per system: tokens/s (generated tokens / wall time), TTFT p50/p99 and ITL p50/p99 in
 ms (from the moment the request was issued, queueing included), peak RSS in MiB (this process;
-vLLM's engine core is another); and the throughput ratios engine/base, engine/peft_mixed,
-engine/peft_swap, vllm/engine, vllm/vllm_nolora, vllm_base/vllm_nolora. Machines here are noisy:
-compare ratios from one run, not absolute numbers across runs.
+vLLM's engine core is another); and the throughput ratios mixed_vs_best_base (the faster of the
+two engines with K adapters over the fastest base-only system: engine or vllm over base,
+vllm_nolora or vllm_base), engine/base, base/vllm_nolora, engine/peft_mixed, engine/peft_swap,
+vllm/engine, vllm/vllm_nolora, vllm_base/vllm_nolora. Machines here are noisy: compare ratios from
+one run, not absolute numbers across runs.
 
     .venv/bin/python scripts/bench_serving.py --quick --json bench.json --plot bench.png
 """
@@ -54,6 +56,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SYSTEMS = ("base", "engine", "peft_mixed", "peft_swap", "vllm_nolora", "vllm_base", "vllm")
 VLLM_SYSTEMS = ("vllm_nolora", "vllm_base", "vllm")
+MIXED_SYSTEMS = ("engine", "vllm")  # the node's engines serving K adapters
+BASE_SYSTEMS = ("base", "vllm_nolora", "vllm_base")  # the same engines, no adapter in any row
 
 
 @dataclass
@@ -400,8 +404,15 @@ def main(argv=None) -> int:
     def ratio(a, b):
         return results[a]["tokens_per_s"] / results[b]["tokens_per_s"] if a in results and b in results else None
 
+    def best(names):
+        ran = [n for n in names if n in results]
+        return max(ran, key=lambda n: results[n]["tokens_per_s"]) if ran else None
+
+    results["best"] = {"mixed": best(MIXED_SYSTEMS), "base": best(BASE_SYSTEMS)}
     results["ratios"] = {
+        "mixed_vs_best_base": ratio(results["best"]["mixed"], results["best"]["base"]),
         "engine_vs_base": ratio("engine", "base"),
+        "base_vs_vllm_nolora": ratio("base", "vllm_nolora"),
         "engine_vs_peft_mixed": ratio("engine", "peft_mixed"),
         "engine_vs_peft_swap": ratio("engine", "peft_swap"),
         "vllm_vs_engine": ratio("vllm", "engine"),
@@ -417,6 +428,7 @@ def main(argv=None) -> int:
                 f"{name:12s}{r['tokens_per_s']:9.1f}{r['ttft_p50_ms']:10.0f}{r['ttft_p99_ms']:10.0f}"
                 f"{r['itl_p50_ms']:9.1f}{r['itl_p99_ms']:9.1f}{r['peak_rss_mib']:9.0f}"
             )
+    print(f"best mixed: {results['best']['mixed']}, best base: {results['best']['base']}")
     print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in results["ratios"].items() if v is not None))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -39,11 +39,19 @@ def test_bench_serving_reports_every_system_and_the_ratios(tmp_path, base_source
         assert result[system]["tokens_per_s"] > 0
         assert result[system]["tokens"] == 4 * 3
     assert set(result["ratios"]) == {
-        "engine_vs_base", "engine_vs_peft_mixed", "engine_vs_peft_swap",
+        "mixed_vs_best_base", "engine_vs_base", "base_vs_vllm_nolora", "engine_vs_peft_mixed", "engine_vs_peft_swap",
         "vllm_vs_engine", "vllm_vs_vllm_nolora", "vllm_base_vs_vllm_nolora",
     }  # fmt: skip
-    for name, (a, b) in {"engine_vs_base": ("engine", "base"), "vllm_vs_vllm_nolora": ("vllm", "vllm_nolora")}.items():
-        assert result["ratios"][name] == pytest.approx(result[a]["tokens_per_s"] / result[b]["tokens_per_s"])
+    tps = {name: result[name]["tokens_per_s"] for name in result if name not in ("ratios", "best", "workload")}
+    best_mixed, best_base = max(("engine", "vllm"), key=tps.get), max(("base", "vllm_nolora", "vllm_base"), key=tps.get)
+    assert result["best"] == {"mixed": best_mixed, "base": best_base}
+    pairs = {
+        "mixed_vs_best_base": (best_mixed, best_base), "engine_vs_base": ("engine", "base"),
+        "base_vs_vllm_nolora": ("base", "vllm_nolora"), "vllm_vs_vllm_nolora": ("vllm", "vllm_nolora"),
+        "vllm_base_vs_vllm_nolora": ("vllm_base", "vllm_nolora"),
+    }  # fmt: skip
+    for name, (a, b) in pairs.items():
+        assert result["ratios"][name] == pytest.approx(tps[a] / tps[b]), name
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
