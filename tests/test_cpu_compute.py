@@ -1,0 +1,97 @@
+"""The CPU fast paths of the torch engine, exercised on any CPU.
+
+- ``engine.cpu_compute``: a bf16 base on a CPU without native bf16 kernels computes in float32. The
+  machine running the suite may have those kernels (then the node never takes this path), so the
+  path is forced here and held to what bf16 must give: its error against the float32 truth no
+  larger than native bf16's own, and greedy tokens equal to the float32 truth's or a near-tie.
+- ``engine.kv.HeadroomLayer``: keys/values equal to transformers' concatenating ``DynamicLayer``
+  bit for bit, across buffer growth and after a join/leave replaced the tensors.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicLayer
+
+import openlora.engine.model as model_mod
+from openlora.engine.cpu_compute import ATTENTION, Float32Linear
+from openlora.engine.kv import HEADROOM, HeadroomLayer
+from openlora.engine.model import load_resident
+
+from test_lora_numerics import _fresh_base, bf16_tolerance
+
+
+@pytest.fixture(scope="module")
+def forced_float32(base_source):
+    """A bf16 resident base loaded as on a CPU without native bf16 kernels."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(model_mod, "wants_float32", lambda dtype, device: True)
+    try:
+        return load_resident(base_source, "bfloat16", n_slots=2, max_rank=8)
+    finally:
+        mp.undo()
+
+
+def test_forced_float32_holds_float32_weights_and_cache(forced_float32):
+    rm = forced_float32
+    linears = [m for m in rm.model.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(m) is Float32Linear and m.weight.dtype == torch.float32 for m in linears)
+    assert rm.model.get_input_embeddings().weight.dtype == torch.bfloat16  # the tied head was copied
+    assert rm.model.config._attn_implementation == ATTENTION
+    assert rm.dtype == torch.bfloat16 and rm.kv_dtype == torch.float32
+
+
+def test_forced_float32_is_as_close_to_the_truth_as_native_bf16(forced_float32, base_source):
+    rm = forced_float32
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, rm.codec.tokenizer.vocab_size, (8, 24), generator=g)
+    with torch.inference_mode():
+        truth = _fresh_base(base_source, torch.float32)(input_ids=ids).logits.float()
+        native = _fresh_base(base_source, torch.bfloat16)(input_ids=ids).logits.float()
+        got = rm.model(input_ids=ids).logits
+    assert got.dtype == torch.bfloat16  # values handed on stay bf16
+    ours_err, native_err = (got.float() - truth).abs(), (native - truth).abs()
+    assert ours_err.mean() <= 1.5 * native_err.mean() + 0.02, (ours_err.mean().item(), native_err.mean().item())
+    assert ours_err.max() <= 2.0 * native_err.max() + 0.1, (ours_err.max().item(), native_err.max().item())
+    last, want = got[:, -1].float(), truth[:, -1]
+    for i in torch.nonzero(last.argmax(-1) != want.argmax(-1)).flatten().tolist():
+        gap = (want[i].max() - want[i, last[i].argmax()]).item()
+        assert gap <= bf16_tolerance(want[i]), (i, gap)
+
+
+def _appends(seed: int, rows: int, steps: int):
+    g = torch.Generator().manual_seed(seed)
+    yield torch.randn(rows, 3, 5, 4, generator=g), torch.randn(rows, 3, 5, 4, generator=g)  # a prefill
+    for _ in range(steps):
+        yield torch.randn(rows, 3, 1, 4, generator=g), torch.randn(rows, 3, 1, 4, generator=g)
+
+
+@pytest.mark.parametrize("store", [None, torch.float32], ids=["model-dtype", "float32"])
+def test_headroom_layer_equals_concatenation_across_growth_and_rebuilds(store):
+    ours, ref = HeadroomLayer(store), DynamicLayer()
+    for step, (k, v) in enumerate(_appends(0, 2, 2 * HEADROOM + 3)):
+        k, v = k.bfloat16(), v.bfloat16()
+        got_k, got_v = ours.update(k, v)
+        want_k, want_v = ref.update(k, v)
+        assert got_k.dtype == (store or torch.bfloat16)
+        assert torch.equal(got_k.to(want_k.dtype), want_k) and torch.equal(got_v.to(want_v.dtype), want_v), step
+    # a row joins: the batch replaces the tensors with wider ones
+    extra_k, extra_v = torch.zeros_like(ours.keys[:1]), torch.ones_like(ours.values[:1])
+    ours.keys, ours.values = torch.cat([ours.keys, extra_k]), torch.cat([ours.values, extra_v])
+    ref.keys = torch.cat([ref.keys, extra_k.to(ref.keys.dtype)])
+    ref.values = torch.cat([ref.values, extra_v.to(ref.values.dtype)])
+    for step, (k, v) in enumerate(_appends(1, 3, HEADROOM + 2)):
+        if step == 0:
+            continue  # decode only: the join happened mid-stream
+        k, v = k.bfloat16(), v.bfloat16()
+        got_k, got_v = ours.update(k, v)
+        want_k, want_v = ref.update(k, v)
+        assert torch.equal(got_k.to(want_k.dtype), want_k) and torch.equal(got_v.to(want_v.dtype), want_v), step
+    ours.keys, ours.values = ours.keys[1:], ours.values[1:]  # a row leaves
+    ref.keys, ref.values = ref.keys[1:], ref.values[1:]
+    k, v = next(_appends(2, 2, 1))
+    got_k, _ = ours.update(k[:, :, :1].bfloat16(), v[:, :, :1].bfloat16())
+    want_k, _ = ref.update(k[:, :, :1].bfloat16(), v[:, :, :1].bfloat16())
+    assert torch.equal(got_k.to(want_k.dtype), want_k)
