@@ -61,37 +61,33 @@ def test_forced_float32_is_as_close_to_the_truth_as_native_bf16(forced_float32, 
         assert gap <= bf16_tolerance(want[i]), (i, gap)
 
 
-def _appends(seed: int, rows: int, steps: int):
+def _appends(seed: int, rows: int, steps: int, prefill: int = 5):
+    """``[rows, 3, t, 4]`` bf16 key/value pairs: one of ``prefill`` columns (none if 0), then ``steps`` of one."""
     g = torch.Generator().manual_seed(seed)
-    yield torch.randn(rows, 3, 5, 4, generator=g), torch.randn(rows, 3, 5, 4, generator=g)  # a prefill
-    for _ in range(steps):
-        yield torch.randn(rows, 3, 1, 4, generator=g), torch.randn(rows, 3, 1, 4, generator=g)
+    for t in ([prefill] if prefill else []) + [1] * steps:
+        yield torch.randn(rows, 3, t, 4, generator=g).bfloat16(), torch.randn(rows, 3, t, 4, generator=g).bfloat16()
+
+
+def _update_both(ours: HeadroomLayer, ref: DynamicLayer, k: torch.Tensor, v: torch.Tensor, store) -> None:
+    got_k, got_v = ours.update(k, v)
+    want_k, want_v = ref.update(k, v)
+    assert got_k.dtype == (store or torch.bfloat16)
+    assert torch.equal(got_k.to(want_k.dtype), want_k) and torch.equal(got_v.to(want_v.dtype), want_v)
 
 
 @pytest.mark.parametrize("store", [None, torch.float32], ids=["model-dtype", "float32"])
 def test_headroom_layer_equals_concatenation_across_growth_and_rebuilds(store):
     ours, ref = HeadroomLayer(store), DynamicLayer()
-    for step, (k, v) in enumerate(_appends(0, 2, 2 * HEADROOM + 3)):
-        k, v = k.bfloat16(), v.bfloat16()
-        got_k, got_v = ours.update(k, v)
-        want_k, want_v = ref.update(k, v)
-        assert got_k.dtype == (store or torch.bfloat16)
-        assert torch.equal(got_k.to(want_k.dtype), want_k) and torch.equal(got_v.to(want_v.dtype), want_v), step
+    for k, v in _appends(0, 2, 2 * HEADROOM + 3):  # the buffer grows twice
+        _update_both(ours, ref, k, v, store)
     # a row joins: the batch replaces the tensors with wider ones
     extra_k, extra_v = torch.zeros_like(ours.keys[:1]), torch.ones_like(ours.values[:1])
     ours.keys, ours.values = torch.cat([ours.keys, extra_k]), torch.cat([ours.values, extra_v])
     ref.keys = torch.cat([ref.keys, extra_k.to(ref.keys.dtype)])
     ref.values = torch.cat([ref.values, extra_v.to(ref.values.dtype)])
-    for step, (k, v) in enumerate(_appends(1, 3, HEADROOM + 2)):
-        if step == 0:
-            continue  # decode only: the join happened mid-stream
-        k, v = k.bfloat16(), v.bfloat16()
-        got_k, got_v = ours.update(k, v)
-        want_k, want_v = ref.update(k, v)
-        assert torch.equal(got_k.to(want_k.dtype), want_k) and torch.equal(got_v.to(want_v.dtype), want_v), step
+    for k, v in _appends(1, 3, HEADROOM + 2, prefill=0):
+        _update_both(ours, ref, k, v, store)
     ours.keys, ours.values = ours.keys[1:], ours.values[1:]  # a row leaves
     ref.keys, ref.values = ref.keys[1:], ref.values[1:]
-    k, v = next(_appends(2, 2, 1))
-    got_k, _ = ours.update(k[:, :, :1].bfloat16(), v[:, :, :1].bfloat16())
-    want_k, _ = ref.update(k[:, :, :1].bfloat16(), v[:, :, :1].bfloat16())
-    assert torch.equal(got_k.to(want_k.dtype), want_k)
+    for k, v in _appends(2, 2, 3, prefill=0):
+        _update_both(ours, ref, k, v, store)
