@@ -11,7 +11,9 @@ Systems, same workload, same model, same dtype and threads:
   peft_swap   PEFT set_adapter(name) + generate, one request at a time
   vllm_nolora vLLM (the node's --engine vllm path), LoRA off: vLLM's base limit
   vllm_base   vLLM with LoRA on, every row without adapter
-  vllm        vLLM with LoRA on, K adapters (LoRARequests from the engine's adapter folders)
+  vllm        vLLM with LoRA on, K adapters (LoRARequests from the engine's adapter folders);
+              on vLLM's CPU build with our grouped LoRA op (engine/vllm_punica.py), compilation on
+  vllm_stock  the same with vLLM's own CPU LoRA ops (its torch ops; vLLM turns compilation off)
 
 vLLM's engine core runs in the child process vLLM spawns (one start per vllm system); its CPU build
 reserves one core for the front end by default (VLLM_CPU_NUM_OF_RESERVED_CPU), as a node would run it.
@@ -21,7 +23,7 @@ ms (from the moment the request was issued, queueing included), peak RSS in MiB 
 vLLM's engine core is another); and the throughput ratios mixed_vs_best_base (the faster of the
 two engines with K adapters over the fastest base-only system: engine or vllm over base,
 vllm_nolora or vllm_base), engine/base, base/vllm_nolora, engine/peft_mixed, engine/peft_swap,
-vllm/engine, vllm/vllm_nolora, vllm_base/vllm_nolora. Machines here are noisy: compare ratios from
+vllm/engine, vllm/vllm_nolora, vllm_base/vllm_nolora, vllm/vllm_stock. Machines here are noisy: compare ratios from
 one run, not absolute numbers across runs.
 
     .venv/bin/python scripts/bench_serving.py --quick --json bench.json --plot bench.png
@@ -54,8 +56,8 @@ from random_base import SHAPES, build_random_base
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SYSTEMS = ("base", "engine", "peft_mixed", "peft_swap", "vllm_nolora", "vllm_base", "vllm")
-VLLM_SYSTEMS = ("vllm_nolora", "vllm_base", "vllm")
+SYSTEMS = ("base", "engine", "peft_mixed", "peft_swap", "vllm_nolora", "vllm_base", "vllm", "vllm_stock")
+VLLM_SYSTEMS = ("vllm_nolora", "vllm_base", "vllm", "vllm_stock")
 MIXED_SYSTEMS = ("engine", "vllm")  # the node's engines serving K adapters
 BASE_SYSTEMS = ("base", "vllm_nolora", "vllm_base")  # the same engines, no adapter in any row
 
@@ -226,8 +228,9 @@ def run_vllm(source, adapters, workload, args, mode: str) -> Result:
         dtype=args.dtype, max_loras=args.adapters, max_cpu_loras=args.adapters, max_lora_rank=args.rank,
         max_batch=args.concurrency, max_waiting=len(workload) + 1, max_model_len=args.prompt_len + args.output_len + 8,
         kv_cache_gib=2, enforce_eager=args.vllm_eager, lora=mode != "vllm_nolora",
+        lora_ops="vllm" if mode == "vllm_stock" else "grouped",
     )  # fmt: skip
-    use_adapters = mode == "vllm"
+    use_adapters = mode in ("vllm", "vllm_stock")
     params = SamplingParams(max_new_tokens=args.output_len, temperature=0.0, ignore_eos=True)
     res = Result()
 
@@ -418,6 +421,7 @@ def main(argv=None) -> int:
         "vllm_vs_engine": ratio("vllm", "engine"),
         "vllm_vs_vllm_nolora": ratio("vllm", "vllm_nolora"),
         "vllm_base_vs_vllm_nolora": ratio("vllm_base", "vllm_nolora"),
+        "vllm_vs_vllm_stock": ratio("vllm", "vllm_stock"),
     }
     results["workload"] = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "model_cache")}
     print(f"\n{'system':12s}{'tok/s':>9s}{'TTFT p50':>10s}{'TTFT p99':>10s}{'ITL p50':>9s}{'ITL p99':>9s}{'RSS MiB':>9s}")

@@ -34,13 +34,13 @@ def test_bench_serving_reports_every_system_and_the_ratios(tmp_path, base_source
         "--output-len", "3", "--threads", "2", "--vllm-eager", "--json", str(out), "--plot", str(png),
     )  # fmt: skip
     result = json.loads(out.read_text())
-    for system in ("base", "engine", "peft_mixed", "peft_swap", "vllm_nolora", "vllm_base", "vllm"):
+    for system in ("base", "engine", "peft_mixed", "peft_swap", "vllm_nolora", "vllm_base", "vllm", "vllm_stock"):
         assert SERVING_KEYS <= result[system].keys(), system
         assert result[system]["tokens_per_s"] > 0
         assert result[system]["tokens"] == 4 * 3
     assert set(result["ratios"]) == {
         "mixed_vs_best_base", "engine_vs_base", "base_vs_vllm_nolora", "engine_vs_peft_mixed", "engine_vs_peft_swap",
-        "vllm_vs_engine", "vllm_vs_vllm_nolora", "vllm_base_vs_vllm_nolora",
+        "vllm_vs_engine", "vllm_vs_vllm_nolora", "vllm_base_vs_vllm_nolora", "vllm_vs_vllm_stock",
     }  # fmt: skip
     tps = {name: result[name]["tokens_per_s"] for name in result if name not in ("ratios", "best", "workload")}
     best_mixed, best_base = max(("engine", "vllm"), key=tps.get), max(("base", "vllm_nolora", "vllm_base"), key=tps.get)
@@ -48,7 +48,7 @@ def test_bench_serving_reports_every_system_and_the_ratios(tmp_path, base_source
     pairs = {
         "mixed_vs_best_base": (best_mixed, best_base), "engine_vs_base": ("engine", "base"),
         "base_vs_vllm_nolora": ("base", "vllm_nolora"), "vllm_vs_vllm_nolora": ("vllm", "vllm_nolora"),
-        "vllm_base_vs_vllm_nolora": ("vllm_base", "vllm_nolora"),
+        "vllm_base_vs_vllm_nolora": ("vllm_base", "vllm_nolora"), "vllm_vs_vllm_stock": ("vllm", "vllm_stock"),
     }  # fmt: skip
     for name, (a, b) in pairs.items():
         assert result["ratios"][name] == pytest.approx(tps[a] / tps[b]), name

@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 #: The vLLM minor version this module is written and tested against (vLLM's LoRA and engine
 #: APIs move between minors); another one refuses to start instead of failing mid-request.
 VLLM_SERIES = "0.32."
+#: Environment variable naming the CPU LoRA ops for our vLLM platform plugin (``engine/vllm_platform.py``);
+#: vLLM's spawned engine core inherits it.
+LORA_OPS_ENV = "OPENLORA_VLLM_LORA_OPS"
+LORA_OPS = ("grouped", "vllm")
 #: ``max_lora_rank`` values vLLM accepts (``vllm.config.lora.MaxLoRARanks``).
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.CANCELLED}
@@ -72,6 +76,8 @@ class VllmOptions:
         gpu_memory_utilization: share of GPU memory vLLM may take (GPU only).
         enforce_eager: skip graph capture / compilation (faster start, slower steps).
         lora: LoRA on (a node always has it on; off only for the benchmark's LoRA-off baseline).
+        lora_ops: on vLLM's CPU build, ``grouped`` (our op, ``engine/vllm_punica.py``, with
+            torch.compile kept on) or ``vllm`` (vLLM's own torch ops); GPU builds use vLLM's kernels.
     """
 
     dtype: str = "bfloat16"
@@ -91,6 +97,7 @@ class VllmOptions:
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False
     lora: bool = True
+    lora_ops: str = "grouped"
 
     def engine_args(self, model: Path, max_context: int) -> dict:
         """Keyword arguments of ``vllm.AsyncEngineArgs`` for the base folder ``model``.
@@ -442,12 +449,19 @@ class VllmEngine:
 def _environment(options: VllmOptions) -> None:
     """vLLM reads these at import: its logs go to stderr under ours (stdout carries the node's ready
     line), its KV cache size on CPU, and runtime LoRA updates stay off whatever the environment says
-    (adapters come only from folders the node wrote)."""
+    (adapters come only from folders the node wrote); the CPU LoRA ops our platform plugin selects.
+
+    Raises:
+        ValueError: unknown ``lora_ops``.
+    """
+    if options.lora_ops not in LORA_OPS:
+        raise ValueError(f"lora_ops {options.lora_ops!r}: expected one of {', '.join(LORA_OPS)}")
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     debug = logging.getLogger("openlora").getEffectiveLevel() <= logging.DEBUG
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if debug else "WARNING")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{options.kv_cache_gib:g}")
     os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "0"
+    os.environ[LORA_OPS_ENV] = options.lora_ops  # read by our platform plugin, here and in vLLM's child
 
 
 def _explained(error: Exception) -> Exception:
