@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
 import trio
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
 from libp2p.request_response import RequestContext, RequestResponse, RequestResponseConfig, RequestResponseError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -28,6 +29,7 @@ from .errors import MessageRejected, SwarmError
 from .host import build_host, listen_multiaddr, parse_peer_multiaddr
 from .messages import MAX_STATUS_BYTES, NodeStatus, encode
 from .peers import PeerEntry
+from .validate import check_status
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +39,13 @@ _MAX_RESPONSE_BYTES = MAX_NODES * MAX_STATUS_BYTES
 
 
 class NodesRequest(BaseModel):
-    """Which nodes do you know? ``adapter``: a CID whose base the client wants to learn."""
+    """Which nodes do you know? ``adapter``: a CID whose base the client wants to learn;
+    ``base``: a base fingerprint whose nodes the answering node first looks up in the DHT."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     v: Literal[1]
     adapter: Annotated[str, Field(max_length=128)] | None = None
+    base: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
 
 
 class NodesResponse(BaseModel):
@@ -86,6 +90,7 @@ def serve_directory(
     adapter_base: Callable[[str], str | None],
     is_banned: Callable[[object], bool],
     timeout_s: float,
+    find_base: Callable[[str], Awaitable[object]] | None = None,
 ) -> None:
     """Answer ``/openlora/nodes/1.0.0`` on ``rr``.
 
@@ -95,12 +100,16 @@ def serve_directory(
         adapter_base: base fingerprint of an adapter in this node's verified catalog, or ``None``.
         is_banned: refuse banned peers.
         timeout_s: per exchange, seconds.
+        find_base: looks the nodes of a base up (the DHT) into the peer table, for requests
+            that name a ``base``; ``None``: answer from the table as it is.
     """
     config = RequestResponseConfig(timeout=timeout_s, max_request_size=512, max_response_size=_MAX_RESPONSE_BYTES)
 
     async def answer(request: NodesRequest, ctx: RequestContext) -> NodesResponse:
         if is_banned(ctx.peer_id):
             raise RequestResponseError(f"peer {ctx.peer_id} is banned")
+        if request.base is not None and find_base is not None:
+            await find_base(request.base)
         own = await trio.to_thread.run_sync(own_status)
         nodes = ([own] if own is not None else []) + [s for s in peers() if own is None or s.peer_id != own.peer_id]
         base = await trio.to_thread.run_sync(adapter_base, request.adapter) if request.adapter else None
@@ -109,8 +118,29 @@ def serve_directory(
     rr.set_handler(NODES_PROTOCOL, answer, CODEC, config)
 
 
-def query_nodes(multiaddr: str, adapter: str | None = None, timeout_s: float = 15.0) -> tuple[list[PeerEntry], str | None]:
-    """Ask the node at ``multiaddr`` for the nodes it knows (client side; blocking).
+async def request_status(rr: RequestResponse, peer: ID, timeout_s: float) -> NodeStatus:
+    """Ask a connected ``peer`` for its own status (node side; the DHT's base lookups use it).
+
+    The first status of the answer must be the peer's own and passes the gossip checks
+    (``validate.check_status`` with the connection's authenticated peer as origin): a peer
+    cannot vouch for another node this way.
+
+    Raises:
+        MessageRejected: the answer has no status of the peer's own, or it fails the checks.
+        RequestResponseError: the peer does not answer the protocol in ``timeout_s`` seconds.
+    """
+    config = RequestResponseConfig(timeout=timeout_s, max_request_size=512, max_response_size=_MAX_RESPONSE_BYTES)
+    response = await rr.send_request(peer, [NODES_PROTOCOL], NodesRequest(v=1), CODEC, config)
+    if not response.nodes:
+        raise MessageRejected("malformed", f"peer {peer} publishes no status")
+    return check_status(encode(response.nodes[0]), peer.to_base58(), int(time.time() * 1000))
+
+
+def query_nodes(
+    multiaddr: str, adapter: str | None = None, timeout_s: float = 15.0, base: str | None = None
+) -> tuple[list[PeerEntry], str | None]:
+    """Ask the node at ``multiaddr`` for the nodes it knows (client side; blocking); with
+    ``base``, the node first looks that base's nodes up in the DHT.
 
     Starts a throwaway libp2p host (fresh secp256k1 key, listening on 127.0.0.1 only), dials
     the node, asks once, and closes.
@@ -133,7 +163,7 @@ def query_nodes(multiaddr: str, adapter: str | None = None, timeout_s: float = 1
             with trio.fail_after(timeout_s):
                 await host.connect(info)
                 rr = RequestResponse(host)
-                return await rr.send_request(info.peer_id, [NODES_PROTOCOL], NodesRequest(v=1, adapter=adapter), CODEC, config)
+                return await rr.send_request(info.peer_id, [NODES_PROTOCOL], NodesRequest(v=1, adapter=adapter, base=base), CODEC, config)
 
     try:
         response = trio.run(ask)

@@ -8,8 +8,10 @@
       .fetch_adapter(cid) ─► Future[FetchedAdapter]: manifest + files from connected peers
                           (providers first, then other openlora peers, then bitswap-only
                           peers and the Kubo RPC if configured; a provider we are not
-                          connected to is dialled at the address its signed status gave),
+                          connected to is dialled at the address its signed status gave;
+                          a CID no gossip or catalog named is looked up in the DHT),
                           every block verified, liars penalised
+      .find_providers(cid) / .find_nodes(base) ─► Future: DHT lookups (``dht``)
       .connect(addr)      ─► Future: dial one more peer
       .catalog_records() / .peer_table() / .pick(base, cid): read-only views, any thread
       .stop()             cancels everything, closes the host and the catalog
@@ -22,12 +24,15 @@ What runs inside (all in the trio thread): GossipSub + validators (``gossip``), 
 bans (``scoring``), ``/openlora/blocks/1.0.0`` server (``blocks``), bitswap client and server
 (``bitswap``, for Kubo and other IPFS peers), ``/openlora/catalog/1.0.0`` pulled from every
 peer on connect and every sync interval (``catalog_sync``), ``/openlora/nodes/1.0.0`` answered
-for clients that route by swarm (``directory``), and the status loop.
+for clients that route by swarm (``directory``), the status loop, and the Kademlia DHT
+``/openlora/kad/1.0.0`` (``dht``): once a first peer is connected the node joins it and provides
+its base and every adapter it holds; each adapter announced or fetched is provided too.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -53,7 +58,8 @@ from .bitswap import BitswapFetcher, BitswapStore, ReplyingBitswapClient
 from .blocks import BLOCKS_PROTOCOL, request_blocks, serve_blocks
 from .catalog import CatalogRecord, SwarmCatalog
 from .catalog_sync import CatalogSync
-from .directory import serve_directory
+from .dht import Dht, DhtInfo, adapter_key, base_key
+from .directory import request_status, serve_directory
 from .errors import SourceUnavailable, SwarmError
 from .fetch import TIER_FALLBACK, TIER_PEER, TIER_PROVIDER, BlockSource, FetchedAdapter, fetch_adapter
 from .gossip import Gossip, build_pubsub
@@ -70,6 +76,9 @@ log = logging.getLogger(__name__)
 
 CATALOG_FILE = "swarm.sqlite"
 IDENTIFY_WAIT_S = 2.0  # how long to wait for a new peer's protocol list (identify: ~0.1 s here)
+DHT_MODES = ("auto", "server", "client", "off")
+JOIN_POLL_S = 0.1  # how often a node with no peer yet looks for its first one (DHT join)
+PROVIDE_PARALLEL = 8  # keys provided at once when joining the DHT
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,9 @@ class SwarmConfig:
         ipfs_api: a Kubo RPC URL tried after the peers (``--ipfs-api``).
         announce_fetched: announce adapters after fetching them (so peers learn another
             provider).
+        dht: ``"auto"`` (server unless the node is reachable only through relays), ``"server"``,
+            ``"client"`` or ``"off"`` (see ``dht``).
+        dht_timeout_s: one DHT lookup or provide.
     """
 
     listen_host: str = "127.0.0.1"
@@ -117,6 +129,8 @@ class SwarmConfig:
     bitswap: bool = True
     ipfs_api: str | None = None
     announce_fetched: bool = True
+    dht: str = "auto"
+    dht_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         """Raises InvalidMultiaddr (listen address, bootstrap) or ValueError (a bound)."""
@@ -134,6 +148,7 @@ class SwarmConfig:
             "mesh_wait_s",
             "max_messages_per_topic_per_second",
             "ban_s",
+            "dht_timeout_s",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SwarmConfig.{name} must be positive, got {getattr(self, name)!r}")
@@ -141,6 +156,13 @@ class SwarmConfig:
             raise ValueError(f"SwarmConfig.ban_threshold must be negative, got {self.ban_threshold!r}")
         if self.ipfs_api is not None:
             KuboRpcSource(self.ipfs_api)  # raises ValueError for a bad URL
+        if self.dht not in DHT_MODES:
+            raise ValueError(f"SwarmConfig.dht must be one of {', '.join(DHT_MODES)}, got {self.dht!r}")
+
+    @property
+    def dht_server(self) -> bool:
+        """Whether the DHT answers queries (``auto``: yes, as every node here is dialled directly)."""
+        return self.dht in ("auto", "server")
 
 
 @dataclass(frozen=True)
@@ -161,6 +183,21 @@ class SwarmStats:
     declined: int = 0
     bad_blocks: int = 0
     banned: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DhtLookup:
+    """One DHT lookup of an adapter's providers.
+
+    Attributes:
+        providers: base58 peer IDs that provide it (this node excluded).
+        seconds: wall time of the lookup.
+        queries: DHT requests this node sent for it (0: the record was held here).
+    """
+
+    providers: tuple[str, ...]
+    seconds: float
+    queries: int
 
 
 class _PeerSource:
@@ -198,6 +235,8 @@ class _Running:
         self.rr = rr
         self.sync = sync
         self.bitswap: BitswapFetcher | None = None
+        self.dht: Dht | None = None
+        self.nursery: trio.Nursery | None = None
         self.bitswap_only: set[ID] = set()
         self.bad_blocks = 0
 
@@ -370,46 +409,63 @@ class Swarm:
         self, host: IHost, listen: Multiaddr, pubsub: Pubsub, router: GossipSub, task_status: trio.TaskStatus
     ) -> None:
         cfg = self.config
-        async with host.run([listen]), background_trio_service(pubsub), background_trio_service(router):
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(host.run([listen]))
+            await stack.enter_async_context(background_trio_service(pubsub))
+            await stack.enter_async_context(background_trio_service(router))
             await pubsub.wait_until_ready()
-            async with trio.open_nursery() as nursery:
-                guard = PeerGuard(host, pubsub, router, cfg.ban_threshold, cfg.ban_s)
-                await nursery.start(guard.run, cfg.heartbeat_s)
-                rr = RequestResponse(host)
-                serve_blocks(rr, self.store, guard.is_banned, cfg.request_timeout_s)
-                sync = CatalogSync(rr, self.catalog, guard, self.validate_manifest, self._ingest, cfg.request_timeout_s)
-                gossip = Gossip(
-                    pubsub, router, guard, self.validate_manifest, self._ingest, self.peers, cfg.mesh_wait_s
+            dht = None
+            if cfg.dht != "off":
+                dht = Dht(host, cfg.dht_server, host.get_addrs, cfg.dht_timeout_s)
+                await stack.enter_async_context(background_trio_service(dht.kad))
+            await self._run_parts(host, pubsub, router, dht, task_status)
+
+    async def _run_parts(
+        self, host: IHost, pubsub: Pubsub, router: GossipSub, dht: Dht | None, task_status: trio.TaskStatus
+    ) -> None:
+        cfg = self.config
+        async with trio.open_nursery() as nursery:
+            guard = PeerGuard(host, pubsub, router, cfg.ban_threshold, cfg.ban_s)
+            await nursery.start(guard.run, cfg.heartbeat_s)
+            rr = RequestResponse(host)
+            serve_blocks(rr, self.store, guard.is_banned, cfg.request_timeout_s)
+            sync = CatalogSync(rr, self.catalog, guard, self.validate_manifest, self._ingest, cfg.request_timeout_s)
+            gossip = Gossip(
+                pubsub, router, guard, self.validate_manifest, self._ingest, self.peers, cfg.mesh_wait_s
+            )
+            await nursery.start(gossip.run)
+            running = _Running(self, host, gossip, guard, rr, sync)
+            running.dht = dht
+            running.nursery = nursery
+            if cfg.bitswap:
+                bitswap_store = BitswapStore(self.store)
+                client = ReplyingBitswapClient(host, bitswap_store)
+                client.set_nursery(nursery)
+                await client.start()
+                running.bitswap = BitswapFetcher(client, bitswap_store, cfg.request_timeout_s)
+            host.get_network().register_notifee(_ConnectionEvents(nursery, self._pull_catalog))
+            addrs = [str(a) for a in host.get_addrs()]
+            serve_directory(
+                rr, lambda: self._own_status(addrs), self.peers.statuses, self._adapter_base, guard.is_banned,
+                cfg.request_timeout_s, self._find_nodes if dht is not None else None,
+            )  # fmt: skip
+            self._running = running
+            nursery.start_soon(self._keep_bootstrap)
+            nursery.start_soon(self._resync)
+            if dht is not None:
+                nursery.start_soon(self._join_dht, dht)
+            if self._status is not None:
+                nursery.start_soon(
+                    gossip.publish_statuses, self._status, addrs, self.peer_id, cfg.status_interval_s
                 )
-                await nursery.start(gossip.run)
-                running = _Running(self, host, gossip, guard, rr, sync)
+            task_status.started(addrs[0])
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._running = None
                 if cfg.bitswap:
-                    bitswap_store = BitswapStore(self.store)
-                    client = ReplyingBitswapClient(host, bitswap_store)
-                    client.set_nursery(nursery)
-                    await client.start()
-                    running.bitswap = BitswapFetcher(client, bitswap_store, cfg.request_timeout_s)
-                host.get_network().register_notifee(_ConnectionEvents(nursery, self._pull_catalog))
-                addrs = [str(a) for a in host.get_addrs()]
-                serve_directory(
-                    rr, lambda: self._own_status(addrs), self.peers.statuses, self._adapter_base, guard.is_banned,
-                    cfg.request_timeout_s,
-                )  # fmt: skip
-                self._running = running
-                nursery.start_soon(self._keep_bootstrap)
-                nursery.start_soon(self._resync)
-                if self._status is not None:
-                    nursery.start_soon(
-                        gossip.publish_statuses, self._status, addrs, self.peer_id, cfg.status_interval_s
-                    )
-                task_status.started(addrs[0])
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    self._running = None
-                    if cfg.bitswap:
-                        with trio.move_on_after(2, shield=True):
-                            await client.stop()
+                    with trio.move_on_after(2, shield=True):
+                        await client.stop()
 
     def _own_status(self, addrs: list[str]) -> NodeStatus | None:
         if self._status is None:
@@ -454,7 +510,29 @@ class Swarm:
         running = self._running
         if running is None or running.guard.is_banned(peer) or not await running.speaks_openlora(peer):
             return
+        if running.dht is not None:
+            await running.dht.add_peer(peer)
         await running.sync.pull(peer)
+
+    async def _join_dht(self, dht: Dht) -> None:
+        # Kademlia's join needs a first peer (a bootstrap peer, or one that dials us); records
+        # provided into an empty swarm reach no one, so providing waits for it too.
+        running = self._live()
+        while not running.connected():
+            await trio.sleep(JOIN_POLL_S)
+        await trio.sleep(IDENTIFY_WAIT_S / 4)  # identify tells which peers are DHT servers
+        await dht.refresh()
+        local = [r.cid for r in await trio.to_thread.run_sync(self.catalog.records) if r.local]
+        limiter = trio.CapacityLimiter(PROVIDE_PARALLEL)
+
+        async def provide(key: bytes) -> None:
+            async with limiter:
+                await dht.provide(key)
+
+        async with trio.open_nursery() as nursery:
+            for key in [base_key(self.base_fingerprint), *map(adapter_key, local)]:
+                nursery.start_soon(provide, key)
+        log.info("joined the DHT: %d peer(s) in the routing table, %d key(s) provided", dht.info.routing_table, 1 + len(local))
 
     async def _ingest(self, adapter: VerifiedAdapter, provider: str | None) -> None:
         manifest = adapter.manifest
@@ -505,24 +583,40 @@ class Swarm:
                 adapter.cid, adapter.manifest_bytes, m.base.fingerprint, m.name, self.peer_id, local=True
             )
         )
-        await self._live().gossip.publish(TOPIC_ADAPTERS, encode(Announcement.of(adapter.cid, adapter.manifest_bytes)))
+        running = self._live()
+        await running.gossip.publish(TOPIC_ADAPTERS, encode(Announcement.of(adapter.cid, adapter.manifest_bytes)))
+        if running.dht is not None:
+            await running.dht.provide(adapter_key(adapter.cid))
 
-    async def _reach(self, providers: tuple[str, ...]) -> None:
+    async def _reach(self, providers: tuple[str, ...], found: dict[str, PeerInfo]) -> None:
         # A provider we are not connected to is dialled at the addresses its own signed
-        # status gave (peer table); unknown ones cannot be reached.
+        # status gave (peer table), or its DHT provider record gave; others cannot be reached.
         running = self._live()
         connected = {p.to_base58() for p in running.connected()}
         async with trio.open_nursery() as nursery:
             for peer in providers:
+                if peer == self.peer_id or peer in connected:
+                    continue
                 entry = self.peers.get(peer)
-                if peer != self.peer_id and peer not in connected and entry is not None and entry.addrs:
+                if entry is not None and entry.addrs:
                     nursery.start_soon(self._dial, parse_peer_multiaddr(entry.addrs[0]))
+                elif peer in found:
+                    nursery.start_soon(self._dial, found[peer])
+
+    async def _providers(self, cid: str, known: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, PeerInfo]]:
+        """Providers from the catalog (gossip, catalog sync); from the DHT when it knows none."""
+        running = self._live()
+        if known or running.dht is None:
+            return known, {}
+        found = {p.peer_id.to_base58(): p for p in await running.dht.find_providers(adapter_key(cid))}
+        log.info("DHT: %d provider(s) of %s", len(found), cid)
+        return tuple(found), found
 
     async def _fetch(self, cid: str, timeout_s: float | None) -> FetchedAdapter:
         running = self._live()
         record = await trio.to_thread.run_sync(self.catalog.get, cid)
-        providers = record.providers if record is not None else ()
-        await self._reach(providers)
+        providers, found = await self._providers(cid, record.providers if record is not None else ())
+        await self._reach(providers, found)
         sources = await running.sources(providers)
         fetched = await fetch_adapter(
             self.store,
@@ -541,6 +635,8 @@ class Swarm:
         )
         if self.config.announce_fetched and not (record is not None and record.local):
             await running.gossip.publish(TOPIC_ADAPTERS, encode(Announcement.of(fetched.cid, fetched.manifest_bytes)))
+            if running.dht is not None and running.nursery is not None:
+                running.nursery.start_soon(running.dht.provide, adapter_key(fetched.cid))
         return fetched
 
     async def _connect(self, addr: str) -> None:
@@ -563,6 +659,44 @@ class Swarm:
             banned=tuple(sorted(p.to_base58() for p in running.guard.banned())),
         )
         return [p.to_base58() for p in running.connected()], stats
+
+    async def _find_providers(self, cid: str) -> DhtLookup:
+        dht = self._live().dht
+        if dht is None:
+            raise SwarmError("the DHT is off on this node (SwarmConfig.dht='off')")
+        queries = dht.view.streams_opened
+        started = time.perf_counter()
+        found = await dht.find_providers(adapter_key(cid))
+        return DhtLookup(
+            tuple(p.peer_id.to_base58() for p in found), time.perf_counter() - started, dht.view.streams_opened - queries
+        )
+
+    async def _find_nodes(self, base_fingerprint: str) -> list[PeerEntry]:
+        running = self._live()
+        if running.dht is None:
+            raise SwarmError("the DHT is off on this node (SwarmConfig.dht='off')")
+        found = await running.dht.find_providers(base_key(base_fingerprint))
+
+        async def learn(info: PeerInfo) -> None:
+            try:
+                with trio.fail_after(self.config.request_timeout_s):
+                    await running.host.connect(info)
+                    status = await request_status(running.rr, info.peer_id, self.config.request_timeout_s)
+            except Exception as e:  # an unreachable or lying provider is skipped
+                log.info("DHT: node %s of base %s not taken: %s", info.peer_id, base_fingerprint, e)
+                return
+            if status.base_fingerprint == base_fingerprint:
+                self.peers.update(status)
+
+        async with trio.open_nursery() as nursery:
+            for info in found:
+                if not running.guard.is_banned(info.peer_id):
+                    nursery.start_soon(learn, info)
+        return [e for e in self.peers.entries() if e.base_fingerprint == base_fingerprint]
+
+    async def _dht_info(self) -> DhtInfo | None:
+        dht = self._live().dht
+        return None if dht is None else dht.info
 
     async def _score(self, peer_id: str) -> float:
         return self._live().guard.score(ID.from_base58(peer_id))
@@ -592,6 +726,34 @@ class Swarm:
             SwarmNotRunning: not started.
         """
         return self._thread.submit(self._fetch, cid, timeout_s)
+
+    def find_providers(self, cid: str) -> concurrent.futures.Future:
+        """Look ``cid`` up in the DHT only (not the catalog): the Future's result is a
+        :class:`DhtLookup`; it fails with ``InvalidCID``, or ``SwarmError`` when the DHT is off.
+
+        Raises:
+            SwarmNotRunning: not started.
+        """
+        return self._thread.submit(self._find_providers, cid)
+
+    def find_nodes(self, base_fingerprint: str) -> concurrent.futures.Future:
+        """Look up the nodes that provide ``base_fingerprint`` in the DHT and ask each for its own
+        status (checked like gossip: signed origin, addresses, clock) into the peer table. The
+        Future's result is every live peer-table entry of that base; it fails with
+        ``SwarmError`` when the DHT is off.
+
+        Raises:
+            SwarmNotRunning: not started.
+        """
+        return self._thread.submit(self._find_nodes, base_fingerprint)
+
+    def dht_info(self, timeout_s: float = 5.0) -> DhtInfo | None:
+        """The DHT's mode, routing table and keys provided (``None``: the DHT is off).
+
+        Raises:
+            SwarmNotRunning: not started.
+        """
+        return self._thread.call(self._dht_info, timeout=timeout_s)
 
     def connect(self, addr: str) -> concurrent.futures.Future:
         """Dial a peer by full multiaddr; the Future fails with ``InvalidMultiaddr`` or
