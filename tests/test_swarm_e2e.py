@@ -42,6 +42,11 @@ def multiaddr_of(node: NodeProcess) -> str:
     return node.ready_line.split("p2p=")[1].split()[0]
 
 
+def node_info(node: NodeProcess) -> pb.NodeInfo:
+    with NodeClient(node.address, timeout=30) as c:
+        return c.node_info()
+
+
 def statuses(node: NodeProcess) -> dict[str, int]:
     with NodeClient(node.address, timeout=30) as c:
         return {a.cid: a.status for a in c.list_adapters()}
@@ -73,6 +78,13 @@ def test_ready_line_and_node_info_carry_the_full_multiaddr(swarm):
     with NodeClient(swarm["b"].address, timeout=30) as b:
         info = wait_until(lambda: (i := b.node_info()).p2p.peers >= 1 and i, "B connected to A", 10.0)
     assert info.p2p.multiaddr == multiaddr_of(swarm["b"]) and info.p2p.peer_id in info.p2p.multiaddr
+    # a node dialled directly runs the DHT as a server, relays for no one, and is reached through no relay
+    assert info.p2p.dht_mode == "server" and not info.p2p.relay_service and not info.p2p.reached_through
+    info = wait_until(lambda: (i := node_info(swarm["b"])).p2p.dht_providing >= 1 and i, "B provides its base in the DHT", 15.0)
+    assert info.p2p.dht_routing_peers >= 1
+    table = wait_until(lambda: (out := cli("openlora", "nodes", "--swarm", multiaddr_of(swarm["a"])).stdout).count("reach=") >= 3 and out,
+                       "A's node table lists A, B and C", 30.0)  # fmt: skip
+    assert table.count("reach=direct  dht=server") >= 3 and "relay-service" not in table
 
 
 def test_b_and_c_list_the_published_adapter_within_5_s(swarm, cid):

@@ -194,6 +194,10 @@ def start(
     p2p_port: Annotated[Optional[int], typer.Option(help="libp2p TCP port on the listen host; 0 picks a free one.", show_default="0")] = None,
     bootstrap: Annotated[Optional[list[str]], typer.Option(help="Peer multiaddr /ip4/…/tcp/N/p2p/ID to join (repeatable; OPENLORA_BOOTSTRAP takes a comma-separated list).")] = None,
     ipfs_api: Annotated[Optional[str], typer.Option(help="Kubo RPC URL to fetch blocks from, e.g. http://127.0.0.1:5001.")] = None,
+    dht: Annotated[Optional[str], typer.Option(help="Kademlia DHT (/openlora/kad/1.0.0): auto (server unless behind relays), server, client or off.", show_default="auto")] = None,
+    p2p_listen: Annotated[Optional[bool], typer.Option("--p2p-listen/--no-p2p-listen", help="Accept direct libp2p connections; --no-p2p-listen: behind NAT, reached only through --relay.", show_default="--p2p-listen")] = None,
+    relay: Annotated[Optional[list[str]], typer.Option(help="Relay multiaddr /ip4/…/tcp/N/p2p/ID to hold a slot at, so peers reach this node through it (repeatable; OPENLORA_RELAYS comma-separated).")] = None,
+    relay_service: Annotated[Optional[bool], typer.Option("--relay-service/--no-relay-service", help="Relay connections for nodes behind NAT (limited per peer and circuit).", show_default="--no-relay-service")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning, error.", show_default="info")] = None,
     log_format: Annotated[Optional[str], typer.Option(help="Log lines on stderr: text, or json (one object per line).", show_default="text")] = None,
     fetch_timeout: Annotated[Optional[float], typer.Option(help="Seconds a fetch of an unknown adapter from peers may take.", show_default="60.0")] = None,
@@ -696,19 +700,24 @@ def _echo_channel(state) -> None:
 @client_app.command()
 def nodes(
     swarm: Annotated[str, typer.Option("--swarm", help="Any node's multiaddr /ip4/…/tcp/N/p2p/ID.")],
+    base: Annotated[Optional[str], typer.Option(help="Only nodes of this base fingerprint sha256:…, looked up in the DHT by the node asked.")] = None,
 ) -> None:
-    """List the nodes a swarm member knows: peer id, gRPC address, base, load, resident adapters."""
+    """List the nodes a swarm member knows: peer id, gRPC address, base, load, resident adapters, how each is
+    reached (direct, or through a relay), its DHT mode, and whether it relays for others."""
     from .p2p.directory import query_nodes
     from .p2p.errors import SwarmError
 
     try:
-        entries, _ = query_nodes(swarm)
+        entries, _ = query_nodes(swarm, base=base)
     except SwarmError as e:
         _fail(str(e))
     for e in entries:
+        if base is not None and e.base_fingerprint != base:
+            continue
+        relay = "  relay-service" if e.relay_service else ""
         typer.echo(
             f"{e.peer_id}  {e.grpc_address}  {e.base_name} {e.base_fingerprint[:19]}  "
-            f"load={e.active}+{e.waiting}/{e.max_batch}  resident={len(e.resident)}"
+            f"load={e.active}+{e.waiting}/{e.max_batch}  resident={len(e.resident)}  reach={e.reach}  dht={e.dht}{relay}"
         )
 
 

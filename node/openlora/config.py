@@ -125,6 +125,13 @@ class NodeSettings(BaseSettings):
         bootstrap: full multiaddrs of peers to join (``/ip4/…/tcp/N/p2p/PEERID``); no default list.
             ``OPENLORA_BOOTSTRAP`` takes them comma-separated.
         ipfs_api: a Kubo RPC URL to fetch blocks from after the peers (``http://127.0.0.1:5001``).
+        dht: the Kademlia DHT (own protocol id): ``auto`` (server when dialled directly, client
+            behind relays), ``server``, ``client`` or ``off``.
+        p2p_listen: accept direct libp2p connections; off: a node behind NAT that only dials out
+            (needs ``relays``).
+        relays: full multiaddrs of relay peers to hold a slot at (a node behind NAT is reached
+            through them); ``OPENLORA_RELAYS`` takes them comma-separated.
+        relay_service: relay for nodes behind NAT (within the swarm's limits); off by default.
         log_level / log_format: logging threshold; ``text`` lines or one ``json`` object per line.
         fetch_timeout_s: how long a fetch of an unknown adapter from peers may take, seconds.
         client_rate_limit_rps / client_rate_limit_burst: per-client token bucket on API calls
@@ -174,6 +181,10 @@ class NodeSettings(BaseSettings):
     p2p_port: Annotated[int, Field(ge=0, le=65535)] = 0
     bootstrap: Annotated[list[str], NoDecode] = []
     ipfs_api: str | None = None
+    dht: Literal["auto", "server", "client", "off"] = "auto"
+    p2p_listen: bool = True
+    relays: Annotated[list[str], NoDecode] = []
+    relay_service: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     fetch_timeout_s: Annotated[float, Field(gt=0)] = 60.0
@@ -181,12 +192,12 @@ class NodeSettings(BaseSettings):
     client_rate_limit_burst: Annotated[int, Field(ge=1)] = 100
     metrics_max_adapters: Annotated[int, Field(ge=1, le=10_000)] = 64
 
-    @field_validator("log_level", "log_format", "dtype", "engine", "device", mode="before")
+    @field_validator("log_level", "log_format", "dtype", "engine", "device", "dht", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
 
-    @field_validator("bootstrap", mode="before")
+    @field_validator("bootstrap", "relays", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
         # One environment variable holds the whole list; multiaddrs never contain commas.
@@ -204,6 +215,12 @@ class NodeSettings(BaseSettings):
     def _ranks_fit(self) -> NodeSettings:
         if self.node_rank >= self.nnodes:
             raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        return self
+
+    @model_validator(mode="after")
+    def _reachable(self) -> NodeSettings:
+        if self.p2p and not self.p2p_listen and not self.relays:
+            raise ValueError("p2p_listen off needs at least one relay (--relay MULTIADDR): nobody could reach this node")
         return self
 
     def vllm_options(self):
@@ -245,6 +262,7 @@ def shared_model_cache() -> Path:
 #: and settings whose unit suffix the flag leaves out).
 FLAGS = {
     "fetch_timeout_s": "--fetch-timeout",
+    "relays": "--relay",
     "distributed_executor_backend": "--executor-backend",
     "client_rate_limit_rps": "--client-rate-limit",
     "chain.rpc_url": "--chain-rpc",

@@ -175,7 +175,10 @@ class Node:
             store.validate_manifest,
             status=status,
             on_adapter=lambda record: store.learn(record.cid, record.manifest, record.name),
-            config=SwarmConfig(listen_host=s.host, port=s.p2p_port, bootstrap=tuple(s.bootstrap), ipfs_api=s.ipfs_api),
+            config=SwarmConfig(
+                listen_host=s.host, port=s.p2p_port, bootstrap=tuple(s.bootstrap), ipfs_api=s.ipfs_api, dht=s.dht,
+                listen=s.p2p_listen, relays=tuple(s.relays), relay_service=s.relay_service,
+            ),
         )
         swarm.start()
         return swarm

@@ -383,9 +383,16 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             return None
         swarm = self.calls.swarm_link.swarm
         peers = await asyncio.to_thread(swarm.connected_peers)
+        dht = await asyncio.to_thread(swarm.dht_info)
+        relay = await asyncio.to_thread(swarm.relay_info)
         return pb.P2PInfo(
-            peer_id=swarm.peer_id, multiaddr=swarm.multiaddr, peers=len(peers), nodes_known=len(swarm.peer_table())
-        )
+            peer_id=swarm.peer_id, multiaddr=swarm.multiaddr, peers=len(peers), nodes_known=len(swarm.peer_table()),
+            dht_mode=dht.mode if dht is not None else "off",
+            dht_routing_peers=dht.routing_table if dht is not None else 0,
+            dht_providing=dht.providing if dht is not None else 0,
+            relay_service=relay.service, relay_reservations=relay.reservations, relay_circuits=relay.circuits,
+            reached_through=list(relay.reached_through),
+        )  # fmt: skip
 
     def _chain_info(self) -> pb.ChainInfo | None:
         if self.calls.chain is None:

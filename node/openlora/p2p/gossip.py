@@ -39,7 +39,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 
 from .errors import MessageRejected
-from .messages import TOPIC_ADAPTERS, TOPIC_NODES, TOPICS, LocalStatus, encode, status_message
+from .messages import TOPIC_ADAPTERS, TOPIC_NODES, TOPICS, NodeStatus, encode
 from .peers import PeerTable
 from .scoring import PeerGuard, score_params
 from .validate import Ingest, ManifestValidator, check_announcement, check_status
@@ -50,7 +50,22 @@ GOSSIP_PROTOCOLS = [PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID]
 MESH_DEGREE, MESH_LOW, MESH_HIGH = 6, 4, 12  # GossipSub v1.1 spec defaults (D, D_lo, D_hi)
 
 
-def build_pubsub(host: IHost, heartbeat_s: float, ban_threshold: float, max_rate: float) -> tuple[Pubsub, GossipSub]:
+class CountingPubsub(Pubsub):
+    """py-libp2p's Pubsub, counting per topic the messages peers push to it (duplicates
+    included: what the swarm costs a node, before its seen-cache and validators drop anything)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.received: Counter[str] = Counter()
+
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        """Count, then handle as py-libp2p does."""
+        if msg_forwarder != self.my_id:
+            self.received.update(msg.topicIDs)
+        await super().push_msg(msg_forwarder, msg)
+
+
+def build_pubsub(host: IHost, heartbeat_s: float, ban_threshold: float, max_rate: float) -> tuple[CountingPubsub, GossipSub]:
     """GossipSub router and pubsub service for ``host``, restricted to the swarm's topics.
 
     Args:
@@ -70,7 +85,7 @@ def build_pubsub(host: IHost, heartbeat_s: float, ban_threshold: float, max_rate
         adaptive_gossip_enabled=False,
         max_messages_per_topic_per_second=max_rate,
     )
-    pubsub = Pubsub(host, router, strict_signing=True, allowed_topics=TOPICS)
+    pubsub = CountingPubsub(host, router, strict_signing=True, allowed_topics=TOPICS)
     return pubsub, router
 
 
@@ -92,7 +107,7 @@ class Gossip:
 
     def __init__(
         self,
-        pubsub: Pubsub,
+        pubsub: CountingPubsub,
         router: GossipSub,
         guard: PeerGuard,
         validate_manifest: ManifestValidator,
@@ -171,20 +186,18 @@ class Gossip:
                 await trio.sleep(0.05)
         await self.pubsub.publish(topic, data)
 
-    async def publish_statuses(
-        self, status: Callable[[], LocalStatus], addrs: list[str], peer_id: str, interval_s: float
-    ) -> None:
+    async def publish_statuses(self, status: Callable[[], NodeStatus], interval_s: float) -> None:
         """Publish this node's status every ``interval_s`` seconds until cancelled.
 
-        A status the node's callable cannot produce, or that fails the schema, is logged and
-        skipped (the next period tries again).
+        ``status`` builds the whole document (in a worker thread); a status it cannot build
+        (e.g. a node behind NAT before its first relay reservation has no address to give), or
+        that fails the schema, is logged and skipped (the next period tries again).
         """
         while True:
             try:
-                local = await trio.to_thread.run_sync(status)
-                message = status_message(local, peer_id, addrs, _now_ms())
-            except Exception:
-                log.exception("cannot build this node's status; skipping one period")
+                message = await trio.to_thread.run_sync(status)
+            except Exception as e:
+                log.warning("cannot build this node's status (%s); skipping one period", e)
             else:
                 await self.publish(TOPIC_NODES, encode(message))
             await trio.sleep(interval_s)

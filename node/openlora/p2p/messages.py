@@ -129,6 +129,10 @@ class NodeStatus(_Strict):
         node_fee_per_1k_wei: the node's fee per 1000 tokens, wei (publisher price comes on top).
         load: see :class:`Load`.
         ts_ms: publication time, unix milliseconds (newer replaces older).
+        reach: how the node is dialled: ``direct`` (it listens) or ``relay`` (behind NAT: every
+            address is a relay circuit).
+        dht: its DHT mode (``server`` answers lookups; ``client`` only asks).
+        relay_service: whether it relays for nodes behind NAT.
     """
 
     v: Literal[1]
@@ -141,6 +145,9 @@ class NodeStatus(_Strict):
     node_fee_per_1k_wei: Annotated[int, Field(ge=0, lt=2**256)]
     load: Load
     ts_ms: Annotated[int, Field(ge=0)]
+    reach: Literal["direct", "relay"] = "direct"
+    dht: Literal["server", "client", "off"] = "off"
+    relay_service: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,9 +172,17 @@ class LocalStatus:
     max_batch: int = 1
 
 
-
-def status_message(local: LocalStatus, peer_id: str, addrs: list[str], ts_ms: int) -> NodeStatus:
-    """The ``/openlora/1/nodes`` document for this node's ``local`` status.
+def status_message(
+    local: LocalStatus,
+    peer_id: str,
+    addrs: list[str],
+    ts_ms: int,
+    *,
+    dht: str = "off",
+    relay_service: bool = False,
+) -> NodeStatus:
+    """The ``/openlora/1/nodes`` document for this node's ``local`` status (``reach`` is
+    ``relay`` when every address is a relay circuit).
 
     Raises:
         pydantic.ValidationError: a field out of its bounds.
@@ -183,7 +198,11 @@ def status_message(local: LocalStatus, peer_id: str, addrs: list[str], ts_ms: in
         node_fee_per_1k_wei=local.node_fee_per_1k_wei,
         load=Load(active=local.active, waiting=local.waiting, max_batch=local.max_batch),
         ts_ms=ts_ms,
+        reach="relay" if addrs and all("/p2p-circuit" in a for a in addrs) else "direct",
+        dht=dht,
+        relay_service=relay_service,
     )
+
 
 def encode(message: BaseModel) -> bytes:
     """Compact JSON bytes of a message."""

@@ -40,6 +40,9 @@ class PeerEntry:
         active / waiting / max_batch: its load, requests.
         ts_ms: when it published this status (its clock, unix ms).
         last_seen: when we received it (our clock, unix seconds).
+        reach: ``direct`` or ``relay`` (behind NAT, dialled through a relay circuit).
+        dht: its DHT mode (``server``, ``client`` or ``off``).
+        relay_service: whether it relays for nodes behind NAT.
     """
 
     peer_id: str
@@ -54,6 +57,9 @@ class PeerEntry:
     max_batch: int
     ts_ms: int
     last_seen: float
+    reach: str = "direct"
+    dht: str = "off"
+    relay_service: bool = False
 
     @classmethod
     def from_status(cls, status: NodeStatus, last_seen: float) -> PeerEntry:
@@ -71,6 +77,9 @@ class PeerEntry:
             max_batch=status.load.max_batch,
             ts_ms=status.ts_ms,
             last_seen=last_seen,
+            reach=status.reach,
+            dht=status.dht,
+            relay_service=status.relay_service,
         )
 
     @property

@@ -45,7 +45,6 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import PeerStoreError
 from libp2p.pubsub.gossipsub import GossipSub
-from libp2p.pubsub.pubsub import Pubsub
 from libp2p.request_response import ProtocolNotSupportedError, RequestResponse
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
@@ -60,14 +59,15 @@ from .catalog import CatalogRecord, SwarmCatalog
 from .catalog_sync import CatalogSync
 from .dht import Dht, DhtInfo, adapter_key, base_key
 from .directory import request_status, serve_directory
-from .errors import SourceUnavailable, SwarmError
+from .errors import SourceUnavailable, SwarmError, SwarmStartError
 from .fetch import TIER_FALLBACK, TIER_PEER, TIER_PROVIDER, BlockSource, FetchedAdapter, fetch_adapter
-from .gossip import Gossip, build_pubsub
+from .gossip import CountingPubsub, Gossip, build_pubsub
 from .host import build_host, check_port_free, listen_multiaddr, parse_peer_multiaddr
 from .identity import load_or_create_identity
 from .kubo_rpc import KuboRpcSource
 from .messages import TOPIC_ADAPTERS, Announcement, LocalStatus, NodeStatus, encode, status_message
 from .peers import PeerEntry, PeerTable, pick_node
+from .relay import Relay, RelayInfo, is_circuit
 from .runner import TrioThread
 from .scoring import BAD_BLOCK_PENALTY, PeerGuard
 from .validate import ManifestValidator, VerifiedAdapter, verify_adapter
@@ -110,6 +110,14 @@ class SwarmConfig:
         dht: ``"auto"`` (server unless the node is reachable only through relays), ``"server"``,
             ``"client"`` or ``"off"`` (see ``dht``).
         dht_timeout_s: one DHT lookup or provide.
+        listen: accept direct connections; False: listen on nothing (a node behind NAT that
+            only dials out), reachable only through ``relays``.
+        relays: full multiaddrs of relay peers to hold a slot at (a node behind NAT); the
+            node advertises ``<relay>/p2p-circuit/p2p/<self>`` (see ``relay``).
+        relay_service: relay for nodes behind NAT (off unless the operator opts in).
+        relay_max_reservations / relay_max_circuits / relay_max_circuit_bytes /
+            relay_max_circuit_s: the relay service's limits: slots, relayed connections per
+            reserved peer, bytes and seconds per relayed connection.
     """
 
     listen_host: str = "127.0.0.1"
@@ -131,11 +139,18 @@ class SwarmConfig:
     announce_fetched: bool = True
     dht: str = "auto"
     dht_timeout_s: float = 10.0
+    listen: bool = True
+    relays: tuple[str, ...] = ()
+    relay_service: bool = False
+    relay_max_reservations: int = 16
+    relay_max_circuits: int = 4
+    relay_max_circuit_bytes: int = 256 * 2**20
+    relay_max_circuit_s: float = 600.0
 
     def __post_init__(self) -> None:
         """Raises InvalidMultiaddr (listen address, bootstrap) or ValueError (a bound)."""
         listen_multiaddr(self.listen_host, self.port)
-        for addr in self.bootstrap:
+        for addr in (*self.bootstrap, *self.relays):
             parse_peer_multiaddr(addr)
         for name in (
             "heartbeat_s",
@@ -149,6 +164,10 @@ class SwarmConfig:
             "max_messages_per_topic_per_second",
             "ban_s",
             "dht_timeout_s",
+            "relay_max_reservations",
+            "relay_max_circuits",
+            "relay_max_circuit_bytes",
+            "relay_max_circuit_s",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SwarmConfig.{name} must be positive, got {getattr(self, name)!r}")
@@ -159,10 +178,14 @@ class SwarmConfig:
         if self.dht not in DHT_MODES:
             raise ValueError(f"SwarmConfig.dht must be one of {', '.join(DHT_MODES)}, got {self.dht!r}")
 
+        if not self.listen and not self.relays:
+            raise ValueError("SwarmConfig.listen=False needs relays: nobody could reach this node otherwise")
+
     @property
     def dht_server(self) -> bool:
-        """Whether the DHT answers queries (``auto``: yes, as every node here is dialled directly)."""
-        return self.dht in ("auto", "server")
+        """Whether the DHT answers queries (``auto``: when the node is dialled directly, i.e. it
+        listens and holds no relay slot)."""
+        return self.dht == "server" or (self.dht == "auto" and self.listen and not self.relays)
 
 
 @dataclass(frozen=True)
@@ -176,6 +199,7 @@ class SwarmStats:
             size limit: relayed all the same).
         bad_blocks: blocks refused during fetches.
         banned: peers banned now.
+        gossip_received: pubsub messages peers pushed to this node, by topic (duplicates included).
     """
 
     rejected: dict[str, int] = field(default_factory=dict)
@@ -183,6 +207,7 @@ class SwarmStats:
     declined: int = 0
     bad_blocks: int = 0
     banned: tuple[str, ...] = ()
+    gossip_received: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -236,6 +261,7 @@ class _Running:
         self.sync = sync
         self.bitswap: BitswapFetcher | None = None
         self.dht: Dht | None = None
+        self.relay: Relay  # set right after construction
         self.nursery: trio.Nursery | None = None
         self.bitswap_only: set[ID] = set()
         self.bad_blocks = 0
@@ -395,33 +421,45 @@ class Swarm:
     async def _service(self, *, task_status: trio.TaskStatus) -> None:
         cfg = self.config
         listen = listen_multiaddr(cfg.listen_host, cfg.port)
-        check_port_free(cfg.listen_host, cfg.port)
+        if cfg.listen:
+            check_port_free(cfg.listen_host, cfg.port)
         host = build_host(self._key_pair, listen)
         pubsub, router = build_pubsub(host, cfg.heartbeat_s, cfg.ban_threshold, cfg.max_messages_per_topic_per_second)
         try:
-            await self._serve(host, listen, pubsub, router, task_status)
+            await self._serve(host, [listen] if cfg.listen else [], pubsub, router, task_status)
         finally:
             # py-libp2p's Pubsub starts a sweeper thread for its seen-messages cache and never
             # stops it.
             pubsub.seen_messages.stop()
 
     async def _serve(
-        self, host: IHost, listen: Multiaddr, pubsub: Pubsub, router: GossipSub, task_status: trio.TaskStatus
+        self, host: IHost, listen: list[Multiaddr], pubsub: CountingPubsub, router: GossipSub, task_status: trio.TaskStatus
     ) -> None:
         cfg = self.config
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(host.run([listen]))
+            await stack.enter_async_context(host.run(listen))
             await stack.enter_async_context(background_trio_service(pubsub))
             await stack.enter_async_context(background_trio_service(router))
             await pubsub.wait_until_ready()
+            relay = Relay(
+                host, cfg.relay_service, cfg.relay_max_reservations, cfg.relay_max_circuits,
+                cfg.relay_max_circuit_bytes, cfg.relay_max_circuit_s,
+            )  # fmt: skip
+            await stack.enter_async_context(background_trio_service(relay.protocol))
             dht = None
             if cfg.dht != "off":
-                dht = Dht(host, cfg.dht_server, host.get_addrs, cfg.dht_timeout_s)
+                dht = Dht(host, cfg.dht_server, lambda: [*host.get_addrs(), *relay.circuit_addrs()], cfg.dht_timeout_s)
                 await stack.enter_async_context(background_trio_service(dht.kad))
-            await self._run_parts(host, pubsub, router, dht, task_status)
+            await self._run_parts(host, pubsub, router, relay, dht, task_status)
 
     async def _run_parts(
-        self, host: IHost, pubsub: Pubsub, router: GossipSub, dht: Dht | None, task_status: trio.TaskStatus
+        self,
+        host: IHost,
+        pubsub: CountingPubsub,
+        router: GossipSub,
+        relay: Relay,
+        dht: Dht | None,
+        task_status: trio.TaskStatus,
     ) -> None:
         cfg = self.config
         async with trio.open_nursery() as nursery:
@@ -435,8 +473,7 @@ class Swarm:
             )
             await nursery.start(gossip.run)
             running = _Running(self, host, gossip, guard, rr, sync)
-            running.dht = dht
-            running.nursery = nursery
+            running.relay, running.dht, running.nursery = relay, dht, nursery
             if cfg.bitswap:
                 bitswap_store = BitswapStore(self.store)
                 client = ReplyingBitswapClient(host, bitswap_store)
@@ -444,21 +481,26 @@ class Swarm:
                 await client.start()
                 running.bitswap = BitswapFetcher(client, bitswap_store, cfg.request_timeout_s)
             host.get_network().register_notifee(_ConnectionEvents(nursery, self._pull_catalog))
-            addrs = [str(a) for a in host.get_addrs()]
             serve_directory(
-                rr, lambda: self._own_status(addrs), self.peers.statuses, self._adapter_base, guard.is_banned,
+                rr, self._own_status, self.peers.statuses, self._adapter_base, guard.is_banned,
                 cfg.request_timeout_s, self._find_nodes if dht is not None else None,
             )  # fmt: skip
+            if cfg.relays:
+                await self._reserve_relays(running)
+                if not cfg.listen and not relay.circuit_addrs():
+                    raise SwarmStartError(
+                        f"this node listens on nothing and no relay granted it a slot (tried {', '.join(cfg.relays)}): "
+                        f"no peer could reach it; check that a relay runs with --relay-service"
+                    )
+                nursery.start_soon(self._keep_relays, running)
             self._running = running
             nursery.start_soon(self._keep_bootstrap)
             nursery.start_soon(self._resync)
             if dht is not None:
                 nursery.start_soon(self._join_dht, dht)
             if self._status is not None:
-                nursery.start_soon(
-                    gossip.publish_statuses, self._status, addrs, self.peer_id, cfg.status_interval_s
-                )
-            task_status.started(addrs[0])
+                nursery.start_soon(gossip.publish_statuses, self._own_status, cfg.status_interval_s)
+            task_status.started(self.advertised()[0])
             try:
                 await trio.sleep_forever()
             finally:
@@ -467,10 +509,23 @@ class Swarm:
                     with trio.move_on_after(2, shield=True):
                         await client.stop()
 
-    def _own_status(self, addrs: list[str]) -> NodeStatus | None:
-        if self._status is None:
+    def advertised(self) -> list[str]:
+        """The full multiaddrs this node gives peers: where it listens, then its relay circuits
+        (a node that listens on nothing has only those). Empty when not running."""
+        running = self._running
+        if running is None:
+            return []
+        return [str(a) for a in running.host.get_addrs()] + [str(a) for a in running.relay.circuit_addrs()]
+
+    def _own_status(self) -> NodeStatus | None:
+        running = self._running
+        if self._status is None or running is None:
             return None
-        return status_message(self._status(), self.peer_id, addrs, int(time.time() * 1000))
+        dht = "off" if running.dht is None else running.dht.info.mode
+        return status_message(
+            self._status(), self.peer_id, self.advertised(), int(time.time() * 1000),
+            dht=dht, relay_service=self.config.relay_service,
+        )  # fmt: skip
 
     def _adapter_base(self, cid: str) -> str | None:
         record = self.catalog.get(cid)
@@ -496,9 +551,44 @@ class Swarm:
     async def _dial(self, info: PeerInfo) -> None:
         try:
             with trio.fail_after(self.config.request_timeout_s):
-                await self._live().host.connect(info)
+                await self._connect_info(info)
         except Exception as e:  # a bootstrap peer may be down; it is retried
             log.info("could not dial %s: %s", info.peer_id, e)
+
+    async def _connect_info(self, info: PeerInfo) -> None:
+        """Dial ``info``: its direct addresses first, then its relay circuits (py-libp2p's own
+        dialler skips circuit addresses)."""
+        running = self._live()
+        circuits = [a for a in info.addrs if is_circuit(a)]
+        if not circuits:
+            await running.host.connect(info)
+            return
+        direct = [a for a in info.addrs if not is_circuit(a)]
+        if direct:
+            with contextlib.suppress(Exception):
+                await running.host.connect(PeerInfo(info.peer_id, direct))
+                return
+        failure: Exception | None = None
+        for addr in circuits:
+            full = addr if addr.get_peer_id() == info.peer_id.to_base58() else addr.encapsulate(f"/p2p/{info.peer_id}")
+            try:
+                await running.relay.dial(full)
+                return
+            except Exception as e:  # the next circuit may work
+                failure = e
+        raise SwarmError(f"could not reach {info.peer_id} through any relay: {failure}")
+
+    async def _reserve_relays(self, running: _Running) -> None:
+        async with trio.open_nursery() as nursery:
+            for addr in self.config.relays:
+                if not running.relay.holds_slot(parse_peer_multiaddr(addr).peer_id):
+                    nursery.start_soon(running.relay.reserve, addr, running.nursery, self.config.request_timeout_s)
+
+    async def _keep_relays(self, running: _Running) -> None:
+        # A relay that restarts forgets our slot; py-libp2p refreshes live ones before they expire.
+        while True:
+            await trio.sleep(self.config.bootstrap_retry_s)
+            await self._reserve_relays(running)
 
     async def _resync(self) -> None:
         while True:
@@ -599,7 +689,8 @@ class Swarm:
                     continue
                 entry = self.peers.get(peer)
                 if entry is not None and entry.addrs:
-                    nursery.start_soon(self._dial, parse_peer_multiaddr(entry.addrs[0]))
+                    infos = [parse_peer_multiaddr(a) for a in entry.addrs]
+                    nursery.start_soon(self._dial, PeerInfo(infos[0].peer_id, [a for i in infos for a in i.addrs]))
                 elif peer in found:
                     nursery.start_soon(self._dial, found[peer])
 
@@ -643,7 +734,7 @@ class Swarm:
         info = parse_peer_multiaddr(addr)
         try:
             with trio.fail_after(self.config.request_timeout_s):
-                await self._live().host.connect(info)
+                await self._connect_info(info)
         except trio.TooSlowError:
             raise SwarmError(f"connecting to {addr} timed out after {self.config.request_timeout_s} s") from None
         except Exception as e:
@@ -657,6 +748,7 @@ class Swarm:
             declined=self._declined,
             bad_blocks=running.bad_blocks,
             banned=tuple(sorted(p.to_base58() for p in running.guard.banned())),
+            gossip_received=dict(running.gossip.pubsub.received),
         )
         return [p.to_base58() for p in running.connected()], stats
 
@@ -680,7 +772,7 @@ class Swarm:
         async def learn(info: PeerInfo) -> None:
             try:
                 with trio.fail_after(self.config.request_timeout_s):
-                    await running.host.connect(info)
+                    await self._connect_info(info)
                     status = await request_status(running.rr, info.peer_id, self.config.request_timeout_s)
             except Exception as e:  # an unreachable or lying provider is skipped
                 log.info("DHT: node %s of base %s not taken: %s", info.peer_id, base_fingerprint, e)
@@ -693,6 +785,9 @@ class Swarm:
                 if not running.guard.is_banned(info.peer_id):
                     nursery.start_soon(learn, info)
         return [e for e in self.peers.entries() if e.base_fingerprint == base_fingerprint]
+
+    async def _relay_info(self) -> RelayInfo:
+        return self._live().relay.info()
 
     async def _dht_info(self) -> DhtInfo | None:
         dht = self._live().dht
@@ -754,6 +849,15 @@ class Swarm:
             SwarmNotRunning: not started.
         """
         return self._thread.call(self._dht_info, timeout=timeout_s)
+
+    def relay_info(self, timeout_s: float = 5.0) -> RelayInfo:
+        """Relay state: service on or off, slots and circuits it holds for others, and the relay
+        circuits this node is reached through.
+
+        Raises:
+            SwarmNotRunning: not started.
+        """
+        return self._thread.call(self._relay_info, timeout=timeout_s)
 
     def connect(self, addr: str) -> concurrent.futures.Future:
         """Dial a peer by full multiaddr; the Future fails with ``InvalidMultiaddr`` or

@@ -300,16 +300,30 @@ class NodeInfo(_message.Message):
     def __init__(self, version: _Optional[str] = ..., base_model: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., slots: _Optional[_Union[SlotInfo, _Mapping]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., adapters_known: _Optional[int] = ..., chain: _Optional[_Union[ChainInfo, _Mapping]] = ..., p2p: _Optional[_Union[P2PInfo, _Mapping]] = ..., engine: _Optional[str] = ...) -> None: ...
 
 class P2PInfo(_message.Message):
-    __slots__ = ("peer_id", "multiaddr", "peers", "nodes_known")
+    __slots__ = ("peer_id", "multiaddr", "peers", "nodes_known", "dht_mode", "dht_routing_peers", "dht_providing", "relay_service", "relay_reservations", "relay_circuits", "reached_through")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     MULTIADDR_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     NODES_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    DHT_MODE_FIELD_NUMBER: _ClassVar[int]
+    DHT_ROUTING_PEERS_FIELD_NUMBER: _ClassVar[int]
+    DHT_PROVIDING_FIELD_NUMBER: _ClassVar[int]
+    RELAY_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    RELAY_RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    RELAY_CIRCUITS_FIELD_NUMBER: _ClassVar[int]
+    REACHED_THROUGH_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     multiaddr: str
     peers: int
     nodes_known: int
-    def __init__(self, peer_id: _Optional[str] = ..., multiaddr: _Optional[str] = ..., peers: _Optional[int] = ..., nodes_known: _Optional[int] = ...) -> None: ...
+    dht_mode: str
+    dht_routing_peers: int
+    dht_providing: int
+    relay_service: bool
+    relay_reservations: int
+    relay_circuits: int
+    reached_through: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, peer_id: _Optional[str] = ..., multiaddr: _Optional[str] = ..., peers: _Optional[int] = ..., nodes_known: _Optional[int] = ..., dht_mode: _Optional[str] = ..., dht_routing_peers: _Optional[int] = ..., dht_providing: _Optional[int] = ..., relay_service: _Optional[bool] = ..., relay_reservations: _Optional[int] = ..., relay_circuits: _Optional[int] = ..., reached_through: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ChainInfo(_message.Message):
     __slots__ = ("chain_id", "rpc_url", "registry", "channels", "node_address", "node_fee_per_1k", "embedded", "withdraw_timeout_s")
