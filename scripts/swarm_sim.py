@@ -57,9 +57,11 @@ ROOT = Path(__file__).resolve().parent.parent
 FP = "sha256:" + "5e" * 32
 MB = 1_000_000
 MIB = 2**20
-PEER_START_S = 60.0  # one peer to start (40 Python processes share 2 cores)
-# generous timeouts: 40 processes share 2 cores, and a functional check must not fail on a slow moment
-FAST = dict(heartbeat_s=0.5, status_interval_s=5.0, mesh_wait_s=2.0, request_timeout_s=30.0, dht_timeout_s=30.0, bootstrap_retry_s=1.0)
+PEER_START_S = 300.0  # one peer to start (40 Python processes share 2 cores, with whatever else runs)
+# The node's defaults (1 s heartbeat, status every 10 s), with generous timeouts: 40 processes share 2
+# cores, and a functional check must not fail on a slow moment.
+SWARM = dict(request_timeout_s=30.0, dht_timeout_s=30.0, bootstrap_retry_s=1.0)
+CALL_S = 60.0  # one query of a peer's own swarm (stats, DHT state) from its command loop
 
 
 # ── peer side ────────────────────────────────────────────────────────────────────────────────
@@ -109,10 +111,11 @@ def run_peer(work: Path, bootstrap: list[str]) -> None:
         work, store, FP, validate,
         status=lambda: LocalStatus(grpc_address="127.0.0.1:1", base_name="sim", base_fingerprint=FP),
         on_adapter=lambda record: seen.setdefault(record.cid, time.time()),
-        config=SwarmConfig(bootstrap=tuple(bootstrap), **FAST),  # type: ignore[arg-type]
+        config=SwarmConfig(bootstrap=tuple(bootstrap), **SWARM),  # type: ignore[arg-type]
     )  # fmt: skip
     swarm.start()
     me = psutil.Process()
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
     def answer(cmd: dict) -> dict:
         op = cmd["op"]
@@ -137,9 +140,9 @@ def run_peer(work: Path, bootstrap: list[str]) -> None:
             return {"seconds": fetched.stats.seconds, "bytes": fetched.stats.bytes, "weights": len(weights),
                     "sources": len(fetched.stats.by_source), "digest": _digest(weights)}  # fmt: skip
         if op == "stats":
-            info = swarm.dht_info()
-            return {"rss": me.memory_info().rss, "peers": len(swarm.connected_peers()),
-                    "gossip": swarm.stats().gossip_received.get(TOPIC_ADAPTERS, 0), "routing": info.routing_table if info else 0}  # fmt: skip
+            info = swarm.dht_info(CALL_S)
+            return {"rss": me.memory_info().rss, "peers": len(swarm.connected_peers(CALL_S)),
+                    "gossip": swarm.stats(CALL_S).gossip_received.get(TOPIC_ADAPTERS, 0), "routing": info.routing_table if info else 0}  # fmt: skip
         raise ValueError(f"unknown op {op!r}")
 
     _say({"peer_id": swarm.peer_id, "multiaddr": swarm.multiaddr})
@@ -154,6 +157,13 @@ def run_peer(work: Path, bootstrap: list[str]) -> None:
                 _say({"error": f"{type(e).__name__}: {e}"})
     finally:
         swarm.stop()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this peer when the driver is gone (killed by a timeout, say): no orphan keeps running."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _make_adapter(store, size: int, seed: int) -> str:  # type: ignore[no-untyped-def]
@@ -225,6 +235,17 @@ class Peer:
             self.proc.stdin.flush()
             return self._read(timeout_s)
 
+    def call(self, **cmd: object) -> dict:
+        """``ask``, for a command the run cannot go on without.
+
+        Raises:
+            RuntimeError: the peer answered with an error.
+        """
+        answer = self.ask(**cmd)
+        if "error" in answer:
+            raise RuntimeError(f"peer {self.index}, {cmd['op']}: {answer['error']}")
+        return answer
+
     def kill(self) -> None:
         """SIGKILL (churn, or a peer that stopped answering)."""
         if self.proc.poll() is None:
@@ -288,7 +309,10 @@ class Sim:
         time.sleep(self.args.settle)
 
     def stats(self, peers: list[Peer]) -> list[dict]:
-        return list(self.pool.map(lambda p: p.ask(op="stats"), peers))
+        """Every peer's stats (RSS, peers, gossip count); a peer that could not answer counts as a failure."""
+        answers = list(self.pool.map(lambda p: p.ask(op="stats"), peers))
+        self.failures += [f"stats of peer {p.index}: {a['error']}" for p, a in zip(peers, answers, strict=True) if "error" in a]
+        return [a if "error" not in a else {"rss": 0, "peers": 0, "gossip": 0, "routing": 0} for a in answers]
 
     def reach(self) -> None:
         """(a): announcements and when each peer saw them."""
@@ -297,8 +321,8 @@ class Sim:
         before = self.stats(self.peers)
         for k in range(self.args.announcements):
             publisher = self.rng.choice(self.peers)
-            cid = publisher.ask(op="make", size=4096, seed=1000 + k)["cid"]
-            t0 = publisher.ask(op="announce", cid=cid)["t0"]
+            cid = publisher.call(op="make", size=4096, seed=1000 + k)["cid"]
+            t0 = publisher.call(op="announce", cid=cid)["t0"]
             self.provided[cid] = publisher
             deadline = time.time() + self.args.reach_timeout
             others = [p for p in self.peers if p is not publisher]
@@ -340,10 +364,10 @@ class Sim:
         """(c): one fetch alone, then --fetchers at once from one provider."""
         size = int(self.args.fetch_mb * MB)
         provider = self.rng.choice(self.peers)
-        solo_cid = provider.ask(op="make", size=size, seed=1)["cid"]
-        many_cid = provider.ask(op="make", size=size, seed=2)["cid"]
+        solo_cid = provider.call(op="make", size=size, seed=1)["cid"]
+        many_cid = provider.call(op="make", size=size, seed=2)["cid"]
         for cid in (solo_cid, many_cid):
-            provider.ask(op="announce", cid=cid)
+            provider.call(op="announce", cid=cid)
         time.sleep(self.args.settle)
         others = self.rng.sample([p for p in self.peers if p is not provider], self.args.fetchers + 1)
         timeout = self.args.fetch_timeout
@@ -372,8 +396,8 @@ class Sim:
         newcomers = list(self.pool.map(self.spawn, [self.rng.sample(survivors, min(self.args.degree, len(survivors))) for _ in range(n)]))
         self.peers = survivors + newcomers
         for k, p in enumerate(newcomers):
-            cid = p.ask(op="make", size=4096, seed=5000 + k)["cid"]
-            p.ask(op="announce", cid=cid)
+            cid = p.call(op="make", size=4096, seed=5000 + k)["cid"]
+            p.call(op="announce", cid=cid)
             self.provided[cid] = p
         time.sleep(self.args.settle)
         alive = {p.peer_id for p in self.peers}

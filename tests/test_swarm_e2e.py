@@ -85,6 +85,8 @@ def test_ready_line_and_node_info_carry_the_full_multiaddr(swarm):
     table = wait_until(lambda: (out := cli("openlora", "nodes", "--swarm", multiaddr_of(swarm["a"])).stdout).count("reach=") >= 3 and out,
                        "A's node table lists A, B and C", 30.0)  # fmt: skip
     assert table.count("reach=direct  dht=server") >= 3 and "relay-service" not in table
+    by_base = cli("openlora", "nodes", "--swarm", multiaddr_of(swarm["a"]), "--base", info.base_fingerprint).stdout
+    assert by_base.count(info.base_fingerprint[:19]) == by_base.count("reach=") >= 3  # A looked its base up in the DHT
 
 
 def test_b_and_c_list_the_published_adapter_within_5_s(swarm, cid):

@@ -6,6 +6,8 @@ the announcements made after it joined.
                                  (most recently learned first, cut at MAX_CATALOG_BYTES)
       each entry ──validate.verify_adapter──► ingest (kept unless declined or for another
                                                base; the answering peer is a provider if have)
+                 (one whose bytes the catalog holds already is not verified again: only
+                  the provider is recorded)
       each invalid entry ──► BAD_ENTRY_PENALTY on the answering peer
 
 The answering peer is authenticated by the connection (Noise), so ``have`` is its own claim
@@ -21,7 +23,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.request_response import RequestContext, RequestResponse, RequestResponseConfig, RequestResponseError
 
-from .catalog import SwarmCatalog
+from .catalog import CatalogRecord, SwarmCatalog
 from .errors import MessageRejected
 from .messages import (
     MAX_CATALOG_BYTES,
@@ -131,16 +133,30 @@ class CatalogSync:
                 self.guard.penalise(peer, BAD_ENTRY_PENALTY, f"invalid catalog entry {item.cid}: {result}")
                 continue
             accepted += 1
+            if isinstance(result, CatalogRecord):  # known already: only the provider is news
+                if item.have:
+                    await trio.to_thread.run_sync(
+                        self.catalog.add, result.cid, result.manifest, result.base_fingerprint, result.name, str(peer)
+                    )
+                continue
             await self.ingest(result, str(peer) if item.have else None)
         return accepted
 
-    def _verify_all(self, items: list[CatalogItem]) -> list[VerifiedAdapter | MessageRejected]:
+    def _verify_all(self, items: list[CatalogItem]) -> list[VerifiedAdapter | CatalogRecord | MessageRejected]:
         # One worker-thread hop for the whole answer: thousands of manifests would otherwise
-        # hold the libp2p loop for a second or more.
-        out: list[VerifiedAdapter | MessageRejected] = []
+        # hold the libp2p loop for a second or more. An entry whose bytes this node's catalog
+        # already holds under that CID was verified when it was taken in (the CID names the
+        # bytes): it is not verified again, since every connected peer is pulled every sync
+        # interval and a publisher signature check costs milliseconds.
+        out: list[VerifiedAdapter | CatalogRecord | MessageRejected] = []
         for item in items:
             try:
-                out.append(verify_adapter(item.cid, item.manifest_bytes(), self.validate_manifest))
+                raw = item.manifest_bytes()
+                known = self.catalog.get(item.cid)
+                if known is not None and known.manifest == raw:
+                    out.append(known)
+                else:
+                    out.append(verify_adapter(item.cid, raw, self.validate_manifest))
             except MessageRejected as e:
                 out.append(e)
         return out
