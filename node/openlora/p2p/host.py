@@ -4,8 +4,9 @@ new_host(key_pair=secp256k1, listen /ip4/<host>/tcp/<port>)
   security  /noise only         (py-libp2p also offers TLS, SECIO and PLAINTEXT by default;
                                  plaintext would let a peer claim any peer ID)
   muxer     /yamux/1.0.0        (what Kubo and go/js/rust-libp2p speak)
-  no mDNS, no UPnP, no bootstrap list, no DHT: the swarm dials only the multiaddrs the
-  operator gives it (and peers that dialled it, when their connection drops)
+  no mDNS, no UPnP, no bootstrap list, no public DHT: the swarm dials the multiaddrs the
+  operator gives it and the peers its own swarm names (gossip, catalogs, its DHT under
+  /openlora/kad/1.0.0, relay circuits); py-libp2p's connection manager redials known peers
   ConnectionConfig(max_connections_per_peer=1): with the default of 3 every connect
   waits ~250 ms for extra connections
 py-libp2p listens with SO_REUSEPORT (for hole punching), so binding a port another
