@@ -206,10 +206,13 @@ class Peer:
         self.index = index
         self.bootstrap = {p.index for p in bootstrap}
         env = {**os.environ, "PYTHONPATH": str(ROOT / "node")}
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--peer", str(work), *[p.multiaddr for p in bootstrap]],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-        )  # fmt: skip
+        work.mkdir(parents=True, exist_ok=True)
+        self.log = work / "peer.log"  # its warnings and errors: the driver shows the tail when it fails
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, __file__, "--peer", str(work), *[p.multiaddr for p in bootstrap]],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+            )  # fmt: skip
         self._lock = threading.Lock()
         hello = self._read(PEER_START_S)
         self.peer_id: str = hello["peer_id"]
@@ -225,7 +228,11 @@ class Peer:
                     return json.loads(line[4:])
         finally:
             timer.cancel()
-        raise RuntimeError(f"peer {self.index} exited (status {self.proc.wait()})")
+        raise RuntimeError(f"peer {self.index} exited (status {self.proc.wait()})\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        """The last 2000 characters the peer wrote to stderr (its warnings, errors, a traceback)."""
+        return "--- its log ---\n" + self.log.read_text(errors="replace")[-2000:]
 
     def ask(self, timeout_s: float = 120.0, **cmd: object) -> dict:
         """One command and its answer (``{"error": …}`` when it failed in the peer)."""
@@ -243,7 +250,7 @@ class Peer:
         """
         answer = self.ask(**cmd)
         if "error" in answer:
-            raise RuntimeError(f"peer {self.index}, {cmd['op']}: {answer['error']}")
+            raise RuntimeError(f"peer {self.index}, {cmd['op']}: {answer['error']}\n{self.log_tail()}")
         return answer
 
     def kill(self) -> None:

@@ -187,32 +187,51 @@ class Dht:
             providing=len(self.kad.provider_store.providing_keys),
         )
 
+    # The DHT is best effort: its calls run inside the swarm's nursery, where an exception from a
+    # peer's odd answer or a connection torn down mid-walk would stop the whole swarm. Each
+    # method below logs what went wrong and answers as if nothing was found.
+
     async def add_peer(self, peer: ID) -> bool:
         """Admit a connected peer to the routing table if it is a DHT server (its identify
         answer lists ``KAD_PROTOCOL``); returns whether it is in the table."""
-        return await self.kad.add_peer(peer)
+        try:
+            return await self.kad.add_peer(peer)
+        except Exception as e:
+            log.info("DHT: could not consider %s for the routing table: %s: %s", peer, type(e).__name__, e)
+            return False
 
     async def refresh(self) -> None:
         """Look ourselves (and a random key per bucket) up: fills the routing table from the
         peers connected so far and puts this node in their tables (Kademlia's join)."""
-        with trio.move_on_after(self.timeout_s):
-            await self.kad.refresh_routing_table()
+        try:
+            with trio.move_on_after(self.timeout_s):
+                await self.kad.refresh_routing_table()
+        except Exception as e:
+            log.info("DHT: routing table refresh failed: %s: %s", type(e).__name__, e)
 
     async def provide(self, key: bytes) -> bool:
         """Tell the peers closest to ``key`` that this node provides it (re-provided every 22 h
-        by py-libp2p). Returns whether at least one peer took the record (False: no peer, or
-        not within ``timeout_s``)."""
-        with trio.move_on_after(self.timeout_s):
-            return await self.kad.provider_store.provide(key)
-        log.info("providing %s timed out after %s s", key.hex(), self.timeout_s)
+        by py-libp2p). Returns whether at least one peer took the record (False: no peer, an
+        error, or not within ``timeout_s``)."""
+        try:
+            with trio.move_on_after(self.timeout_s):
+                return await self.kad.provider_store.provide(key)
+        except Exception as e:
+            log.info("DHT: providing %s failed: %s: %s", key.hex(), type(e).__name__, e)
+            return False
+        log.info("DHT: providing %s timed out after %s s", key.hex(), self.timeout_s)
         return False
 
     async def find_providers(self, key: bytes, count: int = FIND_PROVIDERS) -> list[PeerInfo]:
         """Peers that provide ``key`` (this node excluded), at most ``count``; empty when none is
-        found within ``timeout_s``. Their addresses are added to the peerstore."""
+        found within ``timeout_s`` (or the lookup failed: logged). Their addresses are added to
+        the peerstore."""
         found: list[PeerInfo] = []
-        with trio.move_on_after(self.timeout_s):
-            found = await self.kad.provider_store.find_providers(key, count)
+        try:
+            with trio.move_on_after(self.timeout_s):
+                found = await self.kad.provider_store.find_providers(key, count)
+        except Exception as e:
+            log.info("DHT: looking up %s failed: %s: %s", key.hex(), type(e).__name__, e)
         me = self.view.get_id()
         others = [p for p in found if p.peer_id != me]
         peerstore = self.view._host.get_peerstore()

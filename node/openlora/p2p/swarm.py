@@ -602,7 +602,10 @@ class Swarm:
             return
         if running.dht is not None:
             await running.dht.add_peer(peer)
-        await running.sync.pull(peer)
+        try:
+            await running.sync.pull(peer)
+        except Exception as e:  # a peer that vanishes mid-answer (churn) must not stop the swarm
+            log.info("catalog sync with %s failed: %s: %s", peer, type(e).__name__, e)
 
     async def _join_dht(self, dht: Dht) -> None:
         # Kademlia's join needs a first peer (a bootstrap peer, or one that dials us); records
