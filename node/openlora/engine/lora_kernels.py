@@ -1,12 +1,14 @@
 """The CPU multi-LoRA kernel (``csrc/lora_cpu.cpp``), compiled once per machine and loaded as a torch op.
 
-    bgmv(out, x, A, Bt, rows, slots):   for every listed row t with adapter slot s
-        out[t] += (x[t] @ A[s]ᵀ) @ Bt[s]         (BGMV, Punica arXiv 2310.18547; one pass, no gather copies)
+    bgmv(out, x, A, Bt, rows, slots, scaling=None):   for every listed row t with adapter slot s
+        out[t] += (x[t] @ A[s]ᵀ) @ Bt[s] · scaling[s]    (BGMV, Punica arXiv 2310.18547; one pass, no gather copies)
 
 PyTorch has no op for "a different small matrix per row": gathering every row's A and B and
 running ``bmm`` copies T·r·(in+out) weights per call and runs tiny, memory-bound batched products
 (≈ 5× the base projection's time at decode on 2 cores); this loop reads each row's weights in place,
-sums in float32 and vectorizes (``-O3 -march=native``). Built with torch's C++ extension loader
+sums in float32 and vectorizes (``-O3 -march=native``). Intermediate values are rounded to the
+weights' dtype: bf16 weights round as vLLM's torch ops do, float32 weights under bf16 activations keep
+the delta in float32 and round once at the add, as PEFT does (``csrc/lora_cpu.cpp`` spells it out). Built with torch's C++ extension loader
 (ninja + the system compiler; cached under ``TORCH_EXTENSIONS_DIR``, rebuilt when the source
 changes; a file lock keeps concurrent builds apart).
 """
@@ -25,9 +27,10 @@ SOURCE = Path(__file__).with_name("csrc") / "lora_cpu.cpp"
 def bgmv():
     """``torch.ops.openlora_cpu.bgmv``, building the extension on first use (tens of seconds, once).
 
-    Shapes (one dtype throughout: float32, bfloat16 or float16): out (T, width) updated in place,
-    x (T, in), A (L, R, in), Bt (L, R, width), rows and slots int64 (n,) — the rows to update and
-    each one's slot.
+    Shapes: out (T, width) updated in place, x (T, in) in out's dtype (float32, bfloat16 or float16);
+    A (L, R, in) and Bt (L, R, width) in that dtype or float32, last dimension contiguous (rank slices of
+    wider stacks are fine); rows and slots int64 (n,) — the rows to update and each one's slot; scaling
+    float32 (L,) or None (1).
 
     Raises:
         RuntimeError: the extension cannot be built here (no C++ compiler or ninja), naming why.

@@ -13,13 +13,15 @@ whenever LoRA is on. This wrapper keeps vLLM's layers, weights and metadata and 
         torch.ops.openlora.lora_linear(y, x, A₀…Aₙ, B₀…Bₙ, slices, wrapper)
             no row whose adapter has weights for this module ─► return (y untouched)
             else per output slice i:  y[t, slice_i] += (x[t] @ A_i[s]ᵀ) @ B_i[s]ᵀ   for those rows
-                 (engine/lora_kernels.bgmv: reads each row's weights in place, float32 sums)
+                 (engine/lora_kernels.bgmv, one call for all slices: one shrink over the A_i stacked
+                 along the rank, reading each row's weights in place, float32 sums)
 
 so a batch without adapter rows costs the compiled base plus one Python call per layer, and a
 mixed batch adds work proportional to its adapter rows. As in vLLM's ops, the shrink (r wide) is
 summed in float32 and cast to the model's dtype before the expand; ``lora_alpha / r`` is folded into
-B by vLLM when an adapter is loaded. B is kept transposed (a copy per layer, remade when vLLM writes
-a slot), so the expand streams contiguous memory.
+B by vLLM when an adapter is loaded. The slices' A are kept stacked along the rank and their B
+transposed side by side (a copy per layer, remade when vLLM writes a slot), so the shrink is one pass
+and the expand streams contiguous memory.
 
 Selected by :class:`openlora.engine.vllm_platform.OpenLoraCpuPlatform` (vLLM's platform plugin entry
 point), never by patching vLLM.
@@ -49,7 +51,7 @@ class _Step:
 _NO_ROWS = _Step(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), frozenset())
 _STEPS: dict[int, _Step] = {}  # wrapper id → its current step
 _LIVE: dict[int, tuple[int, frozenset[int]]] = {}  # id(A₀) → (version, slots with weights)
-_PACKED: dict[int, tuple[int, torch.dtype, list[torch.Tensor], list[torch.Tensor]]] = {}  # id(A₀) → packed
+_PACKED: dict[int, tuple[int, torch.dtype, torch.Tensor, torch.Tensor]] = {}  # id(A₀) → packed
 
 
 def _step_of(token_slots: list[int]) -> _Step:
@@ -77,30 +79,26 @@ def _live(lora_a: list[torch.Tensor]) -> frozenset[int]:
     return hit[1]
 
 
-def _packed(lora_a: list[torch.Tensor], lora_b: list[torch.Tensor], dtype: torch.dtype):
-    """A per slice (L, R, in) and Bᵀ per slice (L, R, out_i), contiguous, in ``dtype``; remade only
-    when vLLM writes a slot. Only modules some batch's adapter targets are ever packed."""
+def _packed(lora_a: list[torch.Tensor], lora_b: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The slices' A stacked along the rank (L, n·R, in) and their Bᵀ side by side (L, R, Σ out_i),
+    contiguous, in ``dtype`` (the layout of ``engine/lora_kernels.bgmv``'s slices); remade only when
+    vLLM writes a slot. Only modules some batch's adapter targets are ever packed."""
     key, version = id(lora_a[0]), _version([*lora_a, *lora_b])
     hit = _PACKED.get(key)
     if hit is None or hit[0] != version or hit[1] != dtype:
-        a = [t.squeeze(1).to(dtype).contiguous() for t in lora_a]
-        bt = [t.squeeze(1).transpose(1, 2).to(dtype).contiguous() for t in lora_b]
+        a = torch.cat([t.squeeze(1) for t in lora_a], dim=1).to(dtype).contiguous()
+        bt = torch.cat([t.squeeze(1).transpose(1, 2) for t in lora_b], dim=2).to(dtype).contiguous()
         hit = (version, dtype, a, bt)
         _PACKED[key] = hit
     return hit[2], hit[3]
 
 
 def _apply(step: _Step, y, x, lora_a, lora_b, output_slices) -> None:
-    """The kernel over ``step``'s rows, one call per output slice (shapes in :func:`lora_linear`)."""
+    """The kernel over ``step``'s rows, all slices in one call (shapes in :func:`lora_linear`)."""
     if not step.present or _live(lora_a).isdisjoint(step.present):
         return  # no row with an adapter, or none of theirs targets this module
     a, bt = _packed(lora_a, lora_b, y.dtype)
-    kernel = bgmv()
-    x = x.to(y.dtype).contiguous()
-    offset = 0
-    for a_i, bt_i, width in zip(a, bt, output_slices):
-        kernel(y[:, offset : offset + width], x, a_i, bt_i, step.rows, step.slots)
-        offset += width
+    bgmv()(y, x.to(y.dtype).contiguous(), a, bt, step.rows, step.slots, None, list(output_slices))
 
 
 def lora_linear(
