@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from .base import BaseModelSource
-from .cpu_compute import compute_in_float32, wants_float32
+from .cpu_compute import HALF, compute_in_float32, use_cpu_attention, wants_float32
 from .lora import BatchSlots, LoRALinear, inject_lora
+from .lora_kernels import bgmv
 from .text import TextCodec, load_codec
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ def load_resident(source: BaseModelSource, dtype: str, n_slots: int, max_rank: i
         max_rank: largest adapter rank a slot can hold.
         device: ``"cpu"`` or ``"cuda"`` (weights, slots and the KV cache live there). On a CPU without
             native half-precision kernels, a bf16/fp16 base computes in float32 (``engine.cpu_compute``).
+            A bf16/fp16 base on a CPU takes the grouped LoRA path (``engine.lora``), whose C++ kernel is
+            built here on first use; where it cannot be built the node says why and keeps the exact path.
 
     Raises:
         ValueError: unknown dtype.
@@ -80,6 +83,19 @@ def load_resident(source: BaseModelSource, dtype: str, n_slots: int, max_rank: i
     float32 = wants_float32(DTYPES[dtype], torch.device(device))
     if float32:
         compute_in_float32(model)
+    elif torch.device(device).type == "cpu" and DTYPES[dtype] in HALF:
+        use_cpu_attention(model)
     routing, layers = inject_lora(model, n_slots + 1, max_rank)
+    routing.grouped = torch.device(device).type == "cpu" and DTYPES[dtype] in HALF and _kernel_ready()
     log.info("base %s loaded (%s, %d adaptable modules, eos %s)", source.name, dtype, len(layers), sorted(codec.eos_ids))
     return ResidentModel(source, model, codec, routing, layers, DTYPES[dtype], torch.float32 if float32 else DTYPES[dtype])
+
+
+def _kernel_ready() -> bool:
+    """Whether the grouped LoRA kernel builds (or is built) here; a node without a C++ compiler still serves."""
+    try:
+        bgmv()
+    except RuntimeError as e:
+        log.warning("%s: LoRA deltas take the exact (gathered bmm) path, slower on CPU", e)
+        return False
+    return True
