@@ -64,19 +64,24 @@ def test_forced_float32_is_as_close_to_the_truth_as_native_bf16(forced_float32, 
         assert gap <= bf16_tolerance(want[i]), (i, gap)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("path", ["kernel", "plain torch"])
+@pytest.mark.parametrize("dtype,cache", [(torch.bfloat16, None), (torch.float16, None), (torch.bfloat16, torch.float32)], ids=str)
 @pytest.mark.parametrize("heads,kv_heads", [(9, 3), (4, 4)])
 @pytest.mark.parametrize("mask", ["padding", "additive", "none"])
-def test_decode_attention_equals_float64_within_one_rounding(dtype, heads, kv_heads, mask):
+def test_decode_attention_equals_float64_within_one_rounding(path, dtype, cache, heads, kv_heads, mask, monkeypatch):
+    """One query per row against attention in float64 (keys and values repeated per query head), on the
+    cache's strided views into buffers with spare columns, stored in the model's dtype or float32."""
+    import openlora.engine.cpu_compute as cpu_compute
+
+    monkeypatch.setattr(cpu_compute, "kernels_available", lambda: path == "kernel")
     g = torch.Generator().manual_seed(heads * 10 + kv_heads)
     rows, length, d = 5, 37, 64
     q = torch.randn(rows, heads, 1, d, generator=g).to(dtype)
-    k, v = (torch.randn(rows, kv_heads, length, d, generator=g).to(dtype) for _ in range(2))
+    k, v = (torch.randn(rows, kv_heads, length + HEADROOM, d, generator=g).to(dtype).to(cache or dtype)[:, :, :length] for _ in range(2))
     keep = torch.ones(rows, 1, 1, length, dtype=torch.bool)
     keep[1, ..., :11] = keep[3, ..., :30] = False  # left padding, as transformers' sdpa_mask builds it
     attn_mask = {"padding": keep, "additive": torch.zeros(keep.shape).masked_fill(~keep, float("-inf")), "none": None}[mask]
-    module = nn.Module()
-    got, _ = _attention(module, q, k, v, attn_mask, scaling=d**-0.5, float32=False)
+    got, _ = _attention(nn.Module(), q, k, v, attn_mask, scaling=d**-0.5, float32=False)
     group = heads // kv_heads
     kk, vv = (t.double().repeat_interleave(group, 1) for t in (k, v))
     scores = (q.double() @ kk.transpose(-1, -2)) * d**-0.5
@@ -86,6 +91,19 @@ def test_decode_attention_equals_float64_within_one_rounding(dtype, heads, kv_he
     assert got.dtype == dtype and got.shape == (rows, 1, heads, d)
     half_ulp = {torch.bfloat16: 2**-8, torch.float16: 2**-11}[dtype]  # relative: one rounding of the output
     assert ((got.double() - want).abs() <= half_ulp * want.abs() + 1e-5).all()  # + float32 sums
+
+
+def test_decode_attention_kernel_refuses_what_does_not_fit():
+    from openlora.engine.cpu_kernels import decode_attention
+
+    q, kv = torch.zeros(2, 4, 8), torch.zeros(2, 3, 5, 8)
+    with pytest.raises(RuntimeError, match="multiple of the key/value heads"):
+        decode_attention()(torch.zeros_like(q), q, kv, kv, None, 1.0)
+    kv = torch.zeros(2, 2, 5, 8)
+    with pytest.raises(RuntimeError, match="mask is bool"):
+        decode_attention()(torch.zeros_like(q), q, kv, kv, torch.ones(2, 4, dtype=torch.bool), 1.0)
+    with pytest.raises(RuntimeError, match="theirs or float32"):
+        decode_attention()(torch.zeros_like(q), q, kv.bfloat16(), kv.bfloat16(), None, 1.0)
 
 
 def _appends(seed: int, rows: int, steps: int, prefill: int = 5):

@@ -1,7 +1,7 @@
 """Our multi-LoRA op for vLLM's CPU platform, pinned against vLLM's own CPU LoRA ops.
 
 ``engine/vllm_punica.py`` replaces the math of vLLM's ``PunicaWrapperCPU.add_lora_linear`` (its
-torch ops) with one pass of ``engine/lora_kernels.bgmv``; everything else is vLLM's. Reference: the
+torch ops) with one pass of ``engine/cpu_kernels.bgmv``; everything else is vLLM's. Reference: the
 stock wrapper on the same stacked weights and the same ``LoRAMapping`` (float32: equal within
 float32 summation-order error; bfloat16: within one bf16 rounding of the output's magnitude, since
 we skip one of vLLM's intermediate roundings) on every row with an adapter. Rows without one
@@ -23,7 +23,7 @@ from vllm.lora.layers.utils import LoRAMapping
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 from openlora.engine import vllm_punica
-from openlora.engine.lora_kernels import bgmv
+from openlora.engine.cpu_kernels import bgmv
 from openlora.engine.vllm_engine import LORA_OPS_ENV, VllmOptions, _environment
 from openlora.engine.vllm_punica import PunicaWrapperGrouped
 
@@ -138,6 +138,19 @@ def test_weights_written_into_a_slot_are_used_at_once():
     assert not torch.allclose(first, second)
     assert torch.allclose(second, ref, atol=1e-5)
 
+
+
+def test_a_new_stack_never_reads_a_freed_ones_packing():
+    """Packed copies follow the stack object, not its ``id()``: a freed stack's id (and ``_version``
+    0) comes back with the next one of its size, which must not be served the old weights."""
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(3, IN, generator=g), torch.zeros(3, sum(QKV))
+    for _ in range(12):
+        a, b = _stacked(QKV, torch.float32, g)
+        ours = _apply(PunicaWrapperGrouped, [1, 3, 6], x, y, a, b, QKV)
+        ref = _apply(PunicaWrapperCPU, [1, 3, 6], x, y, a, b, QKV)
+        assert torch.allclose(ours, ref, atol=1e-5)
+        del a, b
 
 KERNEL_CASES = {  # activations' dtype, weights' dtype, scaling per slot
     "float32": (torch.float32, torch.float32, False),

@@ -16,7 +16,7 @@ the delta is BGMV as in Punica (Chen et al., arXiv 2310.18547) and S-LoRA (arXiv
 of two paths that compute the same thing::
 
     exact     (float32 bases, GPUs)   index_select A, Bᵀ, scaling per row ─► bmm ─► bmm ─► × scale ─► add
-    grouped   (half bases on CPU)     engine.lora_kernels.bgmv over the adapter rows only, in place
+    grouped   (half bases on CPU)     engine.cpu_kernels.bgmv over the adapter rows only, in place
 
 The exact path is PEFT's ``lora.Linear.forward`` operation for operation — ``base(x) + (x @ Aᵀ) @ Bᵀ *
 scaling`` (dropout is off at inference), the delta in float32 as PEFT's default
@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .lora_kernels import bgmv
+from .cpu_kernels import bgmv
 
 
 class BatchSlots:
