@@ -26,6 +26,7 @@ to 30-60 s.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -52,7 +53,8 @@ MESH_DEGREE, MESH_LOW, MESH_HIGH = 6, 4, 12  # GossipSub v1.1 spec defaults (D, 
 
 class CountingPubsub(Pubsub):
     """py-libp2p's Pubsub, counting per topic the messages peers push to it (duplicates
-    included: what the swarm costs a node, before its seen-cache and validators drop anything)."""
+    included: what the swarm costs a node, before its seen-cache and validators drop anything),
+    and surviving a race when it drops a banned peer (``_teardown_if_connected``)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -63,6 +65,15 @@ class CountingPubsub(Pubsub):
         if msg_forwarder != self.my_id:
             self.received.update(msg.topicIDs)
         await super().push_msg(msg_forwarder, msg)
+
+    async def _teardown_if_connected(self, peer_id: ID) -> None:
+        """Drop a blacklisted peer as py-libp2p does, surviving a race in py-libp2p 0.8.1: its
+        stream reset lets the dead-peer handler delete ``peers[peer_id]`` first, and the
+        library's own ``del`` then raises KeyError, which ends the pubsub service and with it the
+        whole swarm (seen under load in swarm_sim: a ban during churn took nodes down). The
+        dead-peer handler has forgotten the peer's subscriptions by then: nothing is left to do."""
+        with contextlib.suppress(KeyError):
+            await super()._teardown_if_connected(peer_id)
 
 
 def build_pubsub(host: IHost, heartbeat_s: float, ban_threshold: float, max_rate: float) -> tuple[CountingPubsub, GossipSub]:
