@@ -11,7 +11,9 @@
                           connected to is dialled at the address its signed status gave),
                           every block verified, liars penalised
       .connect(addr)      ─► Future: dial one more peer
+      .publish_evidence(raw) ─► Future: evidence gossiped on /openlora/1/evidence
       .catalog_records() / .peer_table() / .pick(base, cid): read-only views, any thread
+                          (pick and the directory skip nodes whose account is accused)
       .stop()             cancels everything, closes the host and the catalog
 
 Futures are ``concurrent.futures.Future``: block on ``.result(timeout)`` from a thread, or
@@ -30,7 +32,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,11 +58,11 @@ from .catalog_sync import CatalogSync
 from .directory import serve_directory
 from .errors import SourceUnavailable, SwarmError
 from .fetch import TIER_FALLBACK, TIER_PEER, TIER_PROVIDER, BlockSource, FetchedAdapter, fetch_adapter
-from .gossip import Gossip, build_pubsub
+from .gossip import EvidenceCheck, Gossip, build_pubsub
 from .host import build_host, check_port_free, listen_multiaddr, parse_peer_multiaddr
 from .identity import load_or_create_identity
 from .kubo_rpc import KuboRpcSource
-from .messages import TOPIC_ADAPTERS, Announcement, LocalStatus, NodeStatus, encode, status_message
+from .messages import TOPIC_ADAPTERS, TOPIC_EVIDENCE, Announcement, LocalStatus, NodeStatus, encode, status_message
 from .peers import PeerEntry, PeerTable, pick_node
 from .runner import TrioThread
 from .scoring import BAD_BLOCK_PENALTY, PeerGuard
@@ -293,6 +295,10 @@ class Swarm:
         status: returns this node's current status; ``None`` publishes no status.
         on_adapter: told about each adapter for our base newly added to the catalog.
         config: see :class:`SwarmConfig`.
+        check_evidence: re-checks gossiped evidence (``proof.service.ProofService.check``); ``None``: evidence
+            is not relayed by this node.
+        accused: the account addresses of nodes this node holds evidence against (left out of its
+            directory answers and of :meth:`pick`).
 
     Raises:
         IdentityError: the identity key file is unreadable.
@@ -309,6 +315,8 @@ class Swarm:
         status: Callable[[], LocalStatus] | None = None,
         on_adapter: Callable[[CatalogRecord], None] | None = None,
         config: SwarmConfig = SwarmConfig(),
+        check_evidence: EvidenceCheck | None = None,
+        accused: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         data_dir = Path(data_dir)
         self.config = config
@@ -317,6 +325,8 @@ class Swarm:
         self.validate_manifest = validate_manifest
         self._status = status
         self._on_adapter = on_adapter
+        self._check_evidence = check_evidence
+        self._accused = accused
         self._key_pair = load_or_create_identity(data_dir)
         self.peer_id = ID.from_pubkey(self._key_pair.public_key).to_base58()
         self.catalog = SwarmCatalog(data_dir / CATALOG_FILE)
@@ -379,8 +389,9 @@ class Swarm:
                 serve_blocks(rr, self.store, guard.is_banned, cfg.request_timeout_s)
                 sync = CatalogSync(rr, self.catalog, guard, self.validate_manifest, self._ingest, cfg.request_timeout_s)
                 gossip = Gossip(
-                    pubsub, router, guard, self.validate_manifest, self._ingest, self.peers, cfg.mesh_wait_s
-                )
+                    pubsub, router, guard, self.validate_manifest, self._ingest, self.peers, cfg.mesh_wait_s,
+                    self._check_evidence,
+                )  # fmt: skip
                 await nursery.start(gossip.run)
                 running = _Running(self, host, gossip, guard, rr, sync)
                 if cfg.bitswap:
@@ -393,7 +404,7 @@ class Swarm:
                 addrs = [str(a) for a in host.get_addrs()]
                 serve_directory(
                     rr, lambda: self._own_status(addrs), self.peers.statuses, self._adapter_base, guard.is_banned,
-                    cfg.request_timeout_s,
+                    cfg.request_timeout_s, self._accused,
                 )  # fmt: skip
                 self._running = running
                 nursery.start_soon(self._keep_bootstrap)
@@ -564,6 +575,9 @@ class Swarm:
         )
         return [p.to_base58() for p in running.connected()], stats
 
+    async def _publish_evidence(self, data: bytes) -> None:
+        await self._live().gossip.publish(TOPIC_EVIDENCE, data)
+
     async def _score(self, peer_id: str) -> float:
         return self._live().guard.score(ID.from_base58(peer_id))
 
@@ -602,6 +616,15 @@ class Swarm:
         """
         return self._thread.submit(self._connect, addr)
 
+    def publish_evidence(self, data: bytes) -> concurrent.futures.Future:
+        """Gossip serialized evidence (``openlora.v1.Evidence``) on ``/openlora/1/evidence``; this node's own
+        validator sees it first (``check_evidence``: it knows its own evidence).
+
+        Raises:
+            SwarmNotRunning: not started.
+        """
+        return self._thread.submit(self._publish_evidence, data)
+
     def connected_peers(self, timeout_s: float = 5.0) -> list[str]:
         """Peer IDs connected now (banned ones excluded).
 
@@ -636,9 +659,9 @@ class Swarm:
         return self.peers.entries()
 
     def pick(self, base_fingerprint: str, adapter_cid: str | None = None) -> PeerEntry:
-        """``pick_node`` over this node's peer table.
+        """``pick_node`` over this node's peer table, without the nodes it holds evidence against.
 
         Raises:
             NoNodeAvailable: no known node serves ``base_fingerprint``.
         """
-        return pick_node(self.peer_table(), base_fingerprint, adapter_cid)
+        return pick_node(self.peer_table(), base_fingerprint, adapter_cid, self._accused())
