@@ -22,13 +22,17 @@ Used by ``scripts/bench_proof.py`` and ``tests/test_proof_numerics.py``.
 from __future__ import annotations
 
 import math
+import re
+import shutil
+from pathlib import Path
 
 import torch
-from torch import nn
 
 from openlora.adapters.peft_format import LoraAdapter, ModuleLoRA
+from openlora.engine.base import BaseModelSource
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+_DECODER_LINEAR = re.compile(r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight")
 
 
 def half_scale(adapter: LoraAdapter) -> LoraAdapter:
@@ -59,18 +63,33 @@ def truncate_rank(adapter: LoraAdapter, factor: float = 0.5) -> LoraAdapter:
     return LoraAdapter(adapter.config, out)
 
 
-def round_base_int8(model: nn.Module) -> int:
-    """Round every decoder linear weight of ``model`` to 8 bits in place (symmetric, one scale per output
-    channel: ``w ≈ round(w / s) · s``, ``s = max|w_row| / 127``). Returns how many weights were rounded."""
-    n = 0
-    with torch.no_grad():
-        for name, mod in model.named_modules():
-            if isinstance(mod, nn.Linear) and ".layers." in f".{name}":
-                w = mod.weight.float()
-                s = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
-                mod.weight.copy_((torch.round(w / s).clamp(-127, 127) * s).to(mod.weight.dtype))
-                n += 1
-    return n
+def int8_base(source: BaseModelSource, folder: Path) -> BaseModelSource:
+    """A copy of ``source`` in ``folder`` whose decoder linear weights are rounded to 8 bits (symmetric, one scale
+    per output channel: ``w ≈ round(w / s) · s``, ``s = max|w_row| / 127``), stored back in their dtype.
+
+    The weights are rounded in the file, not in a loaded model: the engine may replace its linears (prepacked
+    bf16 on CPUs with native kernels) as it loads. The copy keeps ``source.fingerprint``: the cheat claims the
+    real base.
+
+    Raises:
+        ValueError: ``source`` has no decoder linear weights to round.
+    """
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source.path, folder)
+    rounded = 0
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors = load_file(str(file))
+        for name, w in tensors.items():
+            if _DECODER_LINEAR.fullmatch(name):
+                x = w.float()
+                s = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
+                tensors[name] = (torch.round(x / s).clamp(-127, 127) * s).to(w.dtype)
+                rounded += 1
+        save_file(tensors, str(file), metadata={"format": "pt"})
+    if not rounded:
+        raise ValueError(f"no decoder linear weights in {source.path}")
+    return BaseModelSource(f"{source.name} (int8-rounded)", folder, source.fingerprint)
 
 
 def random_adapter(base_modules: dict[str, tuple[int, int]], seed: int, r: int = 8, b_std: float = 0.015) -> LoraAdapter:

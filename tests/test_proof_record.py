@@ -144,3 +144,21 @@ def test_evidence_signatures_are_checked_before_anything_is_recomputed() -> None
         check_signatures(framed)
     with pytest.raises(ValueError, match="not evidence"):
         sign_evidence(VERIFIER, call, Verdict("completion", "hash differs"))
+
+
+def test_a_paid_client_refuses_a_receipt_that_does_not_bind_the_calls_record() -> None:
+    from openlora.client.streams import _unbound
+
+    call = served([1, 2, 3], [4, 5])
+    digest = record_from_pb(call.record).record.digest()
+    receipt = pb.Receipt(node=NODE.address, serving=digest)
+    done = pb.GenerateDone(record=call.record, receipt=receipt, finish_reason=pb.FINISH_REASON_STOP)
+    assert _unbound(done) is None
+    done.receipt.serving = bytes(32)
+    assert "does not bind" in _unbound(done)
+    done.receipt.serving, done.receipt.node = digest, VERIFIER.address  # the record is another node's
+    assert "does not bind" in _unbound(done)
+    cut = pb.GenerateDone(receipt=pb.Receipt(node=NODE.address, serving=bytes(32)), finish_reason=pb.FINISH_REASON_CANCELLED)
+    assert _unbound(cut) is None  # a call the node cut short has no record and binds none
+    cut.finish_reason = pb.FINISH_REASON_STOP
+    assert "without a serving record" in _unbound(cut)

@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 INVALID_MESSAGE_WEIGHT = 10.0
 BAD_BLOCK_PENALTY = 10.0
 BAD_ENTRY_PENALTY = 10.0
-BAD_EVIDENCE_PENALTY = 15.0  # two forged or false accusations ban the peer
+# One forged or false accusation costs score, a second within ~140 heartbeats (before the first decayed to half)
+# bans the peer: two must exceed the default ban threshold of 30 with room for decay between them.
+BAD_EVIDENCE_PENALTY = 20.0
 SCORED_TOPICS = [TOPIC_ADAPTERS, TOPIC_NODES]
 DECAY = 0.995  # per heartbeat: ~140 heartbeats to halve
 
