@@ -31,12 +31,14 @@ def test_bench_serving_reports_every_system_and_the_ratios(tmp_path, base_source
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     _run(
         "bench_serving.py", "--requests", "4", "--adapters", "3", "--concurrency", "2", "--prompt-len", "8",
-        "--output-len", "3", "--threads", "2", "--vllm-eager", "--json", str(out), "--plot", str(png),
+        "--output-len", "3", "--threads", "2", "--vllm-eager", "--rounds", "2", "--json", str(out), "--plot", str(png),
     )  # fmt: skip
     result = json.loads(out.read_text())
     for system in ("base", "engine", "peft_mixed", "peft_swap", "vllm_nolora", "vllm_base", "vllm", "vllm_stock"):
         assert SERVING_KEYS <= result[system].keys(), system
-        assert result[system]["tokens_per_s"] > 0
+        rounds = result[system]["tokens_per_s_rounds"]
+        assert len(rounds) == 2 and all(t > 0 for t in rounds), system
+        assert result[system]["tokens_per_s"] == pytest.approx(sum(rounds) / 2)  # the median of two
         assert result[system]["tokens"] == 4 * 3
     assert set(result["ratios"]) == {
         "mixed_vs_best_base", "engine_vs_base", "base_vs_vllm_nolora", "engine_vs_peft_mixed", "engine_vs_peft_swap",

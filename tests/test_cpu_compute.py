@@ -4,6 +4,9 @@
   machine running the suite may have those kernels (then the node never takes this path), so the
   path is forced here and held to what bf16 must give: its error against the float32 truth no
   larger than native bf16's own, and greedy tokens equal to the float32 truth's or a near-tie.
+- ``engine.cpu_compute``'s decode attention (one query per row, every CPU, half-precision bases): equal
+  to attention computed in float64 within one rounding to the output's dtype, for grouped and plain
+  heads, with padding masks as transformers builds them.
 - ``engine.kv.HeadroomLayer``: keys/values equal to transformers' concatenating ``DynamicLayer``
   bit for bit, across buffer growth and after a join/leave replaced the tensors.
 """
@@ -16,7 +19,7 @@ from torch import nn
 from transformers.cache_utils import DynamicLayer
 
 import openlora.engine.model as model_mod
-from openlora.engine.cpu_compute import ATTENTION, Float32Linear
+from openlora.engine.cpu_compute import ATTENTION_FLOAT32, Float32Linear, _attention
 from openlora.engine.kv import HEADROOM, HeadroomLayer
 from openlora.engine.model import load_resident
 
@@ -39,7 +42,7 @@ def test_forced_float32_holds_float32_weights_and_cache(forced_float32):
     linears = [m for m in rm.model.modules() if isinstance(m, nn.Linear)]
     assert linears and all(type(m) is Float32Linear and m.weight.dtype == torch.float32 for m in linears)
     assert rm.model.get_input_embeddings().weight.dtype == torch.bfloat16  # the tied head was copied
-    assert rm.model.config._attn_implementation == ATTENTION
+    assert rm.model.config._attn_implementation == ATTENTION_FLOAT32
     assert rm.dtype == torch.bfloat16 and rm.kv_dtype == torch.float32
 
 
@@ -59,6 +62,48 @@ def test_forced_float32_is_as_close_to_the_truth_as_native_bf16(forced_float32, 
     for i in torch.nonzero(last.argmax(-1) != want.argmax(-1)).flatten().tolist():
         gap = (want[i].max() - want[i, last[i].argmax()]).item()
         assert gap <= bf16_tolerance(want[i]), (i, gap)
+
+
+@pytest.mark.parametrize("path", ["kernel", "plain torch"])
+@pytest.mark.parametrize("dtype,cache", [(torch.bfloat16, None), (torch.float16, None), (torch.bfloat16, torch.float32)], ids=str)
+@pytest.mark.parametrize("heads,kv_heads", [(9, 3), (4, 4)])
+@pytest.mark.parametrize("mask", ["padding", "additive", "none"])
+def test_decode_attention_equals_float64_within_one_rounding(path, dtype, cache, heads, kv_heads, mask, monkeypatch):
+    """One query per row against attention in float64 (keys and values repeated per query head), on the
+    cache's strided views into buffers with spare columns, stored in the model's dtype or float32."""
+    import openlora.engine.cpu_compute as cpu_compute
+
+    monkeypatch.setattr(cpu_compute, "kernels_available", lambda: path == "kernel")
+    g = torch.Generator().manual_seed(heads * 10 + kv_heads)
+    rows, length, d = 5, 37, 64
+    q = torch.randn(rows, heads, 1, d, generator=g).to(dtype)
+    k, v = (torch.randn(rows, kv_heads, length + HEADROOM, d, generator=g).to(dtype).to(cache or dtype)[:, :, :length] for _ in range(2))
+    keep = torch.ones(rows, 1, 1, length, dtype=torch.bool)
+    keep[1, ..., :11] = keep[3, ..., :30] = False  # left padding, as transformers' sdpa_mask builds it
+    attn_mask = {"padding": keep, "additive": torch.zeros(keep.shape).masked_fill(~keep, float("-inf")), "none": None}[mask]
+    got, _ = _attention(nn.Module(), q, k, v, attn_mask, scaling=d**-0.5, float32=False)
+    group = heads // kv_heads
+    kk, vv = (t.double().repeat_interleave(group, 1) for t in (k, v))
+    scores = (q.double() @ kk.transpose(-1, -2)) * d**-0.5
+    if attn_mask is not None:
+        scores = scores.masked_fill(~keep, float("-inf"))
+    want = (scores.softmax(-1) @ vv).transpose(1, 2)  # [rows, 1, heads, d]
+    assert got.dtype == dtype and got.shape == (rows, 1, heads, d)
+    half_ulp = {torch.bfloat16: 2**-8, torch.float16: 2**-11}[dtype]  # relative: one rounding of the output
+    assert ((got.double() - want).abs() <= half_ulp * want.abs() + 1e-5).all()  # + float32 sums
+
+
+def test_decode_attention_kernel_refuses_what_does_not_fit():
+    from openlora.engine.cpu_kernels import decode_attention
+
+    q, kv = torch.zeros(2, 4, 8), torch.zeros(2, 3, 5, 8)
+    with pytest.raises(RuntimeError, match="multiple of the key/value heads"):
+        decode_attention()(torch.zeros_like(q), q, kv, kv, None, 1.0)
+    kv = torch.zeros(2, 2, 5, 8)
+    with pytest.raises(RuntimeError, match="mask is bool"):
+        decode_attention()(torch.zeros_like(q), q, kv, kv, torch.ones(2, 4, dtype=torch.bool), 1.0)
+    with pytest.raises(RuntimeError, match="theirs or float32"):
+        decode_attention()(torch.zeros_like(q), q, kv.bfloat16(), kv.bfloat16(), None, 1.0)
 
 
 def _appends(seed: int, rows: int, steps: int, prefill: int = 5):

@@ -1,7 +1,7 @@
 """Our multi-LoRA op for vLLM's CPU platform, pinned against vLLM's own CPU LoRA ops.
 
 ``engine/vllm_punica.py`` replaces the math of vLLM's ``PunicaWrapperCPU.add_lora_linear`` (its
-torch ops) with one pass of ``engine/lora_kernels.bgmv``; everything else is vLLM's. Reference: the
+torch ops) with one pass of ``engine/cpu_kernels.bgmv``; everything else is vLLM's. Reference: the
 stock wrapper on the same stacked weights and the same ``LoRAMapping`` (float32: equal within
 float32 summation-order error; bfloat16: within one bf16 rounding of the output's magnitude, since
 we skip one of vLLM's intermediate roundings) on every row with an adapter. Rows without one
@@ -23,7 +23,7 @@ from vllm.lora.layers.utils import LoRAMapping
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 from openlora.engine import vllm_punica
-from openlora.engine.lora_kernels import bgmv
+from openlora.engine.cpu_kernels import bgmv
 from openlora.engine.vllm_engine import LORA_OPS_ENV, VllmOptions, _environment
 from openlora.engine.vllm_punica import PunicaWrapperGrouped
 
@@ -139,24 +139,55 @@ def test_weights_written_into_a_slot_are_used_at_once():
     assert torch.allclose(second, ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("rank,width", [(1, 7), (8, 96), (16, 200)])
-def test_bgmv_kernel_matches_the_same_roundings_in_float64(dtype, rank, width):
-    """out[t] += round(round(x[t] @ A[s]ᵀ) @ Bt[s]) on a column slice of a wider tensor, listed rows only."""
-    g = torch.Generator().manual_seed(rank * width)
-    A = (torch.randn(SLOTS, rank, IN, generator=g) * 0.2).to(dtype)
-    Bt = (torch.randn(SLOTS, rank, width, generator=g) * 0.2).to(dtype)
-    x = torch.randn(10, IN, generator=g).to(dtype)
-    wide = torch.randn(10, width + 5, generator=g).to(dtype)
+
+def test_a_new_stack_never_reads_a_freed_ones_packing():
+    """Packed copies follow the stack object, not its ``id()``: a freed stack's id (and ``_version``
+    0) comes back with the next one of its size, which must not be served the old weights."""
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(3, IN, generator=g), torch.zeros(3, sum(QKV))
+    for _ in range(12):
+        a, b = _stacked(QKV, torch.float32, g)
+        ours = _apply(PunicaWrapperGrouped, [1, 3, 6], x, y, a, b, QKV)
+        ref = _apply(PunicaWrapperCPU, [1, 3, 6], x, y, a, b, QKV)
+        assert torch.allclose(ours, ref, atol=1e-5)
+        del a, b
+
+KERNEL_CASES = {  # activations' dtype, weights' dtype, scaling per slot
+    "float32": (torch.float32, torch.float32, False),
+    "bfloat16 (vLLM)": (torch.bfloat16, torch.bfloat16, False),
+    "float16 (vLLM)": (torch.float16, torch.float16, False),
+    "bfloat16 over float32 weights, scaled (torch engine)": (torch.bfloat16, torch.float32, True),
+}
+
+
+@pytest.mark.parametrize("case", list(KERNEL_CASES))
+@pytest.mark.parametrize("rank,slices", [(1, (7,)), (8, (96,)), (16, (200,)), (8, (96, 32, 32)), (4, (0, 40))])
+def test_bgmv_kernel_matches_its_roundings_in_float64(case, rank, slices):
+    """out[t, slice p] += W(W(W(x[t] @ A[s]ᵀ)[p·R:(p+1)·R] @ Bt[s]) · scaling[s]), rounded to out's dtype, on
+    a column slice of a wider tensor, listed rows only (the formula in ``csrc/lora_cpu.cpp``)."""
+    act, wt, scaled = KERNEL_CASES[case]
+    width, n = sum(slices), len(slices)
+    g = torch.Generator().manual_seed(rank * width + n)
+    A = (torch.randn(SLOTS, n * rank, IN, generator=g) * 0.2).to(wt)
+    Bt = (torch.randn(SLOTS, rank, width, generator=g) * 0.2).to(wt)
+    scaling = torch.rand(SLOTS, generator=g) * 4 if scaled else None
+    x = torch.randn(10, IN, generator=g).to(act)
+    wide = torch.randn(10, width + 5, generator=g).to(act)
     rows, slots = torch.tensor([0, 3, 4, 9]), torch.tensor([5, 0, 5, 2])
     out = wide.clone()
-    bgmv()(out[:, 2 : 2 + width], x, A, Bt, rows, slots)
-    ref = wide.clone()
+    bgmv()(out[:, 2 : 2 + width], x, A, Bt, rows, slots, scaling, list(slices) if n > 1 else None)
+    ref = wide.clone().double()
     for t, s in zip(rows.tolist(), slots.tolist()):
-        h = (x[t].double() @ A[s].double().T).to(dtype)
-        ref[t, 2 : 2 + width] = (ref[t, 2 : 2 + width].double() + (h.double() @ Bt[s].double()).to(dtype).double()).to(dtype)
-    ulp = {torch.float32: 2**-20, torch.bfloat16: 2**-7, torch.float16: 2**-10}[dtype]
-    assert (out.double() - ref.double()).abs().max().item() <= ulp * ref.double().abs().max().item()
+        h = (x[t].double() @ A[s].double().T).to(wt).double()
+        off = 0
+        for p, w in enumerate(slices):
+            d = (h[p * rank : (p + 1) * rank] @ Bt[s, :, off : off + w].double()).to(wt).double()
+            if scaled:
+                d = (d * scaling[s].item()).to(wt).double()
+            ref[t, 2 + off : 2 + off + w] = (ref[t, 2 + off : 2 + off + w] + d).to(act).double()
+            off += w
+    ulp = {torch.float32: 2**-20, torch.bfloat16: 2**-7, torch.float16: 2**-10}[act]
+    assert (out.double() - ref).abs().max().item() <= ulp * ref.abs().max().item()
     others = [t for t in range(10) if t not in rows.tolist()]
     assert torch.equal(out[others], wide[others]) and torch.equal(out[:, :2], wide[:, :2])
 
@@ -166,8 +197,12 @@ def test_bgmv_refuses_mismatched_shapes_and_dtypes():
     rows = torch.tensor([0])
     with pytest.raises(RuntimeError, match="do not chain"):
         bgmv()(torch.zeros(1, 6), torch.zeros(1, 9), A, Bt, rows, rows)
-    with pytest.raises(RuntimeError, match="one dtype"):
+    with pytest.raises(RuntimeError, match="share one dtype"):
         bgmv()(torch.zeros(1, 6), torch.zeros(1, 8, dtype=torch.bfloat16), A, Bt, rows, rows)
+    with pytest.raises(RuntimeError, match="do not chain"):  # two slices need A of rank 2·4
+        bgmv()(torch.zeros(1, 6), torch.zeros(1, 8), A, Bt, rows, rows, None, [3, 3])
+    with pytest.raises(RuntimeError, match="theirs or float32"):
+        bgmv()(torch.zeros(1, 6), torch.zeros(1, 8), A.bfloat16(), Bt.bfloat16(), rows, rows)
 
 
 def test_step_metadata_once_per_step():

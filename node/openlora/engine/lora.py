@@ -11,13 +11,22 @@ preallocated stacks for ``S`` slots::
     lora_Bt  [S, r_max, out]   float32 (Bᵀ: rows 0..r_s-1 hold the adapter's B transposed)
     scaling  [S]               float32 (lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA)
 
-Slot 0 is "no adapter", never written, all zeros. Each row of the batch carries a slot index;
-the delta is a gathered batched matmul — BGMV as in Punica (Chen et al., arXiv 2310.18547) and S-LoRA (arXiv
-2311.03285), here with ``index_select`` + ``torch.bmm``. Zero padding from ``r_s`` to ``r_max``
-adds exact zeros, so mixed ranks share one stack, and a batch computes only up to the
-largest rank among its slots. The arithmetic follows PEFT's
-``lora.Linear.forward``: ``base(x) + (x @ Aᵀ) @ Bᵀ * scaling`` (dropout is off at inference),
-with the delta in float32 as PEFT does by default (``autocast_adapter_dtype=True``).
+Slot 0 is "no adapter", never written, all zeros. Each row of the batch carries a slot index, and
+the delta is BGMV as in Punica (Chen et al., arXiv 2310.18547) and S-LoRA (arXiv 2311.03285), by one
+of two paths that compute the same thing::
+
+    exact     (float32 bases, GPUs)   index_select A, Bᵀ, scaling per row ─► bmm ─► bmm ─► × scale ─► add
+    grouped   (half bases on CPU)     engine.cpu_kernels.bgmv over the adapter rows only, in place
+
+The exact path is PEFT's ``lora.Linear.forward`` operation for operation — ``base(x) + (x @ Aᵀ) @ Bᵀ *
+scaling`` (dropout is off at inference), the delta in float32 as PEFT's default
+``autocast_adapter_dtype=True`` does — and so bit-identical to PEFT in float32. On a CPU, at decode, its
+gathers and small ``bmm``s cost several times the base projection; the grouped path reads each adapter
+row's weights in place in one C++ pass, skips base rows, and keeps the float32 delta with one rounding
+into the half-precision output, but sums in its own order: it is used only where the output is rounded
+to bf16/fp16 anyway (its agreement with PEFT is pinned in ``tests/test_lora_numerics.py``). Zero padding
+from ``r_s`` to ``r_max`` adds exact zeros, so mixed ranks share one stack, and a batch computes only up
+to the largest rank among its slots.
 
 Writing a slot copies into the existing tensors (no reallocation), so a swap costs one
 memcpy per target module and never disturbs the other slots.
@@ -27,6 +36,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .cpu_kernels import bgmv
 
 
 class BatchSlots:
@@ -44,16 +55,19 @@ class BatchSlots:
             keep their gathered per-row weights while it stays the same, so a decode step whose
             batch did not change gathers nothing (in steady decoding that is most steps).
         slot_rank: largest rank held by each slot, kept by the slot manager.
+        grouped: the layers take the grouped path (see the module docstring); set at load.
     """
 
     def __init__(self, n_slots: int, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
+        self.grouped = False
         self.slot_ids: torch.Tensor | None = None
         self.present: frozenset[int] = frozenset()
         self.rank = 0
         self.version = 0
         self.slot_rank = [0] * n_slots
         self._key: tuple | None = None
+        self._tokens: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def set(self, slot_ids: list[int]) -> None:
         """Route the next forward: ``slot_ids[i]`` is the slot of batch row ``i`` (0 = base)."""
@@ -69,6 +83,21 @@ class BatchSlots:
             self.slot_ids = torch.tensor(slot_ids, dtype=torch.long, device=self.device)
             self.present = present
             self.rank = rank
+            self._tokens = {}
+
+    def token_rows(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The adapter rows of an input ``[B, tokens, in]`` flattened to ``[B·tokens, in]``.
+
+        Returns:
+            ``(rows, slots)``, int64 ``[n]`` each: the flat indices of every token of every row with
+            an adapter (base rows left out), and that row's slot. Kept until the routing changes.
+        """
+        hit = self._tokens.get(tokens)
+        if hit is None:
+            batch_rows = torch.nonzero(self.slot_ids).flatten()
+            rows = (batch_rows[:, None] * tokens + torch.arange(tokens, device=self.device)).flatten()
+            hit = self._tokens[tokens] = (rows, self.slot_ids[batch_rows].repeat_interleave(tokens))
+        return hit
 
     def clear(self) -> None:
         """Route the next forward through the base only."""
@@ -76,6 +105,7 @@ class BatchSlots:
         self.present = frozenset()
         self.rank = 0
         self._key = None
+        self._tokens = {}
 
     def weights_changed(self) -> None:
         """A slot was written: every layer must gather again."""
@@ -166,11 +196,17 @@ class LoRALinear(nn.Module):
         route = self.routing
         if route.slot_ids is None:
             return y
+        if self._slot_rank.keys().isdisjoint(route.present):  # no adapter of this batch touches this module
+            return y
+        if route.grouped:
+            rows, slots = route.token_rows(x.shape[-2])
+            r = route.rank
+            bgmv()(y.view(-1, self.out_features), x.reshape(-1, self.in_features), self.lora_A[:, :r], self.lora_Bt[:, :r],
+                   rows, slots, self.scaling)  # fmt: skip
+            return y
         g = self._gathered
         if g is None or g[0] != route.version:
             g = self._gathered = self._gather()
-        if g[1] is None:  # no adapter of this batch touches this module
-            return y
         _, at, bt, scale = g
         # The unfused chain, as PEFT computes it. Fusing q/k/v into one x·Aᵀ bmm was measured
         # ~1.5% faster per decode step but changes the float32 summation order; bit-equality
@@ -182,8 +218,6 @@ class LoRALinear(nn.Module):
 
     def _gather(self) -> tuple:
         route = self.routing
-        if self._slot_rank.keys().isdisjoint(route.present):
-            return (route.version, None, None, None)
         ids, r = route.slot_ids, route.rank
         # every row takes the gathered path; slot 0 is all zeros, so base rows get +0 exactly
         return (

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from .base import BaseModelSource
-from .cpu_compute import compute_in_float32, wants_float32
+from .cpu_compute import HALF, can_pack, compute_in_float32, pack_linears, use_cpu_attention, wants_float32
 from .lora import BatchSlots, LoRALinear, inject_lora
+from .cpu_kernels import available as kernels_available
 from .text import TextCodec, load_codec
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ def load_resident(source: BaseModelSource, dtype: str, n_slots: int, max_rank: i
         max_rank: largest adapter rank a slot can hold.
         device: ``"cpu"`` or ``"cuda"`` (weights, slots and the KV cache live there). On a CPU without
             native half-precision kernels, a bf16/fp16 base computes in float32 (``engine.cpu_compute``).
+            A bf16/fp16 base on a CPU takes the grouped LoRA path (``engine.lora``) and the decode attention
+            of ``engine.cpu_compute``, whose C++ kernels (``engine.cpu_kernels``) are built here on first use;
+            where they cannot be built the node says why and takes plain-torch paths.
 
     Raises:
         ValueError: unknown dtype.
@@ -77,9 +81,16 @@ def load_resident(source: BaseModelSource, dtype: str, n_slots: int, max_rank: i
     codec = load_codec(source.path)
     model = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=DTYPES[dtype]).to(device)
     model.eval().requires_grad_(False)
+    half_on_cpu = torch.device(device).type == "cpu" and DTYPES[dtype] in HALF
     float32 = wants_float32(DTYPES[dtype], torch.device(device))
     if float32:
         compute_in_float32(model)
+    elif half_on_cpu:
+        use_cpu_attention(model)
     routing, layers = inject_lora(model, n_slots + 1, max_rank)
+    routing.grouped = half_on_cpu and kernels_available()
+    if can_pack(DTYPES[dtype], torch.device(device)):
+        log.info("%d linear layers prepacked for oneDNN's bf16 kernels", pack_linears(model))
     log.info("base %s loaded (%s, %d adaptable modules, eos %s)", source.name, dtype, len(layers), sorted(codec.eos_ids))
     return ResidentModel(source, model, codec, routing, layers, DTYPES[dtype], torch.float32 if float32 else DTYPES[dtype])
+

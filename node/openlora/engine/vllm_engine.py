@@ -276,6 +276,11 @@ class VllmEngine:
             for task in [*self._tasks.values(), *([self._watch] if self._watch else [])]:
                 loop.call_soon_threadsafe(task.cancel)
         self._llm.shutdown()
+        if loop is not None and not loop.is_closed() and not loop.is_running():
+            # Off a stopped loop, vLLM only schedules the closing of its asyncio ZMQ sockets on it;
+            # left unrun, the ZMQ context's finalizer later blocks the process's exit for ever.
+            pending = asyncio.all_tasks(loop)
+            loop.run_until_complete(asyncio.wait(pending, timeout=5) if pending else asyncio.sleep(0))
 
     def check_room(self) -> None:
         """Raise :class:`QueueFull` when ``max_waiting`` requests already wait beyond the running batch."""

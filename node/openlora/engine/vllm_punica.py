@@ -13,13 +13,15 @@ whenever LoRA is on. This wrapper keeps vLLM's layers, weights and metadata and 
         torch.ops.openlora.lora_linear(y, x, A₀…Aₙ, B₀…Bₙ, slices, wrapper)
             no row whose adapter has weights for this module ─► return (y untouched)
             else per output slice i:  y[t, slice_i] += (x[t] @ A_i[s]ᵀ) @ B_i[s]ᵀ   for those rows
-                 (engine/lora_kernels.bgmv: reads each row's weights in place, float32 sums)
+                 (engine/cpu_kernels.bgmv, one call for all slices: one shrink over the A_i stacked
+                 along the rank, reading each row's weights in place, float32 sums)
 
 so a batch without adapter rows costs the compiled base plus one Python call per layer, and a
 mixed batch adds work proportional to its adapter rows. As in vLLM's ops, the shrink (r wide) is
 summed in float32 and cast to the model's dtype before the expand; ``lora_alpha / r`` is folded into
-B by vLLM when an adapter is loaded. B is kept transposed (a copy per layer, remade when vLLM writes
-a slot), so the expand streams contiguous memory.
+B by vLLM when an adapter is loaded. The slices' A are kept stacked along the rank and their B
+transposed side by side (a copy per layer, remade when vLLM writes a slot), so the shrink is one pass
+and the expand streams contiguous memory.
 
 Selected by :class:`openlora.engine.vllm_platform.OpenLoraCpuPlatform` (vLLM's platform plugin entry
 point), never by patching vLLM.
@@ -27,6 +29,7 @@ point), never by patching vLLM.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +37,7 @@ from torch.library import Library
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 from vllm.utils.torch_utils import direct_register_custom_op
 
-from .lora_kernels import bgmv
+from .cpu_kernels import bgmv
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,30 @@ class _Step:
 
 
 _NO_ROWS = _Step(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), frozenset())
-_STEPS: dict[int, _Step] = {}  # wrapper id → its current step
-_LIVE: dict[int, tuple[int, frozenset[int]]] = {}  # id(A₀) → (version, slots with weights)
-_PACKED: dict[int, tuple[int, torch.dtype, list[torch.Tensor], list[torch.Tensor]]] = {}  # id(A₀) → packed
+_STEPS: dict[int, _Step] = {}  # wrapper id → its current step (set by every update_metadata before use)
+
+
+class _PerStack:
+    """A value derived from vLLM's stacked tensors, remade when vLLM writes them (their ``_version``
+    moves on every ``copy_`` into a slot). Keyed by the first tensor's identity — held by weak
+    reference, because ``id()`` of a freed stack is reused by the next one — and dropped with it."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref, int, object]] = {}
+
+    def get(self, tensors: list[torch.Tensor], make, *key):
+        head, version = tensors[0], (sum(t._version for t in tensors), *key)
+        hit = self._entries.get(id(head))
+        if hit is None or hit[0]() is not head or hit[1] != version:
+            ident = id(head)
+            ref = weakref.ref(head, lambda _, ident=ident: self._entries.pop(ident, None))
+            hit = (ref, version, make())
+            self._entries[ident] = hit
+        return hit[2]
+
+
+_LIVE = _PerStack()  # A stacks → slots with weights
+_PACKED = _PerStack()  # A and B stacks → (A stacked along the rank, Bᵀ side by side)
 
 
 def _step_of(token_slots: list[int]) -> _Step:
@@ -61,46 +85,36 @@ def _step_of(token_slots: list[int]) -> _Step:
     return _Step(torch.tensor(rows, dtype=torch.long), torch.tensor(slots, dtype=torch.long), frozenset(slots))
 
 
-def _version(tensors: list[torch.Tensor]) -> int:
-    return sum(t._version for t in tensors)  # moves whenever vLLM writes (copy_ into a slot) any of them
-
-
 def _live(lora_a: list[torch.Tensor]) -> frozenset[int]:
     """Slots holding weights for this module in any slice (vLLM zeroes the slot of an adapter that
     does not target it); recomputed only when vLLM writes the stacked tensors."""
-    key, version = id(lora_a[0]), _version(lora_a)
-    hit = _LIVE.get(key)
-    if hit is None or hit[0] != version:
+
+    def make() -> frozenset[int]:
         held = torch.stack([t.flatten(1).abs().amax(1) > 0 for t in lora_a]).any(0)  # (L,)
-        hit = (version, frozenset(torch.nonzero(held).flatten().tolist()))
-        _LIVE[key] = hit
-    return hit[1]
+        return frozenset(torch.nonzero(held).flatten().tolist())
+
+    return _LIVE.get(lora_a, make)
 
 
-def _packed(lora_a: list[torch.Tensor], lora_b: list[torch.Tensor], dtype: torch.dtype):
-    """A per slice (L, R, in) and Bᵀ per slice (L, R, out_i), contiguous, in ``dtype``; remade only
-    when vLLM writes a slot. Only modules some batch's adapter targets are ever packed."""
-    key, version = id(lora_a[0]), _version([*lora_a, *lora_b])
-    hit = _PACKED.get(key)
-    if hit is None or hit[0] != version or hit[1] != dtype:
-        a = [t.squeeze(1).to(dtype).contiguous() for t in lora_a]
-        bt = [t.squeeze(1).transpose(1, 2).to(dtype).contiguous() for t in lora_b]
-        hit = (version, dtype, a, bt)
-        _PACKED[key] = hit
-    return hit[2], hit[3]
+def _packed(lora_a: list[torch.Tensor], lora_b: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The slices' A stacked along the rank (L, n·R, in) and their Bᵀ side by side (L, R, Σ out_i),
+    contiguous, in ``dtype`` (the layout of ``engine/cpu_kernels.bgmv``'s slices); remade only when
+    vLLM writes a slot. Only modules some batch's adapter targets are ever packed."""
+
+    def make() -> tuple[torch.Tensor, torch.Tensor]:
+        a = torch.cat([t.squeeze(1) for t in lora_a], dim=1).to(dtype).contiguous()
+        bt = torch.cat([t.squeeze(1).transpose(1, 2) for t in lora_b], dim=2).to(dtype).contiguous()
+        return a, bt
+
+    return _PACKED.get([*lora_a, *lora_b], make, dtype)
 
 
 def _apply(step: _Step, y, x, lora_a, lora_b, output_slices) -> None:
-    """The kernel over ``step``'s rows, one call per output slice (shapes in :func:`lora_linear`)."""
+    """The kernel over ``step``'s rows, all slices in one call (shapes in :func:`lora_linear`)."""
     if not step.present or _live(lora_a).isdisjoint(step.present):
         return  # no row with an adapter, or none of theirs targets this module
     a, bt = _packed(lora_a, lora_b, y.dtype)
-    kernel = bgmv()
-    x = x.to(y.dtype).contiguous()
-    offset = 0
-    for a_i, bt_i, width in zip(a, bt, output_slices):
-        kernel(y[:, offset : offset + width], x, a_i, bt_i, step.rows, step.slots)
-        offset += width
+    bgmv()(y, x.to(y.dtype).contiguous(), a, bt, step.rows, step.slots, None, list(output_slices))
 
 
 def lora_linear(
