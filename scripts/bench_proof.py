@@ -23,7 +23,7 @@ generation time, and the node's throughput with proofs against the same workload
 alternated --rounds times; the median run of each). Prints one table and the acceptance lines; --json writes
 every figure, --raw every call's statistics.
 
-Usage: ``python scripts/bench_proof.py [--calls 100] [--tokens 64] [--batch 16] [--json out.json] [--quick]``.
+Usage: ``python scripts/bench_proof.py [--calls 100] [--honest-calls N] [--tokens 64] [--batch 16] [--json out.json] [--quick]``.
 """
 
 from __future__ import annotations
@@ -280,6 +280,7 @@ def summarize(rows: list[dict]) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=100, help="calls per condition")
+    ap.add_argument("--honest-calls", type=int, help="calls per honest condition (default: --calls)")
     ap.add_argument("--tokens", type=int, default=64, help="max new tokens per call")
     ap.add_argument("--batch", type=int, default=16, help="calls in flight")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -293,7 +294,7 @@ def main(argv=None) -> int:
     ap.add_argument("--raw", type=Path, help="write every call's figures here (JSON lines)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.calls, args.tokens, args.rounds, args.throughput_calls, args.batch = 2, 8, 1, 4, 4
+        args.calls, args.honest_calls, args.tokens, args.rounds, args.throughput_calls, args.batch = 2, 2, 8, 1, 4, 4
     conditions = [c for c in args.conditions.split(",") if c]
     torch.set_num_threads(args.threads)
     started = time.time()
@@ -326,9 +327,10 @@ def main(argv=None) -> int:
         print(f"  {condition:14s} {s['flagged']:4d}/{s['calls']:<4d} flagged  ratio {s['ratio_min']:.2f}..{s['ratio_max']:.2f}  ({time.time() - started:.0f} s)", flush=True)
 
     def make(condition: str) -> list[Call]:
-        return plan(condition, args.calls, args.tokens, codec, qs, seeds[condition])
+        n = args.honest_calls if condition in HONEST and args.honest_calls else args.calls
+        return plan(condition, n, args.tokens, codec, qs, seeds[condition])
 
-    print(f"proof benchmark: {args.calls} calls per condition, ≤ {args.tokens} tokens, batch {args.batch}, {args.threads} threads", flush=True)
+    print(f"proof benchmark: {args.calls} calls per condition ({args.honest_calls or args.calls} honest), ≤ {args.tokens} tokens, batch {args.batch}, {args.threads} threads", flush=True)
     def fixed_length(condition: str) -> list[Call]:  # the throughput workload: greedy, every call --tokens long
         calls = plan(condition, args.throughput_calls, args.tokens, codec, qs, 7)
         for c in calls:
