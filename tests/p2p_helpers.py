@@ -13,7 +13,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from openlora.content import cid_text, parse_cid
 from openlora.p2p.gossip import build_pubsub
 from openlora.p2p.host import build_host, listen_multiaddr, parse_peer_multiaddr
-from openlora.p2p.messages import TOPIC_ADAPTERS
+from openlora.p2p.messages import TOPIC_ADAPTERS, TOPIC_EVIDENCE
 from openlora.p2p.runner import TrioThread
 
 WAIT_S = 5.0
@@ -44,6 +44,7 @@ class RawPeer:
             ):
                 await self.pubsub.wait_until_ready()
                 await self.pubsub.subscribe(TOPIC_ADAPTERS)
+                await self.pubsub.subscribe(TOPIC_EVIDENCE)
                 async with trio.open_nursery() as nursery:
                     store = MemoryBlockStore()
                     for cid, block in (self.blocks or {}).items():
@@ -66,12 +67,12 @@ class RawPeer:
 
         self.thread.call(go, timeout=10)
 
-    def publish(self, *messages: bytes, wait_mesh_with: str) -> None:
+    def publish(self, *messages: bytes, wait_mesh_with: str, topic: str = TOPIC_ADAPTERS) -> None:
         async def go() -> None:
             peer = parse_peer_multiaddr(wait_mesh_with).peer_id
-            await self.pubsub.wait_for_mesh(peer, TOPIC_ADAPTERS, timeout=WAIT_S)
+            await self.pubsub.wait_for_mesh(peer, topic, timeout=WAIT_S)
             for data in messages:
-                await self.pubsub.publish(TOPIC_ADAPTERS, data)
+                await self.pubsub.publish(topic, data)
 
         self.thread.call(go, timeout=10)
 

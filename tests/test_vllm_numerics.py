@@ -138,3 +138,33 @@ def _assert_near_tie(ref, tok, prompt_ids: list[int], want_ids: list[int], got: 
         logits = ref(input_ids=torch.tensor([prompt_ids + want_ids[:k]])).logits[0, -1].float()
     gap = (logits[want_ids[k]] - logits[theirs]).item()
     assert gap <= NEAR_TIE, (k, tok.decode([want_ids[k]]), tok.decode([theirs]), gap)
+
+
+def test_vllm_top_logprobs_commit_to_the_adapter_it_ran(loop, engine, store_and_cids, base_source):
+    """The proof collector gets vLLM's top-4 raw log-probabilities of every token (proof/topk.py): they match a
+    float32 recomputation with the adapter, and not one without it."""
+    from openlora.proof.encoding import decode, encode
+    from openlora.proof.reference import Reference
+    from openlora.proof.tolerance import ABS_PASS, commitment_distance
+    from openlora.proof.topk import TOP_K, TopLogprobs
+
+    store, cids, _ = store_and_cids
+    ids = engine.codec.encode_chat([{"role": "user", "content": "What are the early signs of Lyme disease?"}])
+    proof = TopLogprobs()
+
+    async def run() -> None:
+        events: asyncio.Queue = asyncio.Queue()
+        params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.7, seed=5)
+        engine.submit(GenerationRequest(ids, params, events.put_nowait, cids["medical"], proof=proof))
+        while not isinstance(ev := await asyncio.wait_for(events.get(), 300), (Finished, Failed)):
+            pass
+        assert isinstance(ev, Finished), ev
+
+    loop.run_until_complete(run())
+    assert len(proof.tokens) == NEW_TOKENS and all(len(row) == TOP_K for row in proof.ids)
+    vocab = engine._llm.model_config.get_vocab_size()
+    committed = decode(encode(proof.ids, proof.logprobs, vocab), vocab)
+    reference = Reference(base_source, max_rank=64)
+    adapter = (cids["medical"], store.load(cids["medical"]))
+    assert commitment_distance(committed, reference.logprobs(ids, proof.tokens, adapter)) <= ABS_PASS
+    assert commitment_distance(committed, reference.logprobs(ids, proof.tokens, None)) > 10 * ABS_PASS

@@ -144,10 +144,12 @@ def _route(swarm: str, adapter: str | None) -> str:
     from .p2p.errors import SwarmError
     from .p2p.peers import NoNodeAvailable
 
+    from .client.spotcheck import accused_path, read_accused
+
     try:
         # a name is resolved at the node the swarm picks (names are that node's catalog's)
-        entry = route(swarm, adapter if adapter and looks_like_cid(adapter) else None)
-    except (SwarmError, NoNodeAvailable) as e:
+        entry = route(swarm, adapter if adapter and looks_like_cid(adapter) else None, accused=read_accused(accused_path()))
+    except (SwarmError, NoNodeAvailable, ValueError) as e:
         _fail(str(e))
     resident = " (adapter resident)" if adapter and adapter in entry.resident else ""
     typer.echo(f"routed to {entry.peer_id} at {entry.grpc_address}{resident}", err=True)
@@ -544,13 +546,23 @@ def generate(
     swarm: SwarmOpt = None,
     key: ClientKeyOpt = None,
     deployment: DeploymentOpt = None,
+    receipt_out: Annotated[
+        Optional[Path], typer.Option("--receipt-out", help="Save the call's signed serving record (and receipt) here, for `openlora verify`.")
+    ] = None,
+    spot_check: Annotated[
+        float, typer.Option("--spot-check", min=0.0, max=1.0, help="Have --verifier check the call with this probability (0..1).")
+    ] = 0.0,
+    verifier: Annotated[Optional[str], typer.Option("--verifier", help="host:port of the node that runs spot checks.")] = None,
 ) -> None:
     """Stream a completion to stdout. Samples unless --temperature 0. With --key, calls that cost something are paid
-    from your channel (`openlora channel open`); the key stays on this machine."""
+    from your channel (`openlora channel open`); the key stays on this machine. Every finished call comes with the
+    node's signed serving record: --receipt-out keeps it, --spot-check sends it to a verifier node."""
     from .client import PaidSession, PaidStream, chat_messages
 
     if swarm and node:
         _fail("--node and --swarm both say where the call goes: --node dials that node, --swarm lets the swarm pick one; give one of them", 2)
+    if spot_check and not verifier:
+        _fail("--spot-check needs --verifier HOST:PORT: a node with the same base that re-runs the call", 2)
     node = _route(swarm, adapter) if swarm else node or DEFAULT_NODE
     account = _load_key(key, dev_index=2) if key is not None else None
     pinned = _deployment(deployment)
@@ -578,7 +590,11 @@ def generate(
                 stream.cancel()
                 _fail(f"interrupted: {_charged_after_cut(caller, stream)}", 130)
             _fail("interrupted", 130)
-    sys.stdout.write("\n")
+        sys.stdout.write("\n")
+        if receipt_out is not None:
+            _save_served(c, stream.served, adapter, receipt_out)
+        if spot_check:
+            _spot_check(c, stream.served, verifier, spot_check)
     if usage and stream.done is not None:
         u = stream.done.usage
         paid = f" cost_wei={stream.receipt.cost} charged_total_wei={stream.receipt.charged_total}" if getattr(stream, "receipt", None) else ""
@@ -586,6 +602,46 @@ def generate(
             f"prompt_tokens={u.prompt_tokens} completion_tokens={u.completion_tokens} ttft_ms={stream.done.ttft_ms:.0f}{paid}",
             err=True,
         )
+
+
+def _save_served(c, served, adapter: str | None, path: Path) -> None:
+    """Write the receipt file (the served call, and the adapter's manifest for a local `openlora verify`)."""
+    from .proof.wire import dump_served_call
+
+    if served is None:
+        _fail("the node sent no serving record for this call (it was cut short): there is nothing to save")
+    manifest = _rpc_call(c.get_adapter, adapter).manifest_json if adapter else ""
+    path.write_text(dump_served_call(served, manifest))
+    typer.echo(f"serving record saved to {path} (check it with `openlora verify {path} --node VERIFIER`)", err=True)
+
+
+def _spot_check(c, served, verifier: str, rate: float) -> None:
+    """Draw a spot check of the call at ``rate`` on ``verifier``; a failure that blames the node keeps it out of
+    this client's --swarm routing (exit 1)."""
+    from .client import NodeClient, SpotChecker, Unaccountable
+    from .client.spotcheck import accused_path, remember_accused
+
+    node_address = _rpc_call(c.node_info).chain.node_address
+    with NodeClient(verifier) as v:
+        try:
+            response = _rpc_call(SpotChecker(v, rate).check, served, node_address)
+        except Unaccountable as e:
+            _fail(f"spot check impossible: {e}")
+    if response is None:
+        typer.echo(f"spot check: not drawn this time (rate {rate:g})", err=True)
+        return
+    if response.valid:
+        typer.echo(f"spot check by {verifier}: valid ({response.detail})", err=True)
+        return
+    message = f"spot check by {verifier}: INVALID: {response.check}: {response.detail}"
+    if response.HasField("evidence"):
+        path = accused_path()
+        remember_accused(path, served.record.node)
+        message += (
+            f"\n  evidence signed by {response.evidence.verifier} is gossiped on the swarm; node {served.record.node} "
+            f"is out of your --swarm routing ({path})"
+        )
+    _fail(message)
 
 
 def _charged_after_cut(session, stream, wait_s: float = 10.0) -> str:
@@ -708,7 +764,7 @@ def nodes(
     from .p2p.errors import SwarmError
 
     try:
-        entries, _ = query_nodes(swarm, base=base)
+        entries = query_nodes(swarm, base=base).entries
     except SwarmError as e:
         _fail(str(e))
     for e in entries:
@@ -766,6 +822,57 @@ def adapter(cid: Annotated[str, typer.Argument(help="Adapter CID, or its name on
     data["status"] = _status_word(info.status)
     data["resident"] = info.status == pb.ADAPTER_STATUS_RESIDENT
     typer.echo(json.dumps(data, indent=2))
+
+
+@client_app.command()
+def verify(
+    receipt_file: Annotated[Path, typer.Argument(help="A file `openlora generate --receipt-out` wrote.")],
+    node: Annotated[
+        Optional[str], typer.Option("--node", help="host:port of a verifier node (same base); default: verify here, in this process.")
+    ] = None,
+    adapter_dir: Annotated[
+        Optional[Path], typer.Option("--adapter-dir", help="Local verification: the adapter's PEFT folder (checked against the record's CID).")
+    ] = None,
+    base_model: Annotated[
+        Optional[str], typer.Option("--base-model", help="Local verification: the base model folder or .gguf (default: SmolLM2-135M-Instruct).")
+    ] = None,
+) -> None:
+    """Check a served call: re-run one prefill over its prompt + completion with the claimed base and adapter, compare
+    the node's commitment and its sampling. Prints `valid` (exit 0) or the first failing check (exit 1)."""
+    from .proof.wire import load_served_call
+
+    try:
+        call, manifest = load_served_call(receipt_file.read_text())
+    except (OSError, ValueError) as e:
+        _fail(f"{receipt_file}: {e}", 2)
+    evidence = None
+    if node is not None:
+        with _connect(node) as c:
+            response = _rpc_call(c.verify, call)
+        check, detail = response.check, response.detail
+        if response.HasField("evidence"):
+            evidence = response.evidence
+    else:
+        check, detail = _verify_here(call, manifest, adapter_dir, base_model)
+    if not check:
+        typer.echo(f"valid ({detail})")
+        return
+    typer.echo(f"invalid: {check}: {detail}")
+    if evidence is not None:
+        typer.echo(f"evidence against node {call.record.node} signed by {evidence.verifier} (gossiped by the verifier)")
+    raise typer.Exit(1)
+
+
+def _verify_here(call, manifest: str, adapter_dir: Path | None, base_model: str | None) -> tuple[str, str]:
+    """Verify ``call`` in this process with the torch reference (loads the base: seconds). Returns ``(check,
+    detail)``; ``check`` is empty when valid."""
+    from .proof.local import LocalVerifyError, verify_locally
+
+    try:
+        verdict = verify_locally(call, manifest, adapter_dir, base_model)
+    except LocalVerifyError as e:
+        _fail(str(e), 2)
+    return verdict.check, verdict.detail
 
 
 @client_app.command()

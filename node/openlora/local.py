@@ -30,10 +30,12 @@ class NodeProcess:
         data_dir: the node's data dir.
         args: extra ``openlora-node start`` flags.
         timeout: seconds to wait for the ready line.
+        program: the command that takes ``start`` and its flags (default: ``openlora-node``; a test runs a
+            script that wraps it).
     """
 
-    def __init__(self, data_dir: Path, *args: str, timeout: float = 180.0) -> None:
-        cmd = [str(BIN / "openlora-node"), "start", "--port", "0", "--data-dir", str(data_dir), *args]
+    def __init__(self, data_dir: Path, *args: str, timeout: float = 180.0, program: tuple[str, ...] = ()) -> None:
+        cmd = [*(program or (str(BIN / "openlora-node"),)), "start", "--port", "0", "--data-dir", str(data_dir), *args]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
         )
@@ -70,8 +72,9 @@ class NodeProcess:
         return self.proc.returncode
 
 
-def cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
-    """Run ``openlora`` or ``openlora-node`` (first arg) from this interpreter's environment.
+def cli(*args: str, timeout: float = 120.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``openlora`` or ``openlora-node`` (first arg) from this interpreter's environment (``env``: variables
+    added to this process's).
 
     Returns:
         The completed process with text stdout/stderr.
@@ -79,7 +82,9 @@ def cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     Raises:
         subprocess.TimeoutExpired: it ran longer than ``timeout`` seconds.
     """
-    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 class ChainProcess:

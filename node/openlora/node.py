@@ -3,9 +3,11 @@
     start:  base model (resolve → convert once → fingerprint) → catalog
             → engine (``--engine torch``: load, LoRA slots injected, engine thread; ``vllm``: vLLM's
               async engine and its engine-core process) + adapter store verifying against its base
-            → chain (embedded or RPC, node key, ledger, settler: chain/service.py) → gRPC server
-            → HTTP server (OpenAI-compatible API + /metrics, same asyncio loop) → libp2p swarm
-            (announce, fetch, status) → "ready"
+            → chain (embedded or RPC, node key, ledger, settler: chain/service.py)
+            → proofs (serving records signed with the node key; Verify and evidence over a float32
+              reference loaded on first use; accusations kept in DATA/accusations.sqlite: proof/)
+            → gRPC server → HTTP server (OpenAI-compatible API + /metrics, same asyncio loop)
+            → libp2p swarm (announce, fetch, status, evidence) → "ready"
     stop:   health NOT_SERVING, HTTP 503 → both servers drain (grace) → swarm stops → engine stops
             → chain (final settlement, ledger closed) → catalog closed
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,7 +39,22 @@ from .engine.interface import Engine
 from .metrics import NodeMetrics
 from .startup_checks import ports_free, warn_forgotten_registrations
 
+if TYPE_CHECKING:
+    from .proof.accusations import Accusations
+    from .proof.attest import Attestor
+    from .proof.service import ProofService
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeProofs:
+    """The node's proof parts: ``attestor`` signs every call's record, ``service`` verifies calls and re-checks
+    evidence, ``accusations`` are the nodes it stopped routing to."""
+
+    attestor: Attestor
+    service: ProofService
+    accusations: Accusations
 
 
 class Node:
@@ -68,6 +87,7 @@ class Node:
         self._swarm = None
         self.multiaddr = ""
         self.chain: NodeChain | None = None
+        self.proofs = None
 
     @property
     def address(self) -> str:
@@ -99,6 +119,9 @@ class Node:
         await asyncio.to_thread(self.chain.start)
         calls.chain = self.chain
         # ── end chain ──
+        self.proofs = await asyncio.to_thread(self._open_proofs, source, data, store)
+        calls.attestor = self.proofs.attestor
+        servicer.proofs = self.proofs.service
         limiter = RateLimiter(s.client_rate_limit_rps, s.client_rate_limit_burst) if s.client_rate_limit_rps else None
         self._server, self.port, self._health = await start_server(servicer, s.host, s.port, limiter)
         not_serving_on(self._engine.on_exit, self._health)
@@ -114,6 +137,7 @@ class Node:
         if s.p2p:
             self._swarm = await asyncio.to_thread(self._start_swarm, data, store)
             self.multiaddr = self._swarm.multiaddr
+            self.proofs.service.publish = self._publish_evidence
             calls.swarm_link = SwarmLink(self._swarm, store, self._engine.warm, timeout_s=s.fetch_timeout_s)
         if self.chain.info.embedded:
             warn_forgotten_registrations(self._catalog, self.address)
@@ -149,6 +173,26 @@ class Node:
         )
         return engine, store
 
+    def _open_proofs(self, source: BaseModelSource, data, store: AdapterStore) -> NodeProofs:
+        """The attestor that signs every call's serving record and the verifier service (proof/)."""
+        from .proof.accusations import Accusations
+        from .proof.attest import Attestor, vocab_size
+        from .proof.reference import Reference
+        from .proof.service import ProofService
+
+        account, info = self.chain.account, self._engine.info
+        attestor = Attestor(account, source.fingerprint, f"{info.name}/{info.dtype}", vocab_size(source.path))
+        accusations = Accusations(data / "accusations.sqlite")
+        reference = Reference(source, self.settings.max_lora_rank)
+        return NodeProofs(attestor, ProofService(reference, store.load, account, accusations), accusations)
+
+    def _publish_evidence(self, raw: bytes) -> None:
+        def done(fut) -> None:
+            if fut.exception() is not None:
+                log.warning("gossiping evidence failed: %s", fut.exception())
+
+        self._swarm.publish_evidence(raw).add_done_callback(done)
+
     def _start_swarm(self, data, store: AdapterStore):
         from .p2p.messages import LocalStatus
         from .p2p.swarm import Swarm, SwarmConfig
@@ -166,6 +210,7 @@ class Node:
                 active=stats["running"],
                 waiting=stats["waiting"],
                 max_batch=engine.info.max_batch,
+                node_address=self.chain.info.node_address if self.chain is not None else "",
             )
 
         swarm = Swarm(
@@ -179,9 +224,23 @@ class Node:
                 listen_host=s.host, port=s.p2p_port, bootstrap=tuple(s.bootstrap), ipfs_api=s.ipfs_api, dht=s.dht,
                 listen=s.p2p_listen, relays=tuple(s.relays), relay_service=s.relay_service,
             ),
+            check_evidence=self._check_evidence,
+            accused=self.proofs.accusations.addresses,
         )
         swarm.start()
         return swarm
+
+    def _check_evidence(self, raw: bytes) -> bool:
+        """The swarm's evidence re-check (worker thread): True when it stands here, False when it cannot be
+        checked here; raises ``MessageRejected`` when it is forged or false."""
+        from .p2p.errors import MessageRejected
+        from .proof.evidence import EvidenceRejected
+        from .proof.service import Outcome
+
+        try:
+            return self.proofs.service.check(raw) is Outcome.STANDS
+        except EvidenceRejected as e:
+            raise MessageRejected(e.reason, e.detail) from None
 
     async def stop(self, grace_s: float = 2.0) -> None:
         """Stop serving: in-flight streams get ``grace_s`` seconds, then everything closes."""
@@ -203,3 +262,5 @@ class Node:
         # ── end chain ──
         if self._catalog is not None:
             self._catalog.close()
+        if self.proofs is not None:
+            self.proofs.accusations.close()

@@ -2,7 +2,8 @@
 
     CallInput ─► resolve adapter (catalog; fetched from the swarm when missing) ─► sampling + prompt limits
       ─► price (chain) ─► open the paid call (voucher checked, reservation committed to the ledger)
-      ─► engine submit ─► TextDelta* ─► close the call (receipt) ─► CallDone
+      ─► engine submit (with a proof collector) ─► TextDelta* ─► serving record signed (proof/attest.py)
+      ─► close the call (receipt binding the record's digest) ─► CallDone
     any refusal ─► CallError(code, message)  ── gRPC: the status code; HTTP: an HTTP status (openai_http.py)
 
 Errors carry a gRPC status code because it is the one vocabulary both transports already map
@@ -54,6 +55,8 @@ from .swarm_link import AdapterUnavailable, SwarmLink
 
 if TYPE_CHECKING:
     from ..chain.service import NodeChain
+    from ..proof.attest import Attestor
+    from ..proof.record import SignedRecord
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +139,23 @@ class CallInput:
 
 @dataclass(frozen=True)
 class CallDone:
-    """The last item of :meth:`Calls.generate`: how it ended, for which adapter, and the receipt if paid."""
+    """The last item of :meth:`Calls.generate`: how it ended, for which adapter, the receipt if paid, and the
+    node's signed serving record with the token ids it covers (``None`` / empty for a call the node cut short)."""
 
     finished: Finished
     adapter: str | None
     receipt: SignedReceipt | None
+    served: SignedRecord | None = None
+    prompt_ids: tuple[int, ...] = ()
+    completion_ids: tuple[int, ...] = ()
 
 
 class Calls:
     """The request core over an :class:`Engine` and an :class:`AdapterStore`.
 
     ``swarm_link`` is set by the node when it runs a swarm (``None``: a standalone node); ``chain``
-    when it takes payments (``None``: every call is free).
+    when it takes payments (``None``: every call is free); ``attestor`` when it signs serving records
+    (``None``: calls carry no record).
 
     Args:
         engine: the running engine.
@@ -158,6 +166,7 @@ class Calls:
 
     swarm_link: SwarmLink | None = None
     chain: NodeChain | None = None
+    attestor: Attestor | None = None
 
     def __init__(self, engine: Engine, store: AdapterStore, limits: ServingLimits, metrics: NodeMetrics) -> None:
         self.engine = engine
@@ -353,7 +362,10 @@ class Calls:
 
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        req = GenerationRequest(ids, sampling, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev), adapter)
+        proof = self.attestor.collector() if self.attestor is not None else None
+        req = GenerationRequest(
+            ids, sampling, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev), adapter, proof=proof
+        )
         delivered = 0  # completion tokens whose text reached the client
         try:
             try:
@@ -368,14 +380,19 @@ class Calls:
                     yield ev
                     delivered += ev.tokens
                 elif isinstance(ev, Finished):
+                    served = None
+                    if proof is not None and ev.reason is not FinishReason.CANCELLED:
+                        served = self.attestor.attest(ids, proof, sampling, adapter)
                     receipt = None
                     if paid is not None:
                         # A call the engine cut short (node stopping) bills what it delivered, like a cancel.
                         completion = delivered if ev.reason is FinishReason.CANCELLED else ev.completion_tokens
-                        receipt = self._close(paid, adapter, ev.prompt_tokens, completion)
+                        serving = served.record.digest() if served is not None else bytes(32)
+                        receipt = self._close(paid, adapter, ev.prompt_tokens, completion, serving)
                         paid = None
                     self.metrics.finished(adapter, ev.prompt_tokens, ev.completion_tokens, ev.ttft_ms, ev.itl_ms)
-                    yield CallDone(ev, adapter, receipt)
+                    completion_ids = tuple(proof.tokens) if served is not None else ()
+                    yield CallDone(ev, adapter, receipt, served, tuple(ids) if served is not None else (), completion_ids)
                     return
                 elif isinstance(ev, Failed):
                     code, msg = _failure_status(ev.error, adapter)
@@ -458,10 +475,13 @@ class Calls:
             self.metrics.authorized.labels(self.metrics.label(adapter)).inc(paid.max_cost)
         return paid
 
-    def _close(self, paid: Authorization, adapter: str | None, prompt_tokens: int, completion_tokens: int):
-        """Bills prompt + ``completion_tokens`` (nothing, voided, when no completion token was delivered)."""
+    def _close(
+        self, paid: Authorization, adapter: str | None, prompt_tokens: int, completion_tokens: int, serving: bytes = bytes(32)
+    ):
+        """Bills prompt + ``completion_tokens`` (nothing, voided, when no completion token was delivered); the
+        receipt binds ``serving``, the digest of the call's serving record (zeros: none)."""
         tokens = prompt_tokens + completion_tokens if completion_tokens else 0
-        receipt = self.chain.payments.close_call(paid, tokens)
+        receipt = self.chain.payments.close_call(paid, tokens, serving)
         if receipt is not None:
             self.metrics.charged.labels(self.metrics.label(adapter)).inc(receipt.receipt.cost)
         return receipt

@@ -30,7 +30,12 @@ from ..config import flag_name
 CLIENT_KEY_HEADER = "x-openlora-client"
 MAX_CLIENT_KEY_CHARS = 128
 LIMITED = frozenset(
-    {"/openlora.v1.Node/Generate", "/openlora.v1.Node/PublishAdapter", "/openlora.v1.Node/GetQuote"}
+    {
+        "/openlora.v1.Node/Generate",
+        "/openlora.v1.Node/PublishAdapter",
+        "/openlora.v1.Node/GetQuote",
+        "/openlora.v1.Node/Verify",
+    }
 )
 RATE_FLAG = flag_name("client_rate_limit_rps")
 

@@ -2,7 +2,7 @@
 
     request ──► grpc core: messages over MAX_MESSAGE_BYTES refused (RESOURCE_EXHAUSTED); at most
                 MAX_CONCURRENT_STREAMS calls at once per connection; handshake and idle deadlines
-            ──► RateLimitInterceptor (Generate / PublishAdapter / GetQuote, per client; ratelimit.py)
+            ──► RateLimitInterceptor (Generate / PublishAdapter / GetQuote / Verify, per client; ratelimit.py)
             ──► NodeServicer (servicer.py: per-request limits, payment, engine)
 """
 
@@ -38,7 +38,7 @@ async def start_server(
         servicer: the Node implementation.
         host: interface to listen on (the node defaults to 127.0.0.1).
         port: TCP port; 0 picks a free one.
-        limiter: per-client buckets for Generate / PublishAdapter / GetQuote (``None``: no limit);
+        limiter: per-client buckets for Generate / PublishAdapter / GetQuote / Verify (``None``: no limit);
             pass the same one to the HTTP API so a client has one budget across both.
 
     Returns:

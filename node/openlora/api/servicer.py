@@ -15,7 +15,15 @@ and nothing about one request can stop the node from serving the others:
     the chain cannot be reached                            UNAVAILABLE
 
 Paying (rules in ``calls.py`` and ``chain/payments.py``): the node-signed receipt of a paid call comes in
-``GenerateDone``.
+``GenerateDone``, with the node's signed serving record and the token ids it covers.
+
+Verify (``proof/``): the call's adapter is resolved like Generate's (fetched from the swarm when missing),
+then checked on the node's reference model in a worker thread:
+
+    a call without a record, token ids outside the vocabulary    INVALID_ARGUMENT
+    a record for another base                                    FAILED_PRECONDITION
+    the adapter unknown here and on the swarm                    NOT_FOUND
+    checked                                                      OK: valid, or the failing check (+ evidence)
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from ..chain.quote_auth import quote_auth_error
 from ..content.cid import cid_text
 from ..content.errors import InvalidCID, StoreFull
 from ..engine.interface import FinishReason, TextDelta
+from ..proof.verify import CannotVerify
+from ..proof.wire import record_to_pb
 from ..v1 import node_pb2 as pb
 from ..v1 import node_pb2_grpc
 from .calls import CallError, CallInput, Calls
@@ -73,7 +83,12 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
 
     Args:
         calls: the request core (engine, store, limits, chain, swarm link, metrics).
+
+    ``proofs`` is set by the node once its key is open (``proof.service.ProofService``; ``None``: Verify is
+    UNAVAILABLE).
     """
+
+    proofs = None
 
     def __init__(self, calls: Calls) -> None:
         self.calls = calls
@@ -167,9 +182,47 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                     )
                     if item.receipt is not None:
                         done.receipt.CopyFrom(wire.receipt_to_pb(item.receipt))
+                    if item.served is not None:
+                        done.record.CopyFrom(record_to_pb(item.served))
+                        done.prompt_ids.extend(item.prompt_ids)
+                        done.completion_ids.extend(item.completion_ids)
                     yield pb.GenerateResponse(done=done)
         except CallError as e:
             await self._fail(context, e)
+
+    async def Verify(self, request: pb.VerifyRequest, context):
+        proofs, call = self.proofs, request.call
+        if proofs is None:
+            await self._abort(context, grpc.StatusCode.UNAVAILABLE, "this node does not verify calls yet; retry shortly")
+        if not call.HasField("record"):
+            await self._abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT,
+                "call has no serving record; send the ServedCall `openlora generate --receipt-out` saved",
+            )  # fmt: skip
+        if call.record.base_fingerprint != self.store.base.fingerprint:
+            await self._abort(
+                context, grpc.StatusCode.FAILED_PRECONDITION,
+                f"the call ran on base {call.record.base_fingerprint or '(none)'}; this node serves "
+                f"{self.store.base.fingerprint}: ask a node with that base",
+            )  # fmt: skip
+        try:
+            if call.record.adapter:
+                await self.calls.resolve_adapter(call.record.adapter)
+            verdict, evidence = await asyncio.to_thread(proofs.verify, call)
+        except CallError as e:
+            await self._fail(context, e)
+        except CannotVerify as e:
+            await self._abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except ValueError as e:  # the reference refuses the token ids (vocabulary, context length)
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"cannot recompute this call: {e}")
+        response = pb.VerifyResponse(
+            valid=verdict.valid, check=verdict.check, detail=verdict.detail,
+            commitment_distance=verdict.distance, probe_noise=verdict.noise, commitment_ratio=verdict.ratio,
+            ratio_limit=verdict.limit, sampling_z=verdict.z, greedy_misses=verdict.misses, verify_ms=verdict.verify_ms,
+        )  # fmt: skip
+        if evidence is not None:
+            response.evidence.CopyFrom(evidence)
+        return response
 
     async def GetQuote(self, request: pb.GetQuoteRequest, context):
         calls = self.calls

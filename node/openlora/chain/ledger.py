@@ -372,8 +372,9 @@ class Ledger:
         ).fetchone()
         return self._lane_voucher(db, client, epoch, bytes(adapter))
 
-    def finalize(self, receipt_id: int, tokens: int) -> SignedReceipt:
-        """Bills ``tokens`` tokens for the pending call ``receipt_id`` and returns the node-signed receipt.
+    def finalize(self, receipt_id: int, tokens: int, serving: bytes = bytes(32)) -> SignedReceipt:
+        """Bills ``tokens`` tokens for the pending call ``receipt_id`` and returns the node-signed receipt, which
+        binds ``serving``: the 32-byte digest of the call's serving record (zeros: a call cut off, no record).
 
         Raises:
             ValueError: ``tokens`` is not in 1..max_tokens (use ``void`` for a call that produced nothing).
@@ -399,6 +400,7 @@ class Ledger:
                 tokens=tokens,
                 cost=cost,
                 charged_total=int(charged),
+                serving=serving,
             )
             signed = sign_receipt(self.node, receipt, self.domain)
             db.execute(

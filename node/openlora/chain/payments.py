@@ -268,8 +268,9 @@ class NodePayments:
             )
         return self._authorize(signed, price.quote, price.max_tokens)
 
-    def close_call(self, authorization: Authorization, tokens: int) -> SignedReceipt | None:
-        """Bills ``tokens`` for a call that ended (cut-off calls: the tokens delivered); 0 voids it.
+    def close_call(self, authorization: Authorization, tokens: int, serving: bytes = bytes(32)) -> SignedReceipt | None:
+        """Bills ``tokens`` for a call that ended (cut-off calls: the tokens delivered); 0 voids it. The receipt
+        binds ``serving``, the digest of the call's serving record (zeros for a call cut off: it has none).
 
         Returns:
             the node-signed receipt, ``None`` when voided.
@@ -281,7 +282,7 @@ class NodePayments:
         if tokens == 0:
             self.void(authorization)
             return None
-        return self.finalize(authorization, tokens)
+        return self.finalize(authorization, tokens, serving)
 
     def channel_view(self, client: str, adapter: bytes | None = None) -> ChannelView:
         """``client``'s channel with this node, on chain and in the ledger (current epoch; with ``adapter``, a
@@ -309,14 +310,15 @@ class NodePayments:
         """
         return usage_report(self.registry, self.channels, cid)
 
-    def finalize(self, authorization: Authorization, tokens: int) -> SignedReceipt:
-        """Bills ``tokens`` tokens (1..max_tokens) for the call; returns the node-signed receipt.
+    def finalize(self, authorization: Authorization, tokens: int, serving: bytes = bytes(32)) -> SignedReceipt:
+        """Bills ``tokens`` tokens (1..max_tokens) for the call; returns the node-signed receipt (binding ``serving``,
+        the 32-byte digest of the call's serving record).
 
         Raises:
             ValueError: ``tokens`` out of range.
             LedgerError: the call was already finalized or voided.
         """
-        receipt = self.ledger.finalize(authorization.receipt_id, tokens)
+        receipt = self.ledger.finalize(authorization.receipt_id, tokens, serving)
         if self.settler is not None:
             self.settler.notify()
         return receipt

@@ -64,6 +64,8 @@ class Receipt:
         tokens: tokens billed; ``cost``: wei charged for them (``<=`` the call's max cost).
         charged_total: wei charged on this channel epoch so far, this call included: the most the node may
             claim on chain for the epoch, and what the client's next voucher builds on.
+        serving: the 32-byte EIP-712 digest of the call's serving record (``proof.record``): what the node
+            claims it computed; zeros for a call cut off before it finished (it has no record).
     """
 
     node: str
@@ -75,6 +77,7 @@ class Receipt:
     tokens: int
     cost: int
     charged_total: int
+    serving: bytes = bytes(32)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,8 @@ class NodeChain:
         settings: the chain settings.
         data_dir: the node's data folder (ledger, default node key).
 
-    Attributes (after ``start``): ``payments`` (the gate the API calls), ``info``, ``ledger_path``.
+    Attributes (after ``start``): ``payments`` (the gate the API calls), ``info``, ``ledger_path``, ``account`` (the
+    node's key: it signs receipts and serving records).
     """
 
     def __init__(self, settings: ChainSettings, data_dir: Path) -> None:
@@ -77,6 +78,7 @@ class NodeChain:
         self.data_dir = data_dir
         self.payments: NodePayments | None = None
         self.info: ChainInfo | None = None
+        self.account = None
         self.ledger_path: Path | None = None
         self._server: ChainRpcServer | None = None
         self._ledger: Ledger | None = None
@@ -94,6 +96,7 @@ class NodeChain:
             account = node_account(s.node_key or self.data_dir / NODE_KEY_FILE, node_key_passphrase())
         except (KeystoreError, OSError) as exc:
             raise ChainError(f"node key: {exc}") from exc
+        self.account = account
         if s.embedded:
             chain, deployment = self._embedded(account.address)
         else:

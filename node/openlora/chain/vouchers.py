@@ -6,7 +6,7 @@ Both are EIP-712 typed data (https://eips.ethereum.org/EIPS/eip-712) in the doma
     Voucher(address client,address node,uint64 epoch,uint256 cumulativeAmount,bytes32 adapter,
             uint256 pricePer1kTokens,uint256 adapterAmount)
     Receipt(address node,address client,uint64 epoch,uint64 sequence,bytes32 adapter,address publisher,
-            uint64 tokens,uint256 cost,uint256 chargedTotal)
+            uint64 tokens,uint256 cost,uint256 chargedTotal,bytes32 serving)
 
 A voucher is cumulative: it authorises the node to claim up to ``cumulativeAmount`` in total from the channel's
 epoch, so only the latest one matters and losing one costs nothing. It also names the call's adapter and price
@@ -78,6 +78,7 @@ _RECEIPT_TYPE = [
     {"name": "tokens", "type": "uint64"},
     {"name": "cost", "type": "uint256"},
     {"name": "chargedTotal", "type": "uint256"},
+    {"name": "serving", "type": "bytes32"},
 ]
 
 
@@ -231,6 +232,7 @@ def receipt_message(receipt: Receipt, domain: Eip712Domain) -> SignableMessage:
                 "tokens": receipt.tokens,
                 "cost": receipt.cost,
                 "chargedTotal": receipt.charged_total,
+                "serving": receipt.serving,
             },
         }
     )

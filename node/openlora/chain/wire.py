@@ -82,6 +82,7 @@ def receipt_to_pb(signed: SignedReceipt) -> pb.Receipt:
         cost=str(r.cost),
         charged_total=str(r.charged_total),
         signature=signed.signature,
+        serving=r.serving,
     )
 
 
@@ -94,8 +95,8 @@ def receipt_from_pb(message: pb.Receipt) -> SignedReceipt:
     for name in ("node", "client", "publisher"):
         if not is_checksum_address(getattr(message, name)):
             raise InvalidReceipt(f"receipt.{name} must be a checksummed address, got {getattr(message, name)!r}")
-    if len(message.adapter_id) != 32 or len(message.signature) != 65:
-        raise InvalidReceipt("receipt.adapter_id must be 32 bytes and receipt.signature 65 bytes")
+    if len(message.adapter_id) != 32 or len(message.signature) != 65 or len(message.serving) != 32:
+        raise InvalidReceipt("receipt.adapter_id and receipt.serving must be 32 bytes and receipt.signature 65 bytes")
     receipt = Receipt(
         node=message.node,
         client=message.client,
@@ -106,5 +107,6 @@ def receipt_from_pb(message: pb.Receipt) -> SignedReceipt:
         tokens=message.tokens,
         cost=wei(message.cost, "receipt.cost", InvalidReceipt),
         charged_total=wei(message.charged_total, "receipt.charged_total", InvalidReceipt),
+        serving=bytes(message.serving),
     )
     return SignedReceipt(receipt, bytes(message.signature))

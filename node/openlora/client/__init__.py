@@ -12,6 +12,13 @@
         async for text in node.generate("What helps a sore throat?", adapter=cid):
             print(text, end="")
 
+Proof of serving (README): every finished call comes with the node's signed serving record; a client keeps it
+(``stream.served``) and has a verifier node check some of them.
+
+    checker = SpotChecker(NodeClient(verifier_address), rate=0.05)
+    response = checker.check(stream.served, node.node_info().chain.node_address)   # None when not drawn
+    route(swarm, cid, accused=checker.accused)          # never again to a node caught cheating
+
 Paying (README "Economics"): a ``PaidSession`` (``AsyncPaidSession``) holds the client's key in this process
 and pays a node per call.
 
@@ -27,7 +34,8 @@ The parts, one job each:
     streams.py   Generate streams (sync/async, free/paid) and the receipt booking of a paid call
     sync.py      NodeClient          aio.py   AsyncNodeClient
     paying.py    PaidSession, AsyncPaidSession, on-chain registration helpers
-    swarm.py     route / aroute: pick a node through the libp2p swarm
+    swarm.py     route / aroute: pick a node through the libp2p swarm (never an accused one)
+    spotcheck.py SpotChecker: verify a fraction of the calls on a verifier node
 
 Imports only grpc and the generated stubs at import time (no torch); ``publish`` adds the torch-free manifest
 code and eth-account, paying adds eth-account and web3, routing adds libp2p. Errors are ``grpc.RpcError`` with
@@ -38,6 +46,7 @@ from .aio import AsyncNodeClient
 from .builders import PUBLISH_CHUNK_BYTES, adapter_files, chat_messages, generate_request, publish_requests, quote_request
 from .paying import AsyncPaidSession, PaidSession, node_contracts, payment_error, register_adapter, revoke_adapter
 from .retry import RETRYABLE, RetryPolicy, never_sent
+from .spotcheck import SpotChecker, Unaccountable
 from .streams import AsyncGenerationStream, AsyncPaidStream, GenerationStream, PaidStream
 from .swarm import aroute, route
 from .sync import NodeClient
@@ -54,6 +63,8 @@ __all__ = [
     "PaidSession",
     "PaidStream",
     "RetryPolicy",
+    "SpotChecker",
+    "Unaccountable",
     "adapter_files",
     "aroute",
     "chat_messages",

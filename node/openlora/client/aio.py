@@ -144,3 +144,8 @@ class AsyncNodeClient:
     async def node_info(self) -> pb.NodeInfo:
         """The node's base model, fingerprint, slots and load."""
         return await self._unary(self._stub.GetNodeInfo, pb.GetNodeInfoRequest())
+
+    async def verify(self, call: pb.ServedCall) -> pb.VerifyResponse:
+        """Have this node check a served call (``stream.served``): valid, or the failing check and, when the
+        failure blames the serving node, evidence signed by this node (which it also gossips)."""
+        return await self._unary(self._stub.Verify, pb.VerifyRequest(call=call))

@@ -1,8 +1,9 @@
 """The text stream of one ``Generate`` call, sync and async, free and paid.
 
-    Generate ─► text, text, …, done(usage[, receipt]) ─► stream.done
+    Generate ─► text, text, …, done(usage[, receipt], record, token ids) ─► stream.done, stream.served
        ✗ before anything arrived: retried (retry.py)      ✗ after: raised
     paid: done.receipt (or the receipt in the error's trailers) ─► _Booking ─► Payer.accept / refused
+          (a receipt must bind the call's serving record: its ``serving`` is the record's digest)
 
 ``_Booking`` is the one place that turns how a paid call ended into the payer's books; the sync and the async
 stream only drive it.
@@ -29,8 +30,23 @@ if TYPE_CHECKING:
     from ..chain.records import Receipt
 
 
-class GenerationStream:
-    """Iterates the text chunks of one ``Generate`` call; ``done`` holds the final message after.
+class _Served:
+    """``served``: the call as a verifier checks it (``proof.wire.served_call``), once the stream ended."""
+
+    done: pb.GenerateDone | None
+
+    @property
+    def served(self) -> pb.ServedCall | None:
+        """The node's signed serving record with the token ids it covers (and a paid call's receipt); ``None``
+        before the end and for a call the node cut short (it signs no record for those)."""
+        from ..proof.wire import served_call
+
+        return served_call(self.done) if self.done is not None else None
+
+
+class GenerationStream(_Served):
+    """Iterates the text chunks of one ``Generate`` call; ``done`` holds the final message after, ``served`` the
+    call's serving record (for ``openlora verify`` and spot checks).
 
     Args:
         responses: the started call (a gRPC response iterator).
@@ -82,8 +98,8 @@ class GenerationStream:
         self._responses.cancel()
 
 
-class AsyncGenerationStream:
-    """The asyncio twin of :class:`GenerationStream`: ``async for text in stream``; ``done`` after.
+class AsyncGenerationStream(_Served):
+    """The asyncio twin of :class:`GenerationStream`: ``async for text in stream``; ``done`` and ``served`` after.
 
     Args:
         call: the started ``grpc.aio`` stream call.
@@ -146,9 +162,14 @@ class _Booking:
         """The final message arrived.
 
         Raises:
-            InvalidReceipt: no receipt although the call was not cut short, or the receipt fails the checks.
+            InvalidReceipt: no receipt although the call was not cut short, a receipt that does not bind the
+                call's serving record, or one that fails the payer's checks.
         """
         if done.HasField("receipt"):
+            problem = _unbound(done)
+            if problem is not None:
+                self.close(None)
+                raise InvalidReceipt(problem)
             self.close(done.receipt)
             return
         self.close(None)
@@ -183,6 +204,29 @@ class _Booking:
         except InvalidReceipt:
             self._payer.refused(self._payment)
             raise
+
+
+def _unbound(done: pb.GenerateDone) -> str | None:
+    """Why a paid call's receipt does not bind its serving record (``None``: it does). A finished call must come
+    with a record signed by the receipt's node whose digest is the receipt's ``serving``; a call the node cut
+    short has none, and its receipt's ``serving`` is zeros."""
+    from ..proof.record import RecordError
+    from ..proof.wire import record_from_pb
+
+    serving = bytes(done.receipt.serving)
+    if not done.HasField("record"):
+        if done.finish_reason == pb.FINISH_REASON_CANCELLED and serving == bytes(32):
+            return None
+        return "the node ended a paid call without a serving record its receipt binds"
+    try:
+        signed = record_from_pb(done.record)
+        signed.check_signature()
+        digest = signed.record.digest()
+    except RecordError as e:
+        return f"the call's serving record is not valid: {e}"
+    if signed.record.node != done.receipt.node or digest != serving:
+        return "the receipt does not bind the call's serving record (its serving digest or node differ)"
+    return None
 
 
 class PaidStream(GenerationStream):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..adapters.peft_format import LoraAdapter
+    from ..proof.topk import TopLogprobs
     from .sampling import SamplingParams
     from .text import TextCodec
 
@@ -107,12 +108,15 @@ class GenerationRequest:
         adapter: adapter CID, or ``None`` for the base model.
         request_id: unique id for :meth:`Engine.cancel`.
         submitted: ``time.perf_counter()`` at creation (TTFT counts from here), s.
+        proof: when set, the engine adds every generated token and the top-k log-probabilities of the
+            distribution it came from (``proof.topk``), for the call's serving record.
     """
 
     prompt_ids: list[int]
     sampling: SamplingParams
     emit: Callable[[object], None]
     adapter: str | None = None
+    proof: TopLogprobs | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     submitted: float = field(default_factory=time.perf_counter)
 

@@ -30,6 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from ..adapters.peft_format import LoraAdapter
+from ..proof.topk import top_logprobs
 from .interface import EngineInfo, Failed, FinishReason, Finished, GenerationRequest, NonFiniteLogits, QueueFull, TextDelta
 from .kv import KVBatch, left_padded, new_cache
 from .model import ResidentModel
@@ -461,10 +462,15 @@ class TorchEngine:
             log.exception("sampling failed")
             self._fail_batch(e)
             return
+        proofs = [r.req.proof for r in rows]
+        k = max((p.k for p in proofs if p is not None), default=0)
+        top = top_logprobs(logits, k) if k else None
         now = time.perf_counter()
-        for row, tok in zip(rows, tokens):
+        for i, (row, tok) in enumerate(zip(rows, tokens)):
             if row.done is not None:
                 continue
+            if top is not None and proofs[i] is not None:
+                proofs[i].add(tok, top[0][i][: proofs[i].k], top[1][i][: proofs[i].k])
             if row.t_first is None:
                 row.t_first = now
             else:

@@ -401,6 +401,8 @@ class VllmEngine:
 
     def _sampling(self, req: GenerationRequest):
         s = req.sampling
+        # the proof's top-k: vLLM's raw log-probabilities (before temperature/top-p/top-k), flat (proof.topk)
+        proof = {} if req.proof is None else dict(logprobs=req.proof.k, flat_logprobs=True)
         return self._SamplingParams(
             n=1,
             temperature=0.0 if s.greedy else s.temperature,
@@ -413,6 +415,7 @@ class VllmEngine:
             max_tokens=s.max_new_tokens,
             output_kind=self._DELTA,
             skip_special_tokens=True,
+            **proof,
         )
 
     async def _serve(self, req: GenerationRequest) -> None:
@@ -427,6 +430,8 @@ class VllmEngine:
             async for out in self._llm.generate(prompt, self._sampling(req), req.request_id, lora_request=lora):
                 o = out.outputs[0]
                 now = time.perf_counter()
+                if req.proof is not None and o.token_ids:
+                    _add_proof(req.proof, o.token_ids, o.logprobs)
                 if o.token_ids:
                     if t_first is None:
                         t_first = now
@@ -449,6 +454,17 @@ class VllmEngine:
             emit(Failed(_explained(e)))
         finally:
             self._tasks.pop(req.request_id, None)
+
+
+def _add_proof(proof, token_ids, logprobs) -> None:
+    """Feed one delta's tokens to the request's proof collector. vLLM's ``FlatLogprobs`` holds, per new position,
+    the sampled token's entry and the top-k by rank, the sampled one sometimes folded into its rank's entry: the
+    k highest distinct entries are the top-k either way."""
+    for i, token in enumerate(token_ids):
+        start, end = logprobs.start_indices[i], logprobs.end_indices[i]
+        entries = dict(zip(logprobs.token_ids[start:end], logprobs.logprobs[start:end]))
+        top = sorted(entries.items(), key=lambda e: -e[1])[: proof.k]
+        proof.add(token, [t for t, _ in top], [lp for _, lp in top])
 
 
 def _environment(options: VllmOptions) -> None:

@@ -1,11 +1,13 @@
 """``/openlora/nodes/1.0.0``: a client that knows one multiaddr asks that node which nodes it knows.
 
     client (ephemeral libp2p host) ──dial MULTIADDR──► node
-        NodesRequest{v, adapter?} ──► NodesResponse{v, nodes: [NodeStatus…], adapter_base?}
-                                      (the node's own fresh status first, then its peer table;
+        NodesRequest{v, adapter?} ──► NodesResponse{v, nodes: [NodeStatus…], adapter_base?, accused}
+                                      (the node's own fresh status first, then its peer table
+                                       without the nodes it holds evidence against;
                                        adapter_base: the base fingerprint of ``adapter`` in the
-                                       node's verified catalog, when it knows the adapter)
-    client: pick_node(nodes, base, adapter) ──► gRPC address
+                                       node's verified catalog, when it knows the adapter;
+                                       accused: the account addresses of those nodes)
+    client: pick_node(nodes, base, adapter, accused) ──► gRPC address
 
 The client trusts the node it chose to dial (the connection is authenticated by Noise); every
 status is schema-checked again on arrival. Routing stays the client's decision.
@@ -15,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Literal
+from collections.abc import Awaitable, Callable, Collection
+from typing import Annotated, Literal, NamedTuple
 
 import trio
 from libp2p.crypto.secp256k1 import create_new_key_pair
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 NODES_PROTOCOL = TProtocol("/openlora/nodes/1.0.0")
 MAX_NODES = 256
+MAX_ACCUSED = 1024
 _MAX_RESPONSE_BYTES = MAX_NODES * MAX_STATUS_BYTES
 
 
@@ -49,12 +52,28 @@ class NodesRequest(BaseModel):
 
 
 class NodesResponse(BaseModel):
-    """The answering node's own status first, then the statuses of its peer table."""
+    """The answering node's own status first, then the statuses of its peer table; ``accused``: the accounts
+    of nodes it holds evidence against (left out of ``nodes``)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     v: Literal[1]
     nodes: Annotated[list[NodeStatus], Field(max_length=MAX_NODES)]
     adapter_base: Annotated[str, Field(max_length=80)] | None = None
+    accused: Annotated[list[Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]], Field(max_length=MAX_ACCUSED)] = []
+
+
+class Directory(NamedTuple):
+    """A node's answer as the client uses it.
+
+    Attributes:
+        entries: the nodes it knows, its own first.
+        adapter_base: the base fingerprint of the adapter asked about, if it knows the adapter.
+        accused: accounts of nodes it holds evidence against: a client routes to none of them.
+    """
+
+    entries: list[PeerEntry]
+    adapter_base: str | None
+    accused: frozenset[str]
 
 
 class NodesCodec:
@@ -91,6 +110,7 @@ def serve_directory(
     is_banned: Callable[[object], bool],
     timeout_s: float,
     find_base: Callable[[str], Awaitable[object]] | None = None,
+    accused: Callable[[], Collection[str]] = frozenset,
 ) -> None:
     """Answer ``/openlora/nodes/1.0.0`` on ``rr``.
 
@@ -102,6 +122,7 @@ def serve_directory(
         timeout_s: per exchange, seconds.
         find_base: looks the nodes of a base up (the DHT) into the peer table, for requests
             that name a ``base``; ``None``: answer from the table as it is.
+        accused: account addresses of the nodes this node holds evidence against (left out, and listed).
     """
     config = RequestResponseConfig(timeout=timeout_s, max_request_size=512, max_response_size=_MAX_RESPONSE_BYTES)
 
@@ -113,7 +134,9 @@ def serve_directory(
         own = await trio.to_thread.run_sync(own_status)
         nodes = ([own] if own is not None else []) + [s for s in peers() if own is None or s.peer_id != own.peer_id]
         base = await trio.to_thread.run_sync(adapter_base, request.adapter) if request.adapter else None
-        return NodesResponse(v=1, nodes=nodes[:MAX_NODES], adapter_base=base)
+        bad = accused()
+        nodes = [s for s in nodes if s.node_address not in bad]
+        return NodesResponse(v=1, nodes=nodes[:MAX_NODES], adapter_base=base, accused=sorted(bad)[:MAX_ACCUSED])
 
     rr.set_handler(NODES_PROTOCOL, answer, CODEC, config)
 
@@ -138,7 +161,7 @@ async def request_status(rr: RequestResponse, peer: ID, timeout_s: float) -> Nod
 
 def query_nodes(
     multiaddr: str, adapter: str | None = None, timeout_s: float = 15.0, base: str | None = None
-) -> tuple[list[PeerEntry], str | None]:
+) -> Directory:
     """Ask the node at ``multiaddr`` for the nodes it knows (client side; blocking); with
     ``base``, the node first looks that base's nodes up in the DHT.
 
@@ -146,8 +169,8 @@ def query_nodes(
     the node, asks once, and closes.
 
     Returns:
-        ``(entries, adapter_base)``: the node's own entry first; ``adapter_base`` is the base
-        fingerprint of ``adapter`` if the node knows that adapter.
+        The :class:`Directory`: the node's own entry first; ``adapter_base`` is the base fingerprint of
+        ``adapter`` if the node knows that adapter; ``accused`` the accounts it holds evidence against.
 
     Raises:
         InvalidMultiaddr: ``multiaddr`` is not ``/ip4/…/tcp/N/p2p/PEERID``.
@@ -172,4 +195,4 @@ def query_nodes(
     except Exception as e:  # libp2p raises many transport/negotiation types when a dial fails
         raise SwarmError(f"could not reach {multiaddr}: {type(e).__name__}: {e}") from None
     now = time.time()
-    return [PeerEntry.from_status(s, now) for s in response.nodes], response.adapter_base
+    return Directory([PeerEntry.from_status(s, now) for s in response.nodes], response.adapter_base, frozenset(response.accused))

@@ -1,4 +1,4 @@
-"""The two GossipSub topics: validation before relay, subscriptions, periodic node status.
+"""The GossipSub topics: validation before relay, subscriptions, periodic node status.
 
     incoming message ──signature (libp2p strict signing)──► topic validator ──► relay + deliver
                                                                │ refused: not relayed, counted
@@ -9,6 +9,12 @@
                           delivered ──► ingest(adapter, provider = signed origin)
     /openlora/1/nodes     validator: size, schema, peer_id == signed origin, addrs, clock
                           delivered ──► PeerTable.update (newer ts_ms wins)
+    /openlora/1/evidence  validator: size, then the node's own re-check (``check_evidence``, in a worker
+                          thread: signatures, then one recomputation of the accused call)
+                          stands ──► relayed (the node already stopped routing to the accused)
+                          forged or false ──► refused, and the forwarder penalised (BAD_EVIDENCE_PENALTY)
+                          cannot be checked here (another base, adapter unavailable) ──► not relayed,
+                          nobody penalised for it
 
 Announcements for another base model (or over this node's size limit: whatever the node's
 ``validate_manifest`` refuses with a retryable reason) are valid and relayed; this node just
@@ -40,15 +46,22 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 
 from .errors import MessageRejected
-from .messages import TOPIC_ADAPTERS, TOPIC_NODES, TOPICS, NodeStatus, encode
+from .messages import MAX_EVIDENCE_BYTES, TOPIC_ADAPTERS, TOPIC_EVIDENCE, TOPIC_NODES, TOPICS, NodeStatus, encode
 from .peers import PeerTable
-from .scoring import PeerGuard, score_params
+from .scoring import BAD_EVIDENCE_PENALTY, PeerGuard, score_params
 from .validate import Ingest, ManifestValidator, check_announcement, check_status
 
 log = logging.getLogger(__name__)
 
 GOSSIP_PROTOCOLS = [PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID]
 MESH_DEGREE, MESH_LOW, MESH_HIGH = 6, 4, 12  # GossipSub v1.1 spec defaults (D, D_lo, D_hi)
+# An evidence re-check loads the reference model on first use and runs a prefill: far above the 5 s
+# py-libp2p gives async validators by default (a timeout counts as an invalid message).
+EVIDENCE_CHECK_TIMEOUT_S = 120.0
+
+EvidenceCheck = Callable[[bytes], bool]
+"""Re-checks serialized evidence (blocking, run in a worker thread): True when it stands here, False when this
+node cannot check it; raises ``MessageRejected`` when it is forged or false."""
 
 
 class CountingPubsub(Pubsub):
@@ -96,7 +109,9 @@ def build_pubsub(host: IHost, heartbeat_s: float, ban_threshold: float, max_rate
         adaptive_gossip_enabled=False,
         max_messages_per_topic_per_second=max_rate,
     )
-    pubsub = CountingPubsub(host, router, strict_signing=True, allowed_topics=TOPICS)
+    pubsub = CountingPubsub(
+        host, router, strict_signing=True, allowed_topics=TOPICS, validation_timeout=EVIDENCE_CHECK_TIMEOUT_S + 10
+    )
     return pubsub, router
 
 
@@ -114,6 +129,7 @@ class Gossip:
         ingest: where delivered adapters go.
         peers: the peer table to keep.
         mesh_wait_s: how long ``publish`` waits for a mesh, seconds.
+        check_evidence: the node's evidence re-check (``None``: evidence is neither checked nor relayed here).
     """
 
     def __init__(
@@ -125,6 +141,7 @@ class Gossip:
         ingest: Ingest,
         peers: PeerTable,
         mesh_wait_s: float,
+        check_evidence: EvidenceCheck | None = None,
     ) -> None:
         self.pubsub = pubsub
         self.router = router
@@ -133,6 +150,7 @@ class Gossip:
         self.ingest = ingest
         self.peers = peers
         self.mesh_wait_s = mesh_wait_s
+        self.check_evidence = check_evidence
         self.rejected: Counter[str] = Counter()
         self._nursery: trio.Nursery | None = None
 
@@ -140,12 +158,15 @@ class Gossip:
         """Install validators, subscribe, and handle deliveries until cancelled."""
         self.pubsub.set_topic_validator(TOPIC_ADAPTERS, self._valid_adapter, False)
         self.pubsub.set_topic_validator(TOPIC_NODES, self._valid_status, False)
+        self.pubsub.set_topic_validator(TOPIC_EVIDENCE, self._valid_evidence, True)
         adapters = await self.pubsub.subscribe(TOPIC_ADAPTERS)
         nodes = await self.pubsub.subscribe(TOPIC_NODES)
+        evidence = await self.pubsub.subscribe(TOPIC_EVIDENCE)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._deliver_adapters, adapters)
             nursery.start_soon(self._deliver_statuses, nodes)
+            nursery.start_soon(self._drain, evidence)
             task_status.started()
 
     def _refuse(self, forwarder: ID, topic: str, error: MessageRejected) -> bool:
@@ -173,6 +194,29 @@ class Gossip:
         except MessageRejected as e:
             return self._refuse(forwarder, TOPIC_NODES, e)
         return True
+
+    async def _valid_evidence(self, forwarder: ID, msg: rpc_pb2.Message) -> bool:
+        if self.check_evidence is None:
+            return False
+        if len(msg.data) > MAX_EVIDENCE_BYTES:
+            error = MessageRejected("too_large", f"{len(msg.data)} bytes; the limit is {MAX_EVIDENCE_BYTES}")
+        else:
+            try:
+                with trio.fail_after(EVIDENCE_CHECK_TIMEOUT_S):
+                    return await trio.to_thread.run_sync(self.check_evidence, msg.data, abandon_on_cancel=True)
+            except MessageRejected as e:
+                error = e
+            except trio.TooSlowError:
+                log.warning("re-checking evidence from %s took over %s s; not relayed", forwarder, EVIDENCE_CHECK_TIMEOUT_S)
+                return False
+        self.guard.penalise(forwarder, BAD_EVIDENCE_PENALTY, f"forwarded evidence that does not stand: {error}")
+        return self._refuse(forwarder, TOPIC_EVIDENCE, error)
+
+    async def _drain(self, sub: ISubscriptionAPI) -> None:
+        # evidence acts when its validator accepts it (the node records the accusation there); the
+        # subscription only has to be read so that it never fills up
+        async for _ in sub:
+            pass
 
     async def _deliver_adapters(self, sub: ISubscriptionAPI) -> None:
         async for msg in sub:

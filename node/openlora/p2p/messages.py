@@ -1,10 +1,13 @@
-"""Wire formats of the two GossipSub topics: compact JSON documents with strict schemas.
+"""Wire formats of the GossipSub topics: compact JSON documents with strict schemas (and one protobuf).
 
     /openlora/1/adapters   Announcement {"v":1, "cid":"bafk…", "manifest":"<base64 of the manifest>"}
                            the manifest travels with its CID, so a receiver checks
                            CID == sha2-256(manifest) and the manifest itself without a fetch
     /openlora/1/nodes      NodeStatus {"v":1, "peer_id", "addrs", "grpc_address", "base_name",
-                           "base_fingerprint", "resident", "node_fee_per_1k_wei", "load", "ts_ms"}
+                           "base_fingerprint", "resident", "node_fee_per_1k_wei", "load", "ts_ms",
+                           "node_address"}   (the account that signs the node's receipts and records)
+    /openlora/1/evidence   an ``openlora.v1.Evidence`` message, serialized (≤ MAX_EVIDENCE_BYTES): a served
+                           call that fails verification, signed by its verifier (``proof.evidence``)
     /openlora/catalog/1.0.0  CatalogRequest {"v":1, "limit":N} ──► CatalogResponse {"v":1,
                            "entries":[{"cid", "manifest", "have"}]}   (a stream protocol)
 
@@ -30,16 +33,19 @@ from .errors import MessageRejected
 
 TOPIC_ADAPTERS = "/openlora/1/adapters"
 TOPIC_NODES = "/openlora/1/nodes"
-TOPICS = (TOPIC_ADAPTERS, TOPIC_NODES)
+TOPIC_EVIDENCE = "/openlora/1/evidence"
+TOPICS = (TOPIC_ADAPTERS, TOPIC_NODES, TOPIC_EVIDENCE)
 
 # Base64 of the largest manifest plus the envelope; larger announcements are refused unread.
 MAX_ANNOUNCEMENT_BYTES = 4 * ((MAX_MANIFEST_BYTES + 2) // 3) + 512
 MAX_STATUS_BYTES = 32 * 1024
+MAX_EVIDENCE_BYTES = 512 * 1024  # a record, up to ~5k prompt + completion token ids, and signatures
 MAX_RESIDENT = 256  # adapter CIDs listed in one status
 MAX_ADDRS = 8  # multiaddrs listed in one status
 MAX_CATALOG_ENTRIES = 4096  # adapters in one catalog-sync answer
 MAX_CATALOG_BYTES = 16 * 1024 * 1024  # one catalog-sync answer
 _FINGERPRINT = r"^sha256:[0-9a-f]{64}$"
+_ADDRESS = r"^(0x[0-9a-fA-F]{40})?$"
 _CID = Annotated[str, Field(min_length=1, max_length=128)]
 
 
@@ -133,6 +139,8 @@ class NodeStatus(_Strict):
             address is a relay circuit).
         dht: its DHT mode (``server`` answers lookups; ``client`` only asks).
         relay_service: whether it relays for nodes behind NAT.
+        node_address: the account that signs its receipts and serving records ("" if it names none): what
+            evidence accuses, so a node and a client stop routing to it.
     """
 
     v: Literal[1]
@@ -148,6 +156,7 @@ class NodeStatus(_Strict):
     reach: Literal["direct", "relay"] = "direct"
     dht: Literal["server", "client", "off"] = "off"
     relay_service: bool = False
+    node_address: Annotated[str, Field(pattern=_ADDRESS)] = ""
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,7 @@ class LocalStatus:
         resident: adapter CIDs in device slots now (at most 256 are published).
         node_fee_per_1k_wei: node fee per 1000 tokens, wei.
         active / waiting / max_batch: scheduler load (requests).
+        node_address: the node's account (signs receipts and serving records).
     """
 
     grpc_address: str
@@ -170,6 +180,7 @@ class LocalStatus:
     active: int = 0
     waiting: int = 0
     max_batch: int = 1
+    node_address: str = ""
 
 
 def status_message(
@@ -201,6 +212,7 @@ def status_message(
         reach="relay" if addrs and all("/p2p-circuit" in a for a in addrs) else "direct",
         dht=dht,
         relay_service=relay_service,
+        node_address=local.node_address,
     )
 
 

@@ -2,8 +2,8 @@
 
     status (validated, signed by its peer) ──► PeerTable[peer_id] = PeerEntry   (newer ts_ms wins)
     entries not refreshed within ttl_s ──► dropped
-    pick_node(entries, base_fingerprint, adapter_cid):
-        same base only ─► adapter resident first ─► least loaded ─► lowest fee ─► freshest
+    pick_node(entries, base_fingerprint, adapter_cid, accused):
+        same base only, no accused node ─► adapter resident first ─► least loaded ─► lowest fee ─► freshest
 
 This module imports nothing heavy (no libp2p, no pydantic models): a client (``openlora
 generate --swarm``) gets the table from a node's API and calls :func:`pick_node` without
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,7 @@ class PeerEntry:
         reach: ``direct`` or ``relay`` (behind NAT, dialled through a relay circuit).
         dht: its DHT mode (``server``, ``client`` or ``off``).
         relay_service: whether it relays for nodes behind NAT.
+        node_address: the account that signs its receipts and serving records ("" if it names none).
     """
 
     peer_id: str
@@ -60,6 +61,7 @@ class PeerEntry:
     reach: str = "direct"
     dht: str = "off"
     relay_service: bool = False
+    node_address: str = ""
 
     @classmethod
     def from_status(cls, status: NodeStatus, last_seen: float) -> PeerEntry:
@@ -80,6 +82,7 @@ class PeerEntry:
             reach=status.reach,
             dht=status.dht,
             relay_service=status.relay_service,
+            node_address=status.node_address,
         )
 
     @property
@@ -143,28 +146,36 @@ class PeerTable:
             return self._entries.get(peer_id)
 
 
-def pick_node(table: Iterable[PeerEntry], base_fingerprint: str, adapter_cid: str | None = None) -> PeerEntry:
+def pick_node(
+    table: Iterable[PeerEntry],
+    base_fingerprint: str,
+    adapter_cid: str | None = None,
+    accused: Collection[str] = frozenset(),
+) -> PeerEntry:
     """Choose the node a client should call for ``adapter_cid`` on ``base_fingerprint``.
 
-    Order: nodes with the same base only; among them those with the adapter resident first,
-    then the lowest load, the lowest fee, the most recent status, and the peer ID (so the
-    choice is deterministic).
+    Order: nodes with the same base only, none whose account is ``accused`` (evidence against it stood:
+    ``proof.accusations``); among them those with the adapter resident first, then the lowest load, the
+    lowest fee, the most recent status, and the peer ID (so the choice is deterministic).
 
     Args:
         table: peer entries (e.g. ``PeerTable.entries()`` or a node's API answer).
         base_fingerprint: ``"sha256:<64 hex>"`` the adapter was made for.
         adapter_cid: the adapter to run; ``None`` picks for the base alone.
+        accused: node account addresses not to route to.
 
     Raises:
-        NoNodeAvailable: no entry has that base fingerprint.
+        NoNodeAvailable: no entry has that base fingerprint (and is not accused).
     """
     entries = list(table)
-    same_base = [e for e in entries if e.base_fingerprint == base_fingerprint]
+    same_base = [e for e in entries if e.base_fingerprint == base_fingerprint and e.node_address not in accused]
     if not same_base:
         seen = sorted({e.base_fingerprint for e in entries})
+        excluded = sum(1 for e in entries if e.node_address in accused)
         raise NoNodeAvailable(
             f"no known node serves base {base_fingerprint}; bases seen: {seen or 'none'} "
-            f"(connect to more peers or wait for their status)"
+            + (f"({excluded} node(s) excluded by evidence against them) " if excluded else "")
+            + "(connect to more peers or wait for their status)"
         )
     return min(
         same_base,

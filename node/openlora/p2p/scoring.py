@@ -1,8 +1,9 @@
 """Peer scores and bans: py-libp2p's GossipSub peer scoring, plus a ban below a threshold.
 
-    score(peer) = − INVALID_MESSAGE_WEIGHT × invalid gossip messages it forwarded   (P4, per topic)
+    score(peer) = − INVALID_MESSAGE_WEIGHT × invalid adapter / node messages it forwarded   (P4, per topic)
                 − behaviour penalties:  BAD_BLOCK_PENALTY per block that failed its hash,
                                         BAD_ENTRY_PENALTY per invalid catalog-sync entry,
+                                        BAD_EVIDENCE_PENALTY per forged or false evidence message,
                                         5 per message over the per-topic rate limit (GossipSub)
                   (all decay by DECAY per heartbeat, so an old mistake is forgiven)
     score <= gossip_threshold   no IHAVE gossip to/from it         (GossipSub)
@@ -12,7 +13,9 @@
 
 GossipSub's scorer is used as is (P4 invalid messages, P5 behaviour penalty: the GossipSub v1.1
 spec's terms, linear here as py-libp2p implements them). It forgets a peer's counters when the
-peer disconnects, which is why the ban lives here and outlasts the connection. The ban threshold
+peer disconnects, which is why the ban lives here and outlasts the connection. The evidence topic is
+left out of P4 here: evidence a node cannot re-check (another base) is refused without blame, so only the
+explicit BAD_EVIDENCE_PENALTY counts for it. The ban threshold
 equals the publish threshold: below it GossipSub stops reading the peer's messages, so the score
 would never fall further.
 """
@@ -30,13 +33,17 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from multiaddr import Multiaddr
 
-from .messages import TOPICS
+from .messages import TOPIC_ADAPTERS, TOPIC_NODES
 
 log = logging.getLogger(__name__)
 
 INVALID_MESSAGE_WEIGHT = 10.0
 BAD_BLOCK_PENALTY = 10.0
 BAD_ENTRY_PENALTY = 10.0
+# One forged or false accusation costs score, a second within ~140 heartbeats (before the first decayed to half)
+# bans the peer: two must exceed the default ban threshold of 30 with room for decay between them.
+BAD_EVIDENCE_PENALTY = 20.0
+SCORED_TOPICS = [TOPIC_ADAPTERS, TOPIC_NODES]
 DECAY = 0.995  # per heartbeat: ~140 heartbeats to halve
 
 
@@ -96,7 +103,7 @@ class PeerGuard(INotifee):
 
     def score(self, peer: ID) -> float:
         """The peer's current score over the swarm's topics (0 for unknown peers)."""
-        return self.router.scorer.score(peer, list(TOPICS))
+        return self.router.scorer.score(peer, SCORED_TOPICS)
 
     def penalise(self, peer: ID, amount: float, reason: str) -> None:
         """Lower ``peer``'s score by ``amount`` for ``reason`` and ban it if it fell too low."""

@@ -13,7 +13,9 @@
                           every block verified, liars penalised
       .find_providers(cid) / .find_nodes(base) ─► Future: DHT lookups (``dht``)
       .connect(addr)      ─► Future: dial one more peer
+      .publish_evidence(raw) ─► Future: evidence gossiped on /openlora/1/evidence
       .catalog_records() / .peer_table() / .pick(base, cid): read-only views, any thread
+                          (pick and the directory skip nodes whose account is accused)
       .stop()             cancels everything, closes the host and the catalog
 
 Futures are ``concurrent.futures.Future``: block on ``.result(timeout)`` from a thread, or
@@ -35,7 +37,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,11 +63,11 @@ from .dht import Dht, DhtInfo, adapter_key, base_key
 from .directory import request_status, serve_directory
 from .errors import SourceUnavailable, SwarmError, SwarmStartError
 from .fetch import TIER_FALLBACK, TIER_PEER, TIER_PROVIDER, BlockSource, FetchedAdapter, fetch_adapter
-from .gossip import CountingPubsub, Gossip, build_pubsub
+from .gossip import CountingPubsub, EvidenceCheck, Gossip, build_pubsub
 from .host import build_host, check_port_free, listen_multiaddr, parse_peer_multiaddr
 from .identity import load_or_create_identity
 from .kubo_rpc import KuboRpcSource
-from .messages import TOPIC_ADAPTERS, Announcement, LocalStatus, NodeStatus, encode, status_message
+from .messages import TOPIC_ADAPTERS, TOPIC_EVIDENCE, Announcement, LocalStatus, NodeStatus, encode, status_message
 from .peers import PeerEntry, PeerTable, pick_node
 from .relay import Relay, RelayInfo, is_circuit
 from .runner import TrioThread
@@ -358,6 +360,10 @@ class Swarm:
         status: returns this node's current status; ``None`` publishes no status.
         on_adapter: told about each adapter for our base newly added to the catalog.
         config: see :class:`SwarmConfig`.
+        check_evidence: re-checks gossiped evidence (``proof.service.ProofService.check``); ``None``: evidence
+            is not relayed by this node.
+        accused: the account addresses of nodes this node holds evidence against (left out of its
+            directory answers and of :meth:`pick`).
 
     Raises:
         IdentityError: the identity key file is unreadable.
@@ -374,6 +380,8 @@ class Swarm:
         status: Callable[[], LocalStatus] | None = None,
         on_adapter: Callable[[CatalogRecord], None] | None = None,
         config: SwarmConfig = SwarmConfig(),
+        check_evidence: EvidenceCheck | None = None,
+        accused: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         data_dir = Path(data_dir)
         self.config = config
@@ -382,6 +390,8 @@ class Swarm:
         self.validate_manifest = validate_manifest
         self._status = status
         self._on_adapter = on_adapter
+        self._check_evidence = check_evidence
+        self._accused = accused
         self._key_pair = load_or_create_identity(data_dir)
         self.peer_id = ID.from_pubkey(self._key_pair.public_key).to_base58()
         self.catalog = SwarmCatalog(data_dir / CATALOG_FILE)
@@ -469,8 +479,9 @@ class Swarm:
             serve_blocks(rr, self.store, guard.is_banned, cfg.request_timeout_s)
             sync = CatalogSync(rr, self.catalog, guard, self.validate_manifest, self._ingest, cfg.request_timeout_s)
             gossip = Gossip(
-                pubsub, router, guard, self.validate_manifest, self._ingest, self.peers, cfg.mesh_wait_s
-            )
+                pubsub, router, guard, self.validate_manifest, self._ingest, self.peers, cfg.mesh_wait_s,
+                self._check_evidence,
+            )  # fmt: skip
             await nursery.start(gossip.run)
             running = _Running(self, host, gossip, guard, rr, sync)
             running.relay, running.dht, running.nursery = relay, dht, nursery
@@ -483,7 +494,7 @@ class Swarm:
             host.get_network().register_notifee(_ConnectionEvents(nursery, self._pull_catalog))
             serve_directory(
                 rr, self._own_status, self.peers.statuses, self._adapter_base, guard.is_banned,
-                cfg.request_timeout_s, self._find_nodes if dht is not None else None,
+                cfg.request_timeout_s, self._find_nodes if dht is not None else None, self._accused,
             )  # fmt: skip
             if cfg.relays:
                 await self._reserve_relays(running)
@@ -796,6 +807,9 @@ class Swarm:
         dht = self._live().dht
         return None if dht is None else dht.info
 
+    async def _publish_evidence(self, data: bytes) -> None:
+        await self._live().gossip.publish(TOPIC_EVIDENCE, data)
+
     async def _score(self, peer_id: str) -> float:
         return self._live().guard.score(ID.from_base58(peer_id))
 
@@ -871,6 +885,15 @@ class Swarm:
         """
         return self._thread.submit(self._connect, addr)
 
+    def publish_evidence(self, data: bytes) -> concurrent.futures.Future:
+        """Gossip serialized evidence (``openlora.v1.Evidence``) on ``/openlora/1/evidence``; this node's own
+        validator sees it first (``check_evidence``: it knows its own evidence).
+
+        Raises:
+            SwarmNotRunning: not started.
+        """
+        return self._thread.submit(self._publish_evidence, data)
+
     def connected_peers(self, timeout_s: float = 5.0) -> list[str]:
         """Peer IDs connected now (banned ones excluded).
 
@@ -905,9 +928,9 @@ class Swarm:
         return self.peers.entries()
 
     def pick(self, base_fingerprint: str, adapter_cid: str | None = None) -> PeerEntry:
-        """``pick_node`` over this node's peer table.
+        """``pick_node`` over this node's peer table, without the nodes it holds evidence against.
 
         Raises:
             NoNodeAvailable: no known node serves ``base_fingerprint``.
         """
-        return pick_node(self.peer_table(), base_fingerprint, adapter_cid)
+        return pick_node(self.peer_table(), base_fingerprint, adapter_cid, self._accused())

@@ -100,7 +100,7 @@ class Voucher(_message.Message):
     def __init__(self, client: _Optional[str] = ..., node: _Optional[str] = ..., epoch: _Optional[int] = ..., cumulative_amount: _Optional[str] = ..., signature: _Optional[bytes] = ..., adapter_id: _Optional[bytes] = ..., price_per_1k_tokens: _Optional[str] = ..., adapter_amount: _Optional[str] = ...) -> None: ...
 
 class Receipt(_message.Message):
-    __slots__ = ("node", "client", "epoch", "sequence", "adapter_id", "publisher", "tokens", "cost", "charged_total", "signature")
+    __slots__ = ("node", "client", "epoch", "sequence", "adapter_id", "publisher", "tokens", "cost", "charged_total", "signature", "serving")
     NODE_FIELD_NUMBER: _ClassVar[int]
     CLIENT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class Receipt(_message.Message):
     COST_FIELD_NUMBER: _ClassVar[int]
     CHARGED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
     node: str
     client: str
     epoch: int
@@ -121,7 +122,104 @@ class Receipt(_message.Message):
     cost: str
     charged_total: str
     signature: bytes
-    def __init__(self, node: _Optional[str] = ..., client: _Optional[str] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., adapter_id: _Optional[bytes] = ..., publisher: _Optional[str] = ..., tokens: _Optional[int] = ..., cost: _Optional[str] = ..., charged_total: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    serving: bytes
+    def __init__(self, node: _Optional[str] = ..., client: _Optional[str] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., adapter_id: _Optional[bytes] = ..., publisher: _Optional[str] = ..., tokens: _Optional[int] = ..., cost: _Optional[str] = ..., charged_total: _Optional[str] = ..., signature: _Optional[bytes] = ..., serving: _Optional[bytes] = ...) -> None: ...
+
+class ServingRecord(_message.Message):
+    __slots__ = ("node", "base_fingerprint", "adapter", "prompt_hash", "completion_hash", "prompt_tokens", "completion_tokens", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "engine", "proof", "signature")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    BASE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_HASH_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_HASH_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    base_fingerprint: str
+    adapter: str
+    prompt_hash: bytes
+    completion_hash: bytes
+    prompt_tokens: int
+    completion_tokens: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    engine: str
+    proof: bytes
+    signature: bytes
+    def __init__(self, node: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., adapter: _Optional[str] = ..., prompt_hash: _Optional[bytes] = ..., completion_hash: _Optional[bytes] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., engine: _Optional[str] = ..., proof: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ServedCall(_message.Message):
+    __slots__ = ("record", "prompt_ids", "completion_ids", "receipt")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_IDS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    record: ServingRecord
+    prompt_ids: _containers.RepeatedScalarFieldContainer[int]
+    completion_ids: _containers.RepeatedScalarFieldContainer[int]
+    receipt: Receipt
+    def __init__(self, record: _Optional[_Union[ServingRecord, _Mapping]] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., completion_ids: _Optional[_Iterable[int]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ...) -> None: ...
+
+class Evidence(_message.Message):
+    __slots__ = ("call", "check", "detail", "verifier", "issued_at", "signature")
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    call: ServedCall
+    check: str
+    detail: str
+    verifier: str
+    issued_at: int
+    signature: bytes
+    def __init__(self, call: _Optional[_Union[ServedCall, _Mapping]] = ..., check: _Optional[str] = ..., detail: _Optional[str] = ..., verifier: _Optional[str] = ..., issued_at: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: ServedCall
+    def __init__(self, call: _Optional[_Union[ServedCall, _Mapping]] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("valid", "check", "detail", "commitment_distance", "probe_noise", "commitment_ratio", "ratio_limit", "sampling_z", "greedy_misses", "verify_ms", "evidence")
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENT_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    PROBE_NOISE_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENT_RATIO_FIELD_NUMBER: _ClassVar[int]
+    RATIO_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_Z_FIELD_NUMBER: _ClassVar[int]
+    GREEDY_MISSES_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    valid: bool
+    check: str
+    detail: str
+    commitment_distance: float
+    probe_noise: float
+    commitment_ratio: float
+    ratio_limit: float
+    sampling_z: float
+    greedy_misses: int
+    verify_ms: float
+    evidence: Evidence
+    def __init__(self, valid: _Optional[bool] = ..., check: _Optional[str] = ..., detail: _Optional[str] = ..., commitment_distance: _Optional[float] = ..., probe_noise: _Optional[float] = ..., commitment_ratio: _Optional[float] = ..., ratio_limit: _Optional[float] = ..., sampling_z: _Optional[float] = ..., greedy_misses: _Optional[int] = ..., verify_ms: _Optional[float] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
@@ -132,18 +230,24 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateDone(_message.Message):
-    __slots__ = ("usage", "finish_reason", "adapter", "ttft_ms", "receipt")
+    __slots__ = ("usage", "finish_reason", "adapter", "ttft_ms", "receipt", "record", "prompt_ids", "completion_ids")
     USAGE_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     TTFT_MS_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_IDS_FIELD_NUMBER: _ClassVar[int]
     usage: Usage
     finish_reason: FinishReason
     adapter: str
     ttft_ms: float
     receipt: Receipt
-    def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., adapter: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ...) -> None: ...
+    record: ServingRecord
+    prompt_ids: _containers.RepeatedScalarFieldContainer[int]
+    completion_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., adapter: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., record: _Optional[_Union[ServingRecord, _Mapping]] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., completion_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "done")

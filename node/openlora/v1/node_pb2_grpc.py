@@ -69,6 +69,11 @@ class NodeStub:
                 request_serializer=openlora_dot_v1_dot_node__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=openlora_dot_v1_dot_node__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/openlora.v1.Node/Verify',
+                request_serializer=openlora_dot_v1_dot_node__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=openlora_dot_v1_dot_node__pb2.VerifyResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -142,6 +147,18 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Verify(self, request, context):
+        """Check a served call (README "Proof of serving"): the record's signature and token hashes, then one
+        float32 prefill over prompt + completion with the record's base and adapter on this node's torch
+        reference, the commitment against it, and the completion against the claimed sampling. valid, or the
+        first failing check; a failure that blames the serving node comes with evidence signed by this node,
+        which it also gossips on /openlora/1/evidence. FAILED_PRECONDITION: this node has another base;
+        NOT_FOUND: the adapter is unknown here and no peer has it; INVALID_ARGUMENT: a call without a record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +196,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=openlora_dot_v1_dot_node__pb2.GetUsageRequest.FromString,
                     response_serializer=openlora_dot_v1_dot_node__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=openlora_dot_v1_dot_node__pb2.VerifyRequest.FromString,
+                    response_serializer=openlora_dot_v1_dot_node__pb2.VerifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -370,6 +392,33 @@ class Node:
             '/openlora.v1.Node/GetUsage',
             openlora_dot_v1_dot_node__pb2.GetUsageRequest.SerializeToString,
             openlora_dot_v1_dot_node__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openlora.v1.Node/Verify',
+            openlora_dot_v1_dot_node__pb2.VerifyRequest.SerializeToString,
+            openlora_dot_v1_dot_node__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

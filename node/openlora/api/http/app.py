@@ -41,6 +41,7 @@ from .wire import (
     http_status,
     parse_voucher,
     receipt_json,
+    served_json,
     usage,
 )
 
@@ -170,7 +171,10 @@ def build_app(calls: Calls, metrics: NodeMetrics, base_name: str, limiter: RateL
             choice["text"] = "".join(text)
             obj = "text_completion"
         headers = {RECEIPT_HEADER: json.dumps(receipt_json(done.receipt))} if done.receipt is not None else None
-        return JSONResponse({**head, "object": obj, "choices": [choice], "usage": usage(done)}, headers=headers)
+        body = {**head, "object": obj, "choices": [choice], "usage": usage(done)}
+        if (served := served_json(done)) is not None:
+            body["openlora_served"] = served
+        return JSONResponse(body, headers=headers)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatBody) -> Response:
@@ -263,6 +267,8 @@ async def _sse(kind: str, head: dict, first, items: AsyncIterator) -> AsyncItera
             out = {"usage": usage(item)}
             if item.receipt is not None:
                 out["openlora_receipt"] = receipt_json(item.receipt)
+            if (served := served_json(item)) is not None:
+                out["openlora_served"] = served
         text = item.text if isinstance(item, TextDelta) else ""
         if kind == "chat":
             delta = {"content": text} if text or not role_sent else {}

@@ -3,7 +3,9 @@
     CallError (gRPC code, payment error) ──http_status──► 400 402 403 404 422 429 500 503 + {"error": {…}}
     X-OpenLoRA-Voucher: {"client", "node", "epoch", "cumulative_amount", "adapter_id": "0x…",
                          "price_per_1k_tokens", "adapter_amount", "signature": "0x…"} ──► pb.Voucher
-    SignedReceipt ──► {"node", "client", …, "cost", "charged_total", "signature": "0x…"} (X-OpenLoRA-Receipt)
+    SignedReceipt ──► {"node", "client", …, "cost", "charged_total", "signature": "0x…", "serving": "0x…"}
+                      (X-OpenLoRA-Receipt)
+    CallDone.served ──► "openlora_served": the gRPC ServedCall as protobuf JSON (record + token ids)
 
 Fields follow OpenAI's API reference (https://platform.openai.com/docs/api-reference/chat); this node
 implements ``model``, ``messages`` / ``prompt``, ``max_tokens`` (``max_completion_tokens``), ``temperature``,
@@ -147,8 +149,21 @@ def receipt_json(signed: SignedReceipt) -> dict:
     return {
         "node": r.node, "client": r.client, "epoch": r.epoch, "sequence": r.sequence, "adapter_id": "0x" + r.adapter.hex(),
         "publisher": r.publisher, "tokens": r.tokens, "cost": str(r.cost), "charged_total": str(r.charged_total),
-        "signature": "0x" + signed.signature.hex(),
+        "signature": "0x" + signed.signature.hex(), "serving": "0x" + r.serving.hex(),
     }  # fmt: skip
+
+
+def served_json(done) -> dict | None:
+    """A finished call's serving record and token ids (``api.calls.CallDone``) as the gRPC ``ServedCall`` in
+    protobuf's JSON mapping (``openlora_served``; what ``openlora verify`` checks), ``None`` without a record."""
+    if done.served is None:
+        return None
+    from google.protobuf import json_format
+
+    from ...proof.wire import record_to_pb
+
+    call = pb.ServedCall(record=record_to_pb(done.served), prompt_ids=done.prompt_ids, completion_ids=done.completion_ids)
+    return json_format.MessageToDict(call, preserving_proto_field_name=True)
 
 
 def parse_voucher(text: str) -> pb.Voucher:

@@ -1,0 +1,189 @@
+"""Checking a served call: the record, the token ids, then one prefill and the statistical tests.
+
+    ServedCall ─► signature        the record recovers to record.node                       ─┐ a failure here
+               ─► prompt           sha256(prompt ids) == record.prompt_hash, counts agree    │ is the holder's:
+               ─► completion       sha256(completion ids) == record.completion_hash          │ the file was
+               ─► base             record.base == this verifier's base (else: cannot check)  ─┘ changed, or the
+                                                                                               wrong verifier
+               ─► proof            the commitment decodes: k entries for every completion token ─┐ a failure here
+               ─► recompute        Reference.logprobs(prompt, completion, adapter)  [m, V]       │ blames the node
+               ─► commitment       float32 distance; between the shortcuts, a bf16 probe of the  │ that signed the
+                                   same prefill and the ratio of the two ≤ RATIO_LIMIT           │ record: it is
+               ─► sampling         greedy: every token the argmax (or within a near-tie);        │ evidence
+                                   sampled: log-likelihood z-score above −limit                 ─┘
+
+The first failing check is reported; ``Verdict.blames_node`` says whether the failure is evidence against the
+serving node (``proof.evidence``). The tests and their limits are in ``proof.tolerance``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..adapters.peft_format import LoraAdapter
+from ..v1 import node_pb2 as pb
+from .encoding import ProofFormatError, decode
+from .record import RecordError, ids_hash
+from .reference import PROBE_DTYPE, Reference
+from .tolerance import (
+    ABS_FAIL,
+    ABS_PASS,
+    GREEDY_GAP,
+    RATIO_LIMIT,
+    SAMPLING_Z_LIMIT,
+    commitment_distance,
+    commitment_ratio,
+    greedy_gaps,
+    probe_noise,
+    sampling_z,
+)
+from .topk import TOP_K
+from .wire import record_from_pb
+
+#: Checks whose failure is evidence against the node that signed the record.
+BLAMING = ("proof", "commitment", "sampling")
+
+
+class CannotVerify(RuntimeError):
+    """This verifier cannot check the call (another base, an adapter it cannot obtain); not a verdict."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of :func:`verify_call`.
+
+    Attributes:
+        check: the first failing check (``""`` when valid): ``signature``, ``prompt``, ``completion``,
+            ``proof``, ``commitment`` or ``sampling``.
+        detail: what failed, with the figures (or a summary when valid).
+        distance / noise: the commitment's distance to the float32 reference and the bf16 probe's (nats;
+            ``noise`` is 0 when a shortcut made the probe unnecessary, both 0 before the recomputation).
+        ratio: ``distance`` over the floored ``noise`` (0 without the probe); ``limit`` its bound.
+        z: the sampling z-score (sampled calls).
+        misses / gap: greedy calls: tokens more than ``GREEDY_GAP`` below the reference's argmax, and the largest
+            gap of any token (nats).
+        verify_ms: the recomputation's time (both prefills), ms.
+    """
+
+    check: str
+    detail: str
+    distance: float = 0.0
+    noise: float = 0.0
+    ratio: float = 0.0
+    limit: float = RATIO_LIMIT
+    z: float = 0.0
+    misses: int = 0
+    gap: float = 0.0
+    verify_ms: float = 0.0
+
+    @property
+    def valid(self) -> bool:
+        """Whether every check passed."""
+        return not self.check
+
+    @property
+    def blames_node(self) -> bool:
+        """Whether the failure is evidence against the node that signed the record."""
+        return self.check in BLAMING
+
+
+AdapterSource = Callable[[str], LoraAdapter]
+"""Returns the verified, parsed adapter of a CID (raises if it cannot be obtained)."""
+
+
+def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSource) -> Verdict:
+    """Run every check on ``call`` (module doc), stopping at the first failure.
+
+    Args:
+        call: the served call (record, prompt ids, completion ids).
+        reference: this verifier's reference model.
+        adapters: where the record's adapter comes from (the verifier's own verified copy).
+
+    Raises:
+        CannotVerify: the record names another base, or its adapter cannot be obtained here.
+    """
+    try:
+        signed = record_from_pb(call.record)
+        signed.check_signature()
+    except RecordError as e:
+        return Verdict("signature", str(e))
+    r = signed.record
+    prompt, completion = list(call.prompt_ids), list(call.completion_ids)
+    if len(prompt) != r.prompt_tokens or ids_hash(prompt) != r.prompt_hash:
+        return Verdict("prompt", "the prompt token ids do not hash to the record's prompt_hash (changed after signing)")
+    if len(completion) != r.completion_tokens or ids_hash(completion) != r.completion_hash:
+        return Verdict(
+            "completion", "the completion token ids do not hash to the record's completion_hash (changed after signing)"
+        )
+    if r.base_fingerprint != reference.fingerprint:
+        raise CannotVerify(f"the call ran on base {r.base_fingerprint}; this verifier has {reference.fingerprint}")
+    try:
+        committed = decode(r.proof, reference.vocab_size)
+    except ProofFormatError as e:
+        return Verdict("proof", f"the commitment does not decode: {e}")
+    if committed.tokens != len(completion) or any(len(row) != TOP_K for row in committed.ids):
+        return Verdict(
+            "proof", f"the commitment holds {committed.tokens} tokens × {len(committed.ids[0]) if committed.ids else 0} "
+            f"entries; the completion has {len(completion)} tokens and the protocol commits {TOP_K} entries each",
+        )  # fmt: skip
+    if not completion:
+        return Verdict("", "an empty completion: nothing to recompute")
+    adapter = None
+    if r.adapter:
+        try:
+            adapter = (r.adapter, adapters(r.adapter))
+        except Exception as e:  # the source raises its own kinds (not found, rejected, fetch failed)
+            raise CannotVerify(f"adapter {r.adapter} cannot be obtained here: {e}") from None
+    t0 = time.perf_counter()
+    ref = reference.logprobs(prompt, completion, adapter)
+    figures = _commitment(committed, ref, reference, prompt, completion, adapter)
+    figures["verify_ms"] = (time.perf_counter() - t0) * 1000.0
+    where = f"base {r.base_fingerprint[:15]}… with adapter {r.adapter or '(none)'}"
+    if figures["ratio"] > RATIO_LIMIT or figures["distance"] >= ABS_FAIL:
+        return Verdict(
+            "commitment",
+            f"the committed log-probabilities are {figures['distance']:.3f} nats from the reference, "
+            f"{_times(figures)}: the node did not compute {where} as it claims",
+            **figures,
+        )
+    summary = f"commitment {figures['distance']:.3f} nats, {_times(figures)}"
+    if r.sampling.greedy:
+        gaps = greedy_gaps(completion, ref)
+        misses, gap = int((gaps > GREEDY_GAP).sum()), float(gaps.max())
+        if misses:
+            return Verdict(
+                "sampling",
+                f"{misses} of {len(completion)} greedy tokens are not the reference's most likely token (one is "
+                f"{gap:.2f} nats below it; limit {GREEDY_GAP})",
+                misses=misses, gap=gap, **figures,
+            )  # fmt: skip
+        return Verdict("", f"{summary}; every greedy token the argmax (within {gap:.2f} nats)", gap=gap, **figures)
+    z = sampling_z(completion, ref, r.sampling.temperature)
+    if z < -SAMPLING_Z_LIMIT:
+        return Verdict(
+            "sampling",
+            f"the completion's log-likelihood under the claimed model is z = {z:.2f} (limit −{SAMPLING_Z_LIMIT}): "
+            "its tokens were not drawn from the committed distribution",
+            z=z, **figures,
+        )  # fmt: skip
+    return Verdict("", f"{summary}; sampling z = {z:.2f}", z=z, **figures)
+
+
+def _commitment(committed, ref, reference: Reference, prompt, completion, adapter) -> dict:
+    """The commitment's figures: the float32 distance and, between the shortcuts, the bf16 probe and the ratio."""
+    distance = commitment_distance(committed, ref)
+    if distance <= ABS_PASS or distance >= ABS_FAIL:
+        return {"distance": distance, "noise": 0.0, "ratio": 0.0}
+    probe = reference.logprobs(prompt, completion, adapter, PROBE_DTYPE)
+    noise = probe_noise(committed, ref, probe)
+    return {"distance": distance, "noise": noise, "ratio": commitment_ratio(distance, noise)}
+
+
+def _times(figures: dict) -> str:
+    if not figures["ratio"]:
+        if figures["distance"] <= ABS_PASS:
+            return f"closer than bf16 rounding moves any call (≤ {ABS_PASS} nats)"
+        return f"beyond any honest engine measured (≥ {ABS_FAIL} nats)"
+    return f"{figures['ratio']:.2f}× what bf16 rounding moves this call ({figures['noise']:.3f} nats; limit {RATIO_LIMIT}×)"

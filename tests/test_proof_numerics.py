@@ -1,0 +1,134 @@
+"""Verification numerics on the real base and the trained demo adapters (issue 15).
+
+The torch engine serves in bfloat16 (the node's default) with a proof collector on every request; the records
+are signed as the node signs them (``proof.attest``) and checked as a verifier checks them (``proof.verify``,
+float32 reference). An honest engine passes, greedy and sampled; an engine that claims one adapter and computes
+something else fails on the commitment; a node that commits honestly but emits other tokens fails on sampling.
+The full matrix (≥ 100 calls per condition, vLLM, thread counts, batch shapes, int8 base) is
+``scripts/bench_proof.py``; this pins the mechanism on a few short calls.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+from eth_account import Account
+
+from conftest import DEMO_ADAPTERS, DOMAINS, ROOT
+from openlora.adapters.peft_format import load_adapter
+from openlora.engine.interface import Finished, GenerationRequest
+from openlora.engine.lora import adaptable_shapes
+from openlora.engine.model import load_resident
+from openlora.engine.sampling import SamplingParams
+from openlora.engine.scheduler import TorchEngine
+from openlora.engine.slots import HostCache, SlotManager
+from openlora.proof.attest import Attestor
+from openlora.proof.encoding import decode
+from openlora.proof.reference import Reference
+from openlora.proof.topk import TopLogprobs
+from openlora.proof.verify import verify_call
+from openlora.proof.wire import record_from_pb, record_to_pb
+from openlora.v1 import node_pb2 as pb
+
+sys.path.insert(0, str(ROOT / "scripts"))  # the cheats the benchmark measures
+from proof_cheats import drop_module, half_scale  # noqa: E402
+
+NODE = Account.from_key(b"\x41" * 32)
+QUESTIONS = ["What are the early signs of Lyme disease?", "Can a landlord raise the rent in the middle of a lease?"]
+TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def demo(base_source):
+    shapes = adaptable_shapes(base_source.path)
+    return {
+        d: load_adapter((DEMO_ADAPTERS / d / "adapter_config.json").read_bytes(),
+                        (DEMO_ADAPTERS / d / "adapter_model.safetensors").read_bytes(), shapes, 16)
+        for d in DOMAINS
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def served(base_source, demo):
+    """The engine (bf16) and what it serves under each key: the honest adapters and the cheats."""
+    variants = dict(demo)
+    variants.update({f"{d}#half": half_scale(a) for d, a in demo.items()})
+    variants.update({f"{d}#drop_v": drop_module(a) for d, a in demo.items()})
+    rm = load_resident(base_source, "bfloat16", n_slots=4, max_rank=16)
+    engine = TorchEngine(rm, SlotManager(rm.lora_layers, rm.routing, 4), HostCache(16), variants.__getitem__, max_batch=4)
+    engine.start()
+    yield engine, Attestor(NODE, base_source.fingerprint, "torch/bfloat16", rm.model.config.vocab_size)
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(base_source):
+    return Reference(base_source, max_rank=16)
+
+
+def run(served, question: str, claimed: str | None, computed: str | None, **sampling) -> pb.ServedCall:
+    """One call the engine computes with ``computed`` and whose record claims ``claimed``."""
+    engine, attestor = served
+    done = threading.Event()
+    params = SamplingParams(**{"max_new_tokens": TOKENS, "temperature": 0.0, "ignore_eos": True, **sampling})
+    ids = engine.codec.encode_chat([{"role": "user", "content": question}])
+    proof = attestor.collector()
+    events: list = []
+    engine.submit(GenerationRequest(ids, params, lambda ev: (events.append(ev), isinstance(ev, Finished) and done.set()), computed, proof=proof))
+    assert done.wait(300), events[-1:]
+    record = attestor.attest(ids, proof, params, claimed)
+    return pb.ServedCall(record=record_to_pb(record), prompt_ids=ids, completion_ids=proof.tokens)
+
+
+CONDITIONS = [
+    # (name, computed with, expected failing check ("" = valid), sampling)
+    ("honest-greedy", "{a}", "", {}),
+    ("honest-sampled", "{a}", "", {"temperature": 0.8, "top_p": 0.95, "seed": 11}),
+    ("bare-base", None, "commitment", {}),
+    ("other-adapter", "{other}", "commitment", {}),
+    ("half-scale", "{a}#half", "commitment", {}),
+    ("v_proj-dropped", "{a}#drop_v", "commitment", {}),
+]
+
+
+@pytest.mark.parametrize("name,computed,expected,sampling", CONDITIONS, ids=[c[0] for c in CONDITIONS])
+def test_verification_passes_honest_engines_and_fails_the_cheats(served, reference, demo, name, computed, expected, sampling):
+    for i, question in enumerate(QUESTIONS):
+        claimed, other = DOMAINS[i], DOMAINS[(i + 1) % len(DOMAINS)]
+        engine_key = computed.format(a=claimed, other=other) if computed else None
+        verdict = verify_call(run(served, question, claimed, engine_key, **sampling), reference, demo.__getitem__)
+        assert verdict.check == expected, (question, verdict)
+        if expected:
+            assert verdict.blames_node
+
+
+def test_honest_commitments_but_other_tokens_fail_the_sampling_check(served, reference, demo):
+    attestor = served[1]
+    call = run(served, QUESTIONS[0], "medical", "medical")
+    tokens = list(call.completion_ids)
+    # the node emits a last token it did not pick (the last: no later position's distribution depends on it)
+    tokens[-1] = (tokens[-1] + 1000) % attestor.vocab_size
+    proof = TopLogprobs()
+    committed = decode(record_from_pb(call.record).record.proof, attestor.vocab_size)
+    for t, ids, lps in zip(tokens, committed.ids, committed.logprobs):
+        proof.add(t, ids, lps)
+    params = SamplingParams(max_new_tokens=TOKENS, temperature=0.0)
+    forged = attestor.attest(list(call.prompt_ids), proof, params, "medical")
+    verdict = verify_call(
+        pb.ServedCall(record=record_to_pb(forged), prompt_ids=call.prompt_ids, completion_ids=tokens), reference, demo.__getitem__
+    )
+    assert verdict.check == "sampling" and verdict.misses >= 1, verdict
+
+
+def test_a_tampered_call_fails_on_its_hashes_and_does_not_blame_the_node(served, reference, demo):
+    call = run(served, QUESTIONS[1], "legal", "legal")
+    changed = pb.ServedCall()
+    changed.CopyFrom(call)
+    changed.completion_ids[3] += 1
+    verdict = verify_call(changed, reference, demo.__getitem__)
+    assert verdict.check == "completion" and not verdict.blames_node
+    changed.CopyFrom(call)
+    changed.record.adapter = "finance"
+    assert verify_call(changed, reference, demo.__getitem__).check == "signature"
