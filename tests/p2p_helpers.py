@@ -1,7 +1,9 @@
-"""A misbehaving libp2p peer for tests: built from the swarm's own parts, minus its validators."""
+"""Swarm test helpers: a misbehaving libp2p peer built from the swarm's own parts (minus its validators),
+and the polling and address helpers of the multi-node tests."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -17,6 +19,23 @@ from openlora.p2p.messages import TOPIC_ADAPTERS, TOPIC_EVIDENCE
 from openlora.p2p.runner import TrioThread
 
 WAIT_S = 5.0
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout_s: float):
+    """Poll ``condition`` every 0.1 s until it returns a true value; return it (fails the test on timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(0.1)
+
+
+def multiaddr_of(node) -> str:
+    """The full libp2p multiaddr an ``openlora.local.NodeProcess`` printed in its ready line."""
+    return node.ready_line.split("p2p=")[1].split()[0]
 
 
 class RawPeer:

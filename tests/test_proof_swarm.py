@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import pytest
 from eth_account import Account
@@ -28,27 +27,12 @@ from openlora.p2p.messages import TOPIC_EVIDENCE
 from openlora.proof.evidence import sign_evidence
 from openlora.proof.verify import Verdict
 from openlora.v1 import node_pb2 as pb
-from p2p_helpers import RawPeer
+from p2p_helpers import RawPeer, multiaddr_of, wait_until
 
 PUBLISHER = Account.from_key(b"\x61" * 32)
 LIAR = Account.from_key(b"\x62" * 32)
 QUESTION = "What should I do about a sprained wrist?"
 ARGS = ("--dtype", "float32", "--threads", "1", "--no-http")
-
-
-def wait_until(condition, what: str, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.2)
-
-
-def multiaddr_of(node: NodeProcess) -> str:
-    return node.ready_line.split("p2p=")[1].split()[0]
 
 
 def account_of(node: NodeProcess) -> str:

@@ -19,27 +19,11 @@ from openlora.client import NodeClient, route
 from openlora.local import NodeProcess, cli
 from openlora.p2p.messages import Announcement, encode
 from openlora.v1 import node_pb2 as pb
-from p2p_helpers import RawPeer
+from p2p_helpers import RawPeer, multiaddr_of, wait_until
 
 PUBLISHER = Account.from_key(b"\x22" * 32)
 QUESTION = "What should I do about a sprained wrist?"
 ARGS = ("--dtype", "float32", "--threads", "1")
-
-
-def wait_until(condition, what: str, timeout_s: float):
-    """Poll ``condition`` until it returns a true value; return it (fails the test on timeout)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.1)
-
-
-def multiaddr_of(node: NodeProcess) -> str:
-    return node.ready_line.split("p2p=")[1].split()[0]
 
 
 def node_info(node: NodeProcess) -> pb.NodeInfo:
