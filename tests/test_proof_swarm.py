@@ -21,6 +21,7 @@ from eth_account import Account
 
 from conftest import DEMO_ADAPTERS, ROOT
 from openlora.client import NodeClient, SpotChecker, route
+from openlora.content.cid import RAW, cid_text, make_cid
 from openlora.local import NodeProcess, cli
 from openlora.p2p.directory import query_nodes
 from openlora.p2p.messages import TOPIC_EVIDENCE
@@ -87,6 +88,18 @@ def test_an_honest_call_verifies_on_a_node_and_locally_and_a_changed_file_does_n
     receipt.write_text(json.dumps(doc))
     changed = cli("openlora", "verify", str(receipt), "--node", swarm["o"].address, timeout=300)
     assert changed.returncode == 1 and changed.stdout.startswith("invalid: completion:"), changed.stdout + changed.stderr
+
+
+def test_a_record_its_node_did_not_sign_is_refused_before_its_adapter_is_fetched(swarm, honest_call):
+    """Verify on a stranger's call: the record's signature is checked before anything is fetched or
+    recomputed, so a made-up record naming an adapter nobody has costs the verifier one signature recovery."""
+    forged = pb.ServedCall()
+    forged.CopyFrom(honest_call)
+    forged.record.adapter = cid_text(make_cid(b"an adapter nobody published", RAW))
+    with NodeClient(swarm["o"].address, timeout=30) as o:
+        response = o.verify(forged)
+    assert not response.valid and response.check == "signature", response
+    assert not response.HasField("evidence")
 
 
 def test_a_cheating_node_is_caught_and_the_evidence_stops_routing_to_it_on_another_node(swarm, cid, tmp_path):

@@ -18,7 +18,8 @@ Paying (rules in ``calls.py`` and ``chain/payments.py``): the node-signed receip
 ``GenerateDone``, with the node's signed serving record and the token ids it covers.
 
 Verify (``proof/``): the call's adapter is resolved like Generate's (fetched from the swarm when missing),
-then checked on the node's reference model in a worker thread:
+then checked on the node's reference model in a worker thread; the record's signature and the token ids'
+hashes are checked first, before any adapter is fetched for a stranger's call:
 
     a call without a record, token ids outside the vocabulary    INVALID_ARGUMENT
     a record for another base                                    FAILED_PRECONDITION
@@ -47,7 +48,7 @@ from ..chain.quote_auth import quote_auth_error
 from ..content.cid import cid_text
 from ..content.errors import InvalidCID, StoreFull
 from ..engine.interface import FinishReason, TextDelta
-from ..proof.verify import CannotVerify
+from ..proof.verify import CannotVerify, check_record
 from ..proof.wire import record_to_pb
 from ..v1 import node_pb2 as pb
 from ..v1 import node_pb2_grpc
@@ -205,10 +206,12 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                 f"the call ran on base {call.record.base_fingerprint or '(none)'}; this node serves "
                 f"{self.store.base.fingerprint}: ask a node with that base",
             )  # fmt: skip
+        verdict, evidence = check_record(call), None  # a stranger's record: signed and intact before any fetch
         try:
-            if call.record.adapter:
-                await self.calls.resolve_adapter(call.record.adapter)
-            verdict, evidence = await asyncio.to_thread(proofs.verify, call)
+            if verdict is None:
+                if call.record.adapter:
+                    await self.calls.resolve_adapter(call.record.adapter)
+                verdict, evidence = await asyncio.to_thread(proofs.verify, call)
         except CallError as e:
             await self._fail(context, e)
         except CannotVerify as e:

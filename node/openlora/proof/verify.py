@@ -93,16 +93,14 @@ AdapterSource = Callable[[str], LoraAdapter]
 """Returns the verified, parsed adapter of a CID (raises if it cannot be obtained)."""
 
 
-def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSource) -> Verdict:
-    """Run every check on ``call`` (module doc), stopping at the first failure.
+def check_record(call: pb.ServedCall) -> Verdict | None:
+    """The checks that need no model: the record's signature, then the token ids against its hashes.
 
-    Args:
-        call: the served call (record, prompt ids, completion ids).
-        reference: this verifier's reference model.
-        adapters: where the record's adapter comes from (the verifier's own verified copy).
+    Cheap (one signature recovery, two hashes): a verifier runs them before it fetches an adapter or
+    recomputes anything for a call a stranger sent.
 
-    Raises:
-        CannotVerify: the record names another base, or its adapter cannot be obtained here.
+    Returns:
+        The first failing check (``signature``, ``prompt`` or ``completion``), or ``None`` when all pass.
     """
     try:
         signed = record_from_pb(call.record)
@@ -117,6 +115,25 @@ def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSour
         return Verdict(
             "completion", "the completion token ids do not hash to the record's completion_hash (changed after signing)"
         )
+    return None
+
+
+def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSource) -> Verdict:
+    """Run every check on ``call`` (module doc), stopping at the first failure.
+
+    Args:
+        call: the served call (record, prompt ids, completion ids).
+        reference: this verifier's reference model.
+        adapters: where the record's adapter comes from (the verifier's own verified copy).
+
+    Raises:
+        CannotVerify: the record names another base, or its adapter cannot be obtained here.
+    """
+    failed = check_record(call)
+    if failed is not None:
+        return failed
+    r = record_from_pb(call.record).record
+    prompt, completion = list(call.prompt_ids), list(call.completion_ids)
     if r.base_fingerprint != reference.fingerprint:
         raise CannotVerify(f"the call ran on base {r.base_fingerprint}; this verifier has {reference.fingerprint}")
     try:
