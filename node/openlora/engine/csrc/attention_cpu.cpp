@@ -16,17 +16,11 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
-template <typename T> static inline float up(T v) { return static_cast<float>(v); }
-template <> inline float up<c10::BFloat16>(c10::BFloat16 v) {
-  uint32_t u = static_cast<uint32_t>(v.x) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+#include "upcast.h"
+
 
 template <typename T, typename KV>
 static void attend(at::Tensor& out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -46,7 +40,7 @@ static void attend(at::Tensor& out, const at::Tensor& q, const at::Tensor& k, co
       const int64_t b = i / KVH, g = i % KVH;
       for (int64_t j = 0; j < G; ++j) {
         const T* qr = qp + b * qs0 + (g * G + j) * qs1;
-        for (int64_t c = 0; c < d; ++c) qf[j * d + c] = up(qr[c]) * sc;
+        for (int64_t c = 0; c < d; ++c) qf[j * d + c] = to_f(qr[c]) * sc;
       }
       const KV* kb = kp + b * ks0 + g * ks1;
       for (int64_t l = 0; l < L; ++l) {
@@ -56,7 +50,7 @@ static void attend(at::Tensor& out, const at::Tensor& q, const at::Tensor& k, co
         }
         const KV* kr = kb + l * ks2;
 #pragma omp simd
-        for (int64_t c = 0; c < d; ++c) kf[c] = up(kr[c]);
+        for (int64_t c = 0; c < d; ++c) kf[c] = to_f(kr[c]);
         for (int64_t j = 0; j < G; ++j) {
           const float* qj = qf.data() + j * d;
           float dot = 0.f;
@@ -91,7 +85,7 @@ static void attend(at::Tensor& out, const at::Tensor& q, const at::Tensor& k, co
         for (int64_t j = 0; j < G; ++j) any |= s[j * L + l] != 0.f;
         if (!any) continue;
 #pragma omp simd
-        for (int64_t c = 0; c < d; ++c) kf[c] = up(vr[c]);
+        for (int64_t c = 0; c < d; ++c) kf[c] = to_f(vr[c]);
         for (int64_t j = 0; j < G; ++j) {
           const float p = s[j * L + l];
           float* aj = acc.data() + j * d;

@@ -22,18 +22,11 @@
 // or float32).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
-#include <cstring>
 #include <optional>
 #include <vector>
 
-// Element → float, written so the compiler vectorizes it (bfloat16 is the top half of a float32).
-template <typename T> static inline float to_f(T v) { return static_cast<float>(v); }
-template <> inline float to_f<c10::BFloat16>(c10::BFloat16 v) {
-  uint32_t u = static_cast<uint32_t>(v.x) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+#include "upcast.h"
+
 
 template <typename T, typename W>
 static void bgmv_impl(at::Tensor& out, const at::Tensor& x, const at::Tensor& A, const at::Tensor& Bt,
