@@ -18,12 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVING_KEYS = {"tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms"}
 
 
-def _run(script: str, *args: str, timeout: float = 600) -> None:
+def _run(script: str, *args: str, timeout: float = 600) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
 
 
 @pytest.mark.slow
@@ -67,3 +68,14 @@ def test_bench_adapters_reports_memory_and_swap_time(tmp_path, base_source):
     for key in ("publish_ms_p50", "load_verify_ms_p50", "swap_ms_p50", "swap_ms_p99"):
         assert result[key] > 0, key
     assert result["swap_ms_p99"] >= result["swap_ms_p50"]
+
+
+def test_profile_step_prints_both_tables_with_the_kernels_it_ran(base_source):
+    from openlora.engine import cpu_kernels
+
+    out = _run("profile_step.py", "--rows", "2", "--prompt-len", "4", "--steps", "1", "--top", "40")
+    base, _, adapters = out.partition("== 2 distinct adapters")
+    assert base.startswith("== base rows: decode step median") and adapters.startswith(": decode step median")
+    if cpu_kernels.available():  # a bf16 base on a CPU that builds the kernels: both on the step's path
+        assert "openlora_cpu::decode_attention" in base and "openlora_cpu::bgmv" not in base
+        assert "openlora_cpu::bgmv" in adapters
