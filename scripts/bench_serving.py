@@ -136,17 +136,19 @@ def zipf_choices(k: int, alpha: float, n: int, rng: random.Random) -> list[int]:
     return rng.choices(range(k), weights=weights, k=n)
 
 
-def make_adapters(source, k: int, rank: int, folder: Path) -> list[Path]:
-    """K random rank-``rank`` LoRAs on q/k/v/o in PEFT's format (one folder each), written from the
-    base's module shapes alone (no copy of the base: an 8B one would not fit twice)."""
+def make_adapters(source, k: int, rank: int, folder: Path, targets: tuple[str, ...] | None = ("q_proj", "k_proj", "v_proj", "o_proj")) -> list[Path]:
+    """K random rank-``rank`` LoRAs on ``targets`` (module suffixes; ``None``: every adaptable linear) in PEFT's
+    format (one folder each), written from the base's module shapes alone (no copy of the base: an 8B one would
+    not fit twice)."""
     from safetensors.torch import save_file
 
     from openlora.engine.lora import adaptable_shapes
 
     template = json.loads((ROOT / "tests" / "fixtures" / "adapters" / "medical" / "adapter_config.json").read_text())
-    targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+    shapes = adaptable_shapes(source.path)
+    targets = targets or tuple(sorted({n.rsplit(".", 1)[-1] for n in shapes}))
     config = {**template, "r": rank, "lora_alpha": 2 * rank, "target_modules": list(targets), "base_model_name_or_path": source.name}
-    modules = {n: s for n, s in adaptable_shapes(source.path).items() if n.rsplit(".", 1)[-1] in targets}
+    modules = {n: s for n, s in shapes.items() if n.rsplit(".", 1)[-1] in targets}
     g = torch.Generator().manual_seed(0)
     out = []
     for i in range(k):

@@ -27,6 +27,40 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
+def decoder(rm, prompts: list[list[int]], row_slots: list[int]):
+    """Prefill ``prompts`` (one row each, row ``i`` on slot ``row_slots[i]``) through the engine's model path
+    and return ``step()``, which decodes one greedy token for every row (no scheduler, no sampling)."""
+    from openlora.engine.kv import KVBatch, left_padded, new_cache
+
+    ids, mask, pos = left_padded(prompts, 0)
+    cache = new_cache(rm.model.config, rm.kv_dtype)
+    rm.routing.set(row_slots)
+    out = rm.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    kv, last = KVBatch(cache, mask), out.logits[:, -1].argmax(-1, keepdim=True)
+
+    def step() -> None:
+        nonlocal last
+        positions, grown = kv.next_positions(), kv.grow()
+        rm.routing.set(row_slots)
+        o = rm.model(input_ids=last, attention_mask=grown, position_ids=positions, past_key_values=kv.cache, use_cache=True)
+        last = o.logits[:, -1].argmax(-1, keepdim=True)
+
+    return step
+
+
+def median_step_ms(step, steps: int) -> float:
+    """Median wall time of ``steps`` calls of ``step()``, ms, after 5 unmeasured ones (oneDNN picks and
+    caches its kernels on the first calls of each shape)."""
+    for _ in range(5):
+        step()
+    wall = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        wall.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(wall)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=16, help="batch rows (one request each)")
@@ -46,7 +80,6 @@ def main() -> int:
     from bench_serving import make_adapters
     from openlora.adapters.peft_format import load_adapter
     from openlora.engine.base import resolve_base_model
-    from openlora.engine.kv import KVBatch, left_padded, new_cache
     from openlora.engine.model import load_resident
     from openlora.engine.slots import SlotManager
 
@@ -68,30 +101,12 @@ def main() -> int:
         for name, row_slots, attention in runs:
             if attention is not None:
                 rm.model.set_attn_implementation(attention)
-            ids, mask, pos = left_padded(prompts, 0)
-            cache = new_cache(rm.model.config, rm.kv_dtype)
-            rm.routing.set(row_slots)
-            out = rm.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            kv, last = KVBatch(cache, mask), out.logits[:, -1].argmax(-1, keepdim=True)
-
-            def step() -> None:
-                nonlocal last
-                positions, grown = kv.next_positions(), kv.grow()
-                rm.routing.set(row_slots)
-                o = rm.model(input_ids=last, attention_mask=grown, position_ids=positions, past_key_values=kv.cache, use_cache=True)
-                last = o.logits[:, -1].argmax(-1, keepdim=True)
-
-            for _ in range(5):  # oneDNN picks and caches its kernels on the first calls of each shape
-                step()
-            wall = []
-            for _ in range(args.steps):
-                t0 = time.perf_counter()
-                step()
-                wall.append((time.perf_counter() - t0) * 1000)
+            step = decoder(rm, prompts, row_slots)
+            wall_ms = median_step_ms(step, args.steps)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(args.steps):
                     step()
-            print(f"== {name}: decode step median {statistics.median(wall):.1f} ms wall "
+            print(f"== {name}: decode step median {wall_ms:.1f} ms wall "
                   f"({args.rows} rows, {args.prompt_len}-token prompts, {args.dtype}, {args.threads} threads); "
                   f"ops over {args.steps} profiled steps:")  # fmt: skip
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=40))

@@ -79,3 +79,18 @@ def test_profile_step_prints_both_tables_with_the_kernels_it_ran(base_source):
     if cpu_kernels.available():  # a bf16 base on a CPU that builds the kernels: both on the step's path
         assert "openlora_cpu::decode_attention" in base and "openlora_cpu::bgmv" not in base
         assert "openlora_cpu::bgmv" in adapters
+
+
+def test_bench_slots_prints_both_layouts_and_the_bytes_they_reserve(tmp_path, base_source):
+    out = tmp_path / "slots.json"
+    text = _run("bench_slots.py", "--mix", "4:3,16:1", "--targets", "all", "--prompt-len", "4", "--steps", "1", "--json", str(out))
+    assert "one bucket" in text and "rank buckets" in text
+    result = json.loads(out.read_text())
+    one, buckets = result["layouts"]["one bucket"], result["layouts"]["rank buckets"]
+    assert (one["layout"], buckets["layout"]) == ("16:4", "4:3,16:1")
+    # every adaptable linear targeted: an exact bucket holds an adapter in exactly its own bytes
+    assert buckets["slot_vs_own_bytes_by_rank"] == pytest.approx({"4": 1.0, "16": 1.0})
+    assert one["slot_vs_own_bytes_by_rank"] == pytest.approx({"4": 4.0, "16": 1.0})
+    # pools: 1 + 3·4 + 16 rank rows against 1 + 4·16 (plus one float32 scaling per slot and layer)
+    assert result["pool_bytes_buckets_vs_one"] == pytest.approx(29 / 65, rel=1e-3)
+    assert one["decode_step_ms"] > 0 and buckets["decode_step_ms"] > 0

@@ -32,6 +32,7 @@ from lora_cases import CASES, save_case_adapters
 
 from openlora.adapters.peft_format import load_adapter
 from openlora.engine.model import load_resident
+from openlora.engine.slot_layout import SlotLayout
 from openlora.engine.slots import SlotManager
 
 FP32_TOL = 1e-4
@@ -220,6 +221,31 @@ def test_mixed_batch_of_eight_adapters_and_base_rows_matches_peft(engine_model, 
         ours_err, peft_err = (got[i] - truth[i]).abs(), (peft[i] - truth[i]).abs()
         assert ours_err.mean() <= 1.5 * peft_err.mean() + 0.02, (n, ours_err.mean().item(), peft_err.mean().item())
         assert ours_err.max() <= 2.0 * peft_err.max() + 0.1, (n, ours_err.max().item(), peft_err.max().item())
+
+
+# one slot per case, each of the case's own rank (r1; r8 ×4; r16-alpha8 and patterns' 16; r64)
+BUCKETS = "1:1,8:4,16:2,64:1"
+
+
+def test_rank_buckets_change_where_rows_live_not_what_a_row_computes(engine_model, adapters, base_source):
+    """The mixed batch of all eight cases plus base rows on slots sized to each case's rank
+    (``--rank-buckets``) equals the one-bucket model's batch, row by row: float32 within the float32
+    tolerance (only the zero padding in the products differs), bf16 within the bf16 bound."""
+    rm, slots = engine_model
+    small = load_resident(base_source, str(rm.dtype).removeprefix("torch."), layout=SlotLayout.parse(BUCKETS))
+    small_slots = SlotManager(small.lora_layers, small.routing, 8)
+    names = list(CASES)
+    order = names[:4] + ["__base__"] + names[4:] + ["__base__"]
+    ids = _inputs(rm.codec.tokenizer)[0].repeat(len(order), 1)
+    logits = []
+    for model, manager in ((rm, slots), (small, small_slots)):
+        slot_of = {n: _install(model, manager, n, adapters[n])[0] for n in names}
+        logits.append(_ours(model, [0 if n == "__base__" else slot_of[n] for n in order], ids).float())
+    assert small.lora_layers["model.layers.0.self_attn.q_proj"].lora_A.shape[0] == SlotLayout.parse(BUCKETS).rows
+    one_bucket, bucketed = logits
+    tol = FP32_TOL if rm.dtype == torch.float32 else bf16_tolerance(one_bucket)
+    per_row = (bucketed - one_bucket).abs().amax(dim=(1, 2))
+    assert per_row.max().item() <= tol, per_row.tolist()
 
 
 class _mixed_reference:

@@ -178,6 +178,7 @@ def start(
     max_cpu_loras: Annotated[Optional[int], typer.Option(help="Adapters kept parsed in host RAM.", show_default="64")] = None,
     max_cpu_lora_bytes: Annotated[Optional[int], typer.Option(help="Bytes of adapter weights kept parsed in host RAM.", show_default="4294967296")] = None,
     max_lora_rank: Annotated[Optional[int], typer.Option(help="Largest adapter rank served.", show_default="64")] = None,
+    rank_buckets: Annotated[Optional[str], typer.Option(help="torch engine: slots by rank, RANK:SLOTS,… (8:24,64:6,256:2: a rank-8 adapter takes 8 rows, not the largest rank's); sets --max-loras and --max-lora-rank.")] = None,
     max_batch: Annotated[Optional[int], typer.Option(help="Rows decoded together.", show_default="16")] = None,
     max_waiting: Annotated[Optional[int], typer.Option(help="Queued requests before RESOURCE_EXHAUSTED.", show_default="256")] = None,
     max_prompt_tokens: Annotated[Optional[int], typer.Option(help="Longest prompt accepted, tokens.", show_default="4096")] = None,

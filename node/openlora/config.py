@@ -106,6 +106,8 @@ class NodeSettings(BaseSettings):
         max_cpu_lora_bytes: bytes of adapter weights kept parsed in host RAM at most (the host cache
             evicts by whichever of the two bounds is reached first).
         max_lora_rank: largest adapter rank served; larger ones are refused at publish/load.
+        rank_buckets: torch engine: slots by rank instead of ``max_loras`` × ``max_lora_rank``, as
+            ``RANK:SLOTS,…`` (``8:24,64:6,256:2``); sets both (``engine.slot_layout``).
         max_batch: rows decoded together.
         max_waiting: queued requests before RESOURCE_EXHAUSTED.
         max_prompt_tokens / max_new_tokens: per-request limits, tokens.
@@ -162,6 +164,7 @@ class NodeSettings(BaseSettings):
     max_cpu_loras: Annotated[int, Field(ge=1)] = 64
     max_cpu_lora_bytes: Annotated[int, Field(ge=1)] = 4 * 1024**3
     max_lora_rank: Annotated[int, Field(ge=1, le=1024)] = 64
+    rank_buckets: str | None = None
     max_batch: Annotated[int, Field(ge=1, le=1024)] = 16
     max_waiting: Annotated[int, Field(ge=1)] = 256
     max_prompt_tokens: Annotated[int, Field(ge=1)] = 4096
@@ -210,6 +213,38 @@ class NodeSettings(BaseSettings):
         if path is None:
             return (init_settings, env_settings)
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _slots_from_buckets(cls, data: Any) -> Any:
+        # rank buckets fix max_loras and max_lora_rank; both are read everywhere a slot count or the
+        # rank limit is (verification, the reference), so derive them here once
+        if not isinstance(data, dict) or not data.get("rank_buckets"):
+            return data
+        from .engine.slot_layout import SlotLayout
+
+        layout = SlotLayout.parse(str(data["rank_buckets"]))
+        derived = {"max_loras": layout.n_adapters, "max_lora_rank": layout.r_max}
+        for key, value in derived.items():
+            if data.get(key) is not None and int(data[key]) != value:
+                raise ValueError(f"rank_buckets {data['rank_buckets']!r} give {key} {value}; drop {key} {data[key]} or make it match")
+        return {**data, **derived}
+
+    def slot_layout(self):
+        """The torch engine's slots (:class:`~openlora.engine.slot_layout.SlotLayout`): the rank buckets, or
+        ``max_loras`` slots of ``max_lora_rank``."""
+        from .engine.slot_layout import SlotLayout
+
+        return SlotLayout.parse(self.rank_buckets) if self.rank_buckets else SlotLayout.uniform(self.max_loras, self.max_lora_rank)
+
+    @model_validator(mode="after")
+    def _buckets_need_torch(self) -> NodeSettings:
+        if self.rank_buckets and self.engine == "vllm" and len(self.slot_layout().buckets) > 1:
+            raise ValueError(
+                "rank_buckets is a torch-engine setting: vLLM reserves max_lora_rank in each of its max_loras slots; "
+                "use --max-loras and --max-lora-rank with --engine vllm"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ranks_fit(self) -> NodeSettings:

@@ -153,7 +153,7 @@ class Node:
 
             if s.threads:
                 torch.set_num_threads(s.threads)
-            rm = await asyncio.to_thread(load_resident, source, s.dtype, s.max_loras, s.max_lora_rank, s.device)
+            rm = await asyncio.to_thread(load_resident, source, s.dtype, device=s.device, layout=s.slot_layout())
             store = AdapterStore(blocks, self._catalog, BaseProfile(source.name, source.fingerprint, rm.base_modules, rm.max_rank))
             engine = TorchEngine(
                 rm, SlotManager(rm.lora_layers, rm.routing, s.max_loras), HostCache(s.max_cpu_loras, s.max_cpu_lora_bytes),

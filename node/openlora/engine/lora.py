@@ -1,22 +1,28 @@
-"""LoRA over stacked adapter slots: one base weight, many adapters, one forward pass.
+"""LoRA over pooled adapter slots: one base weight, many adapters, one forward pass.
 
     x [B, T, in] ─► base Linear (shared, frozen) ──────────────────────────────► + ─► y [B, T, out]
          │                                                                      ▲
          └─► float32: x·A[slot]ᵀ ─► ·B[slot]ᵀ ─► × scaling[slot] ───────────────┘ (in place, one rounding)
 
-Every target ``nn.Linear`` of the decoder keeps its base weight once and, beside it,
-preallocated stacks for ``S`` slots::
+Every target ``nn.Linear`` of the decoder keeps its base weight once and, beside it, one
+preallocated pool of rank rows shared by its slots, laid out by a :class:`SlotLayout` of rank
+buckets (``--rank-buckets 8:24,64:6,256:2``: 24 slots of rank 8, 6 of rank 64, 2 of rank 256)::
 
-    lora_A   [S, r_max, in]    float32 (slot s, rows 0..r_s-1 hold the adapter's A; the rest stay 0)
-    lora_Bt  [S, r_max, out]   float32 (Bᵀ: rows 0..r_s-1 hold the adapter's B transposed)
-    scaling  [S]               float32 (lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA)
+    lora_A   [P, in]    float32   row 0: zeros (padding); then bucket by bucket, slot by slot, R_b rows each
+    lora_Bt  [P, out]   float32   (Bᵀ, same rows)        slot s holds its adapter's A in rows off_s .. off_s+r-1
+    scaling  [S]        float32   (lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA)
 
-Slot 0 is "no adapter", never written, all zeros. Each row of the batch carries a slot index, and
-the delta is BGMV as in Punica (Chen et al., arXiv 2310.18547) and S-LoRA (arXiv 2311.03285), by one
-of two paths that compute the same thing::
+A slot reserves its bucket's rank, not the node's largest: a rank-8 adapter costs 8 rows beside a
+rank-256 one (S-LoRA, arXiv 2311.03285, pages adapters for the same reason; fixed buckets keep every
+slot's rows contiguous, so the kernels read them as they read one stack). One bucket of ``max_loras``
+slots of ``max_lora_rank`` is vLLM's layout and the default.
 
-    exact     (float32 bases, GPUs)   index_select A, Bᵀ, scaling per row ─► bmm ─► bmm ─► × scale ─► add
-    grouped   (half bases on CPU)     engine.cpu_kernels.bgmv over the adapter rows only, in place
+Slot 0 is "no adapter", never written. Each row of the batch carries a slot index, and the delta is
+BGMV as in Punica (Chen et al., arXiv 2310.18547) and S-LoRA, by one of two paths that compute the
+same thing::
+
+    exact     (float32 bases, GPUs)   gather A, Bᵀ rows, scaling per row ─► bmm ─► bmm ─► × scale ─► add
+    grouped   (half bases on CPU)     engine.cpu_kernels.bgmv over the adapter rows only, in place, per bucket
 
 The exact path is PEFT's ``lora.Linear.forward`` operation for operation — ``base(x) + (x @ Aᵀ) @ Bᵀ *
 scaling`` (dropout is off at inference), the delta in float32 as PEFT's default
@@ -25,8 +31,9 @@ gathers and small ``bmm``s cost several times the base projection; the grouped p
 row's weights in place in one C++ pass, skips base rows, and keeps the float32 delta with one rounding
 into the half-precision output, but sums in its own order: it is used only where the output is rounded
 to bf16/fp16 anyway (its agreement with PEFT is pinned in ``tests/test_lora_numerics.py``). Zero padding
-from ``r_s`` to ``r_max`` adds exact zeros, so mixed ranks share one stack, and a batch computes only up
-to the largest rank among its slots.
+from ``r_s`` to the batch's rank adds exact zeros (the padding row, or rows a slot holds beyond its
+adapter's rank), so mixed ranks share one product, and a batch computes only up to the largest rank
+among its slots.
 
 Writing a slot copies into the existing tensors (no reallocation), so a swap costs one
 memcpy per target module and never disturbs the other slots.
@@ -38,6 +45,7 @@ import torch
 from torch import nn
 
 from .cpu_kernels import bgmv
+from .slot_layout import SlotLayout
 
 
 class BatchSlots:
@@ -47,6 +55,7 @@ class BatchSlots:
     design: one engine thread runs all forwards.
 
     Attributes:
+        layout: the slots' rank buckets and pool rows.
         slot_ids: ``int64 [B]`` slot of every batch row (0 = base), or ``None`` when no row
             uses an adapter (the layers then cost nothing beyond the base).
         present: the distinct adapter slots in this batch, for the per-layer "anything here?" test.
@@ -58,16 +67,21 @@ class BatchSlots:
         grouped: the layers take the grouped path (see the module docstring); set at load.
     """
 
-    def __init__(self, n_slots: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, layout: SlotLayout, device: torch.device | str = "cpu") -> None:
+        self.layout = layout
         self.device = torch.device(device)
         self.grouped = False
         self.slot_ids: torch.Tensor | None = None
         self.present: frozenset[int] = frozenset()
         self.rank = 0
         self.version = 0
-        self.slot_rank = [0] * n_slots
+        self.slot_rank = [0] * (layout.n_adapters + 1)
+        self._groups = layout.groups()
+        self._capacity = torch.tensor(layout.capacity(), dtype=torch.long, device=self.device)
+        self._offset = torch.tensor(layout.offset(), dtype=torch.long, device=self.device)
         self._key: tuple | None = None
-        self._tokens: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tokens: dict[int, list[tuple]] = {}
+        self._index: torch.Tensor | None = None
 
     def set(self, slot_ids: list[int]) -> None:
         """Route the next forward: ``slot_ids[i]`` is the slot of batch row ``i`` (0 = base)."""
@@ -84,20 +98,39 @@ class BatchSlots:
             self.present = present
             self.rank = rank
             self._tokens = {}
+            self._index = None
 
-    def token_rows(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The adapter rows of an input ``[B, tokens, in]`` flattened to ``[B·tokens, in]``.
+    def token_groups(self, tokens: int) -> list[tuple]:
+        """The adapter rows of an input ``[B, tokens, in]`` flattened to ``[B·tokens, in]``, per rank bucket.
 
         Returns:
-            ``(rows, slots)``, int64 ``[n]`` each: the flat indices of every token of every row with
-            an adapter (base rows left out), and that row's slot. Kept until the routing changes.
+            One ``(first slot, slots, bucket rank, first pool row, rank, rows, local slots)`` per bucket with a
+            slot in this batch: ``rows`` int64 ``[n]`` the flat indices of every token of every row in a slot of the
+            bucket (base rows left out), ``local slots`` int64 ``[n]`` each one's slot counted from the
+            bucket's first, ``rank`` the largest among the batch's slots of the bucket. Kept until the
+            routing changes.
         """
         hit = self._tokens.get(tokens)
         if hit is None:
-            batch_rows = torch.nonzero(self.slot_ids).flatten()
-            rows = (batch_rows[:, None] * tokens + torch.arange(tokens, device=self.device)).flatten()
-            hit = self._tokens[tokens] = (rows, self.slot_ids[batch_rows].repeat_interleave(tokens))
+            hit = self._tokens[tokens] = []
+            for first, n, cap, row in self._groups:
+                mine = [s for s in self.present if first <= s < first + n]
+                if not mine:
+                    continue
+                batch_rows = torch.nonzero((self.slot_ids >= first) & (self.slot_ids < first + n)).flatten()
+                rows = (batch_rows[:, None] * tokens + torch.arange(tokens, device=self.device)).flatten()
+                local = (self.slot_ids[batch_rows] - first).repeat_interleave(tokens)
+                hit.append((first, n, cap, row, max(self.slot_rank[s] for s in mine), rows, local))
         return hit
+
+    def row_index(self) -> torch.Tensor:
+        """``int64 [B, rank]``: the pool row of every batch row's rank row ``0..rank-1``; rows its slot does not
+        hold (beyond its bucket's rank, or a base row) point at the padding row, which is zeros."""
+        if self._index is None:
+            ids, j = self.slot_ids, torch.arange(self.rank, device=self.device)
+            cap, off = self._capacity[ids, None], self._offset[ids, None]
+            self._index = torch.where(j < cap, off + j, 0)
+        return self._index
 
     def clear(self) -> None:
         """Route the next forward through the base only."""
@@ -106,6 +139,7 @@ class BatchSlots:
         self.rank = 0
         self._key = None
         self._tokens = {}
+        self._index = None
 
     def weights_changed(self) -> None:
         """A slot was written: every layer must gather again."""
@@ -114,32 +148,33 @@ class BatchSlots:
 
 
 class LoRALinear(nn.Module):
-    """A frozen base ``nn.Linear`` plus ``n_slots`` LoRA slots applied per batch row.
+    """A frozen base ``nn.Linear`` plus LoRA slots (laid out by ``routing.layout``) applied per batch row.
 
     Args:
         base: the base layer (weight ``[out, in]``, optional bias); kept, not copied.
-        n_slots: slots including slot 0 (no adapter); ``n_slots - 1`` adapters fit at once.
-        r_max: the largest rank a slot can hold.
-        routing: the model-wide :class:`BatchSlots`.
+        routing: the model-wide :class:`BatchSlots`, whose layout sizes this layer's pools.
 
     Input ``x``: ``[B, T, in]`` in the base's dtype; output ``[B, T, out]``.
     """
 
-    def __init__(self, base: nn.Linear, n_slots: int, r_max: int, routing: BatchSlots) -> None:
+    def __init__(self, base: nn.Linear, routing: BatchSlots) -> None:
         super().__init__()
         self.base = base
         self.routing = routing
         w = base.weight
         out_f, in_f = w.shape
         self.in_features, self.out_features = in_f, out_f
+        layout = routing.layout
         # float32 whatever the base dtype: this is PEFT's default (autocast_adapter_dtype=True
         # upcasts adapters and computes the delta in float32), and on CPU small float32 bmm is
-        # ~10x faster than bfloat16 bmm. B is stored transposed ([r, out] per slot) so the
-        # second bmm reads it contiguously.
+        # ~10x faster than bfloat16 bmm. B is stored transposed (a rank row is one row of
+        # lora_Bt) so the second product reads it contiguously.
         f32 = dict(dtype=torch.float32, device=w.device)
-        self.register_buffer("lora_A", torch.zeros(n_slots, r_max, in_f, **f32))
-        self.register_buffer("lora_Bt", torch.zeros(n_slots, r_max, out_f, **f32))
-        self.register_buffer("scaling", torch.zeros(n_slots, **f32))
+        self.register_buffer("lora_A", torch.zeros(layout.rows, in_f, **f32))
+        self.register_buffer("lora_Bt", torch.zeros(layout.rows, out_f, **f32))
+        self.register_buffer("scaling", torch.zeros(layout.n_adapters + 1, **f32))
+        self._capacity = layout.capacity()
+        self._offset = layout.offset()
         # slot → rows holding non-zero weights for this module; an adapter that does not
         # target this module leaves its slot absent here and the layer skips the LoRA path
         self._slot_rank: dict[int, int] = {}
@@ -148,27 +183,27 @@ class LoRALinear(nn.Module):
 
     @property
     def r_max(self) -> int:
-        """Largest rank a slot holds (the stacks' rank dimension)."""
-        return self.lora_A.shape[1]
+        """Largest rank a slot holds."""
+        return self.routing.layout.r_max
 
     def write_slot(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None, scaling: float) -> None:
         """Copy one adapter's weights for this module into ``slot`` (or clear it).
 
         Args:
             slot: 1..S-1.
-            a: ``[r, in]`` LoRA A, ``r <= r_max``; ``None`` clears the slot.
+            a: ``[r, in]`` LoRA A, ``r`` at most the slot's rank; ``None`` clears the slot.
             b: ``[out, r]`` LoRA B.
             scaling: ``lora_alpha / r`` (or ``/ sqrt(r)`` for rsLoRA).
 
         Raises:
-            ValueError: slot 0, a shape that does not fit, or rank above ``r_max``.
+            ValueError: slot 0, a shape that does not fit, or rank above the slot's.
         """
-        if slot <= 0 or slot >= self.lora_A.shape[0]:
-            raise ValueError(f"slot {slot} out of range 1..{self.lora_A.shape[0] - 1}")
-        r = 0 if a is None else a.shape[0]
+        if slot <= 0 or slot >= len(self._capacity):
+            raise ValueError(f"slot {slot} out of range 1..{len(self._capacity) - 1}")
+        r, cap, off = 0 if a is None else a.shape[0], self._capacity[slot], self._offset[slot]
         if a is not None:
-            if r > self.r_max:
-                raise ValueError(f"rank {r} exceeds this node's max LoRA rank {self.r_max}")
+            if r > cap:
+                raise ValueError(f"rank {r} exceeds slot {slot}'s rank {cap} (node's largest: {self.r_max})")
             if a.shape != (r, self.in_features) or b is None or b.shape != (self.out_features, r):
                 raise ValueError(
                     f"LoRA shapes A{tuple(a.shape)} B{tuple(b.shape) if b is not None else None} do not fit "
@@ -179,15 +214,15 @@ class LoRALinear(nn.Module):
         # neither tenant touches costs nothing (this keeps a swap to a few ms)
         held = self._slot_rank.get(slot, 0)
         if held > r:
-            self.lora_A[slot, r:held].zero_()
-            self.lora_Bt[slot, r:held].zero_()
+            self.lora_A[off + r : off + held].zero_()
+            self.lora_Bt[off + r : off + held].zero_()
         if a is None:
             if held:
                 self.scaling[slot] = 0.0
             self._slot_rank.pop(slot, None)
             return
-        self.lora_A[slot, :r].copy_(a)
-        self.lora_Bt[slot, :r].copy_(b.t())
+        self.lora_A[off : off + r].copy_(a)
+        self.lora_Bt[off : off + r].copy_(b.t())
         self.scaling[slot] = scaling
         self._slot_rank[slot] = r
 
@@ -199,10 +234,11 @@ class LoRALinear(nn.Module):
         if self._slot_rank.keys().isdisjoint(route.present):  # no adapter of this batch touches this module
             return y
         if route.grouped:
-            rows, slots = route.token_rows(x.shape[-2])
-            r = route.rank
-            bgmv()(y.view(-1, self.out_features), x.reshape(-1, self.in_features), self.lora_A[:, :r], self.lora_Bt[:, :r],
-                   rows, slots, self.scaling)  # fmt: skip
+            y2, x2 = y.view(-1, self.out_features), x.reshape(-1, self.in_features)
+            for first, n, cap, row, r, rows, local in route.token_groups(x.shape[-2]):
+                a = self.lora_A[row : row + n * cap].view(n, cap, self.in_features)[:, :r]
+                bt = self.lora_Bt[row : row + n * cap].view(n, cap, self.out_features)[:, :r]
+                bgmv()(y2, x2, a, bt, rows, local, self.scaling[first : first + n])
             return y
         g = self._gathered
         if g is None or g[0] != route.version:
@@ -218,18 +254,19 @@ class LoRALinear(nn.Module):
 
     def _gather(self) -> tuple:
         route = self.routing
-        ids, r = route.slot_ids, route.rank
-        # every row takes the gathered path; slot 0 is all zeros, so base rows get +0 exactly
+        index = route.row_index()  # [B, r]; base rows and rows past a slot's rank read the zero padding row
+        b, r = index.shape
+        flat = index.flatten()
         return (
             route.version,
-            self.lora_A[:, :r].index_select(0, ids).transpose(1, 2),  # [B, in, r]
-            self.lora_Bt[:, :r].index_select(0, ids),  # [B, r, out]
-            self.scaling.index_select(0, ids).view(-1, 1, 1),  # [B, 1, 1]
+            self.lora_A.index_select(0, flat).view(b, r, self.in_features).transpose(1, 2),  # [B, in, r]
+            self.lora_Bt.index_select(0, flat).view(b, r, self.out_features),  # [B, r, out]
+            self.scaling.index_select(0, route.slot_ids).view(-1, 1, 1),  # [B, 1, 1]
         )
 
 
-def inject_lora(model: nn.Module, n_slots: int, r_max: int) -> tuple[BatchSlots, dict[str, LoRALinear]]:
-    """Wrap every ``nn.Linear`` inside the decoder layers with a :class:`LoRALinear`.
+def inject_lora(model: nn.Module, layout: SlotLayout) -> tuple[BatchSlots, dict[str, LoRALinear]]:
+    """Wrap every ``nn.Linear`` inside the decoder layers with a :class:`LoRALinear` whose slots ``layout`` sizes.
 
     The output head and embeddings are left alone (adapters that target them are refused at
     load). Module names are the base model's own (``model.layers.0.self_attn.q_proj``), the
@@ -238,12 +275,12 @@ def inject_lora(model: nn.Module, n_slots: int, r_max: int) -> tuple[BatchSlots,
     Returns:
         The shared routing object and ``{module name: LoRALinear}``.
     """
-    routing = BatchSlots(n_slots, next(model.parameters()).device)
+    routing = BatchSlots(layout, next(model.parameters()).device)
     layers: dict[str, LoRALinear] = {}
     for name, mod in adaptable_linears(model):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        wrapped = LoRALinear(mod, n_slots, r_max, routing)
+        wrapped = LoRALinear(mod, routing)
         setattr(parent, child, wrapped)
         layers[name] = wrapped
     return routing, layers

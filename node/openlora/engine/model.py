@@ -10,6 +10,7 @@ import torch
 from .base import BaseModelSource
 from .cpu_compute import HALF, can_pack, compute_in_float32, pack_linears, use_cpu_attention, wants_float32
 from .lora import BatchSlots, LoRALinear, inject_lora
+from .slot_layout import SlotLayout
 from .cpu_kernels import available as kernels_available
 from .text import TextCodec, load_codec
 
@@ -54,17 +55,21 @@ class ResidentModel:
     @property
     def max_rank(self) -> int:
         """Largest LoRA rank a slot holds."""
-        return next(iter(self.lora_layers.values())).r_max
+        return self.routing.layout.r_max
 
 
-def load_resident(source: BaseModelSource, dtype: str, n_slots: int, max_rank: int, device: str = "cpu") -> ResidentModel:
-    """Load the base from its safetensors folder and inject ``n_slots`` LoRA slots.
+def load_resident(
+    source: BaseModelSource, dtype: str, n_slots: int = 8, max_rank: int = 64, device: str = "cpu", layout: SlotLayout | None = None
+) -> ResidentModel:
+    """Load the base from its safetensors folder and inject LoRA slots: ``n_slots`` of rank ``max_rank``, or ``layout``.
 
     Args:
         source: a resolved base model (``engine.base.resolve_base_model``).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         n_slots: adapter slots on the device (slot 0 for the base is added).
         max_rank: largest adapter rank a slot can hold.
+        layout: rank buckets instead (``--rank-buckets``: few big slots beside many small ones); replaces
+            ``n_slots`` and ``max_rank``.
         device: ``"cpu"`` or ``"cuda"`` (weights, slots and the KV cache live there). On a CPU without
             native half-precision kernels, a bf16/fp16 base computes in float32 (``engine.cpu_compute``).
             A bf16/fp16 base on a CPU takes the grouped LoRA path (``engine.lora``) and the decode attention
@@ -87,7 +92,7 @@ def load_resident(source: BaseModelSource, dtype: str, n_slots: int, max_rank: i
         compute_in_float32(model)
     elif half_on_cpu:
         use_cpu_attention(model)
-    routing, layers = inject_lora(model, n_slots + 1, max_rank)
+    routing, layers = inject_lora(model, layout or SlotLayout.uniform(n_slots, max_rank))
     routing.grouped = half_on_cpu and kernels_available()
     if can_pack(DTYPES[dtype], torch.device(device)):
         log.info("%d linear layers prepacked for oneDNN's bf16 kernels", pack_linears(model))

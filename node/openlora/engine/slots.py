@@ -1,11 +1,14 @@
 """Where adapters live: device slots (in the LoRA stacks) above a host cache above the blockstore.
 
     blockstore (disk, verified blocks) ──load+verify, off the step loop──► host cache (LRU, --max-cpu-loras, max_cpu_lora_bytes)
-    host cache ──copy into preallocated stacks, between steps──► device slot (LRU, --max-loras)
+    host cache ──copy into preallocated pools, between steps──► device slot (LRU, --max-loras or --rank-buckets)
 
 A device slot is taken by a request for its whole life (refcount), so an adapter in use is
 never evicted or overwritten; eviction picks the least recently used slot with no references
 and no pin. vLLM's ``max_loras`` / ``max_cpu_loras`` and LoRAX's tiered cache are the models.
+With rank buckets (``engine.slot_layout``) an adapter goes to the smallest rank that holds it:
+a free slot there or in a larger bucket, else the least recently used idle slot of the smallest
+bucket that has one, so small adapters do not crowd big ones out of the few big slots.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ class SlotManager:
     Args:
         layers: every :class:`LoRALinear` of the model, by base module name.
         routing: the model's routing object (its per-slot ranks are kept here).
-        n_adapters: device slots for adapters (``--max-loras``).
+        n_adapters: device slots for adapters, the layout's first ``n_adapters`` (``--max-loras``).
     """
 
     def __init__(self, layers: dict[str, LoRALinear], routing: BatchSlots, n_adapters: int) -> None:
@@ -38,6 +41,7 @@ class SlotManager:
         self._refs = [0] * (n_adapters + 1)
         self._used = [0.0] * (n_adapters + 1)
         self._pinned: set[str] = set()
+        self._rank = routing.layout.capacity()[: n_adapters + 1]
 
     @property
     def capacity(self) -> int:
@@ -85,21 +89,13 @@ class SlotManager:
         slot's previous tenant survives.
 
         Raises:
-            NoFreeSlot: every slot is referenced or pinned.
+            NoFreeSlot: every slot that can hold the adapter's rank is referenced or pinned.
+            ValueError: the adapter's rank is above every slot's.
         """
         with self._lock:
             slot = self._find(cid)
             if slot is None:
-                free = [s for s in range(1, len(self._cid)) if self._cid[s] is None]
-                if free:
-                    slot = free[0]
-                else:
-                    idle = [
-                        s for s in range(1, len(self._cid)) if self._refs[s] == 0 and self._cid[s] not in self._pinned
-                    ]
-                    if not idle:
-                        raise NoFreeSlot(f"all {self.capacity} adapter slots are in use or pinned")
-                    slot = min(idle, key=lambda s: self._used[s])
+                slot = self._pick(adapter.max_rank)
                 # mark the slot empty while writing: a failed copy must not leave a half adapter named
                 self._cid[slot] = None
                 self._routing.slot_rank[slot] = 0
@@ -111,6 +107,21 @@ class SlotManager:
             self._refs[slot] += 1
             self._used[slot] = time.monotonic()
             return slot
+
+    def _pick(self, rank: int) -> int:
+        """A slot for an adapter of ``rank``: free, by rising slot rank; else idle (LRU), smallest bucket first."""
+        fits = sorted((s for s in range(1, len(self._cid)) if self._rank[s] >= rank), key=lambda s: (self._rank[s], s))
+        if not fits:  # verification refuses ranks above the node's largest slot; this is a caller's mistake
+            raise ValueError(f"rank {rank} is above every slot's (largest: {max(self._rank)})")
+        free = [s for s in fits if self._cid[s] is None]
+        if free:
+            return free[0]
+        idle = [s for s in fits if self._refs[s] == 0 and self._cid[s] not in self._pinned]
+        if not idle:
+            held = f"of rank ≥ {rank} " if len(fits) < self.capacity else ""
+            raise NoFreeSlot(f"all {len(fits)} adapter slots {held}are in use or pinned")
+        smallest = self._rank[idle[0]]
+        return min((s for s in idle if self._rank[s] == smallest), key=lambda s: self._used[s])
 
     def evict(self, cid: str) -> bool:
         """Clear ``cid``'s slot if no request holds it. Returns whether it was evicted."""
