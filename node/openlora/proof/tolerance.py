@@ -43,9 +43,17 @@ within a token and from token to token in size, not in sign, so the variance is 
 entries). The call fails when z < −PROJECTION_Z_LIMIT (far beyond what rounding of this size explains) AND
 β < −PROJECTION_BETA_LIMIT (a material part of the effect is missing: a systematic honest bias of a few
 per cent — bf16 accumulating the adapter's small update — cannot fail a call however long it is). A cheat that
-removes less than PROJECTION_BETA_LIMIT of the effect (one module of 120, the tail of a steep trained spectrum)
-passes by design: it saves the node that share of the adapter's work and changes the output less than that.
-A call without an adapter has Δ = 0: only the distance applies.
+removes less than PROJECTION_BETA_LIMIT of the effect passes this test by design; so does one whose error is
+not along Δ. Both cases are measured by ``scripts/bench_proof.py``: one (layer, module) of 120 dropped, and half
+the rank of a trained adapter (whose top half keeps ~98 % of the update: β ≈ −0.01, the distance ratio 1.1–2.2,
+about what rounding moves the call — only the ratio test sees the larger ones). A call without an adapter has
+Δ = 0: only the distance applies.
+
+The limits' origin: z is a sum over tokens of independent roundings, about normal when it is honest; −6 is
+P ≈ 1e-9 there, and leaves a factor 1.5 for an engine noisier than the probe (honest distance ratios measured
+0.8–1.34) before an honest call could reach −4. Measured (32 tokens, bench_proof.py): honest z −2.2..+1.5 and
+β −0.20..+0.30 (the wide β on adapters with an effect ≈ rounding, where z stays small); the bare base β ≈ −1,
+half scale β −0.49..−0.73.
 
 Greedy calls: every token must be the reference's argmax, or within ``GREEDY_GAP`` nats of it (a near-tie
 honest rounding can flip).
