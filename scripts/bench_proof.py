@@ -299,6 +299,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternations of the throughput comparison")
     ap.add_argument("--throughput-calls", type=int, default=32)
     ap.add_argument("--conditions", default=",".join(HONEST + CHEATS + REPORTED))
+    ap.add_argument(
+        "--random-b-std", type=float, default=0.1,
+        help="B spread of the random adapters (proof_cheats.random_adapter: 0.1 moves the output ~1 nat, 0.015 ~0.1)",
+    )  # fmt: skip
     ap.add_argument("--vllm-eager", action="store_true", help="vLLM without compilation (faster start, slower steps)")
     ap.add_argument("--model-cache", type=Path, default=Path(os.environ.get("OPENLORA_MODEL_CACHE", ROOT / ".cache" / "models")))
     ap.add_argument("--quick", action="store_true", help="2 calls per condition, 8 tokens, 1 throughput round (a smoke run)")
@@ -318,7 +322,7 @@ def main(argv=None) -> int:
         d: load_adapter((DEMO / d / "adapter_config.json").read_bytes(), (DEMO / d / "adapter_model.safetensors").read_bytes(), shapes, 64)
         for d in TRAINED
     }
-    adapters.update({name: random_adapter(shapes, seed=100 + i) for i, name in enumerate(RANDOM)})
+    adapters.update({name: random_adapter(shapes, seed=100 + i, b_std=args.random_b_std) for i, name in enumerate(RANDOM)})
     served = dict(adapters)
     for cheat, variant in VARIANTS.items():
         served.update({f"{a}#{cheat}": variant(ad) for a, ad in adapters.items()})

@@ -51,9 +51,10 @@ about what rounding moves the call — only the ratio test sees the larger ones)
 
 The limits' origin: z is a sum over tokens of independent roundings, about normal when it is honest; −6 is
 P ≈ 1e-9 there, and leaves a factor 1.5 for an engine noisier than the probe (honest distance ratios measured
-0.8–1.34) before an honest call could reach −4. Measured (32 tokens, bench_proof.py): honest z −2.2..+1.5 and
-β −0.20..+0.30 (the wide β on adapters with an effect ≈ rounding, where z stays small); the bare base β ≈ −1,
-half scale β −0.49..−0.73.
+0.8–1.34) before an honest call could reach −4. Measured (bench_proof.py, ≤ 32 tokens, 2026-12-07): 60 honest
+calls (torch bf16 batched / solo / 1 thread, vLLM bf16; adapters moving the output 0.5–2.8 nats) z −2.9..+3.5,
+β −0.03..+0.04; 12 more on adapters moving it ~0.1 nat (≈ rounding) β −0.20..+0.30 with |z| ≤ 2.2 — so neither
+limit alone would do. Cheats: the bare base β ≈ −1 (z −8..−16), half scale β −0.47..−0.73 (z to −67).
 
 Greedy calls: every token must be the reference's argmax, or within ``GREEDY_GAP`` nats of it (a near-tie
 honest rounding can flip).
