@@ -1,7 +1,8 @@
 """Proof of serving, measured: can a verifier tell the adapter a node claims from what it computed?
 
 Every call of every condition runs through a node engine with its proof collector, is signed as a node signs
-it (``proof.attest``) and checked as a verifier checks it (``proof.verify``: float32 reference, bf16 probe):
+it (``proof.attest``) and checked as a verifier checks it (``proof.verify``: float32 reference, bf16 probe,
+float32 bare base for the projection of the node's error on the adapter's effect, β and its z):
 
     honest (must pass)   torch_bf16     the torch engine, bfloat16, batches of --batch mixed calls (the default)
                          torch_fp32     the same in float32
@@ -19,9 +20,11 @@ it (``proof.attest``) and checked as a verifier checks it (``proof.verify``: flo
 Calls cycle over the three trained demo adapters and three random adapters at their scale (seeded), prompts
 over the demo questions (seeded), half greedy and half sampled (T 0.7, top-p 0.9, seeded); completions stop at
 EOS or --tokens. Then, in the same run: proof bytes per 32 tokens, each call's verification time over its
-generation time, and the node's throughput with proofs against the same workload without them (torch and vLLM,
-alternated --rounds times; the median run of each). Prints one table and the acceptance lines; --json writes
-every figure, --raw every call's statistics.
+generation time (the verifier's prefills: reference, probe, base), and the node's throughput with proofs against the same workload without them (torch and vLLM,
+alternated --rounds times; the median run of each). Prints one table and the acceptance lines (per condition:
+the distance ratio, β = the share of the adapter's effect the node's error takes back, its z, and the adapter's
+effect against the probe's rounding, rms nats over the committed entries); --json writes every figure, --raw
+every call's statistics.
 
 Usage: ``python scripts/bench_proof.py [--calls 100] [--honest-calls N] [--tokens 64] [--batch 16] [--json out.json] [--quick]``.
 """
@@ -58,7 +61,7 @@ from openlora.engine.slots import HostCache, SlotManager  # noqa: E402
 from openlora.engine.text import load_codec  # noqa: E402
 from openlora.proof.attest import Attestor  # noqa: E402
 from openlora.proof.reference import Reference  # noqa: E402
-from openlora.proof.tolerance import RATIO_LIMIT  # noqa: E402
+from openlora.proof.tolerance import PROJECTION_BETA_LIMIT, PROJECTION_Z_LIMIT, RATIO_LIMIT  # noqa: E402
 from openlora.proof.topk import TopLogprobs  # noqa: E402
 from openlora.proof.verify import verify_call  # noqa: E402
 from openlora.proof.wire import record_to_pb  # noqa: E402
@@ -239,6 +242,7 @@ def verify_all(condition: str, calls: list[Call], attestor: Attestor, reference:
             "condition": condition, "adapter": call.claimed, "family": "trained" if call.claimed in TRAINED else "random",
             "greedy": call.sampling.greedy, "tokens": len(call.proof.tokens), "check": verdict.check,
             "distance": verdict.distance, "noise": verdict.noise, "ratio": verdict.ratio, "z": verdict.z,
+            "beta": verdict.beta, "beta_z": verdict.beta_z, "effect": verdict.effect,
             "misses": verdict.misses, "gap": verdict.gap, "verify_ms": verify_ms, "generate_ms": call.latency_ms,
             "proof_bytes": len(signed.record.proof),
         })  # fmt: skip
@@ -260,6 +264,7 @@ def throughput(run, make_calls, rounds: int) -> dict:
 def summarize(rows: list[dict]) -> dict:
     flagged = [r for r in rows if r["check"]]
     ratios = [r["ratio"] for r in rows if r["ratio"]]
+    projected = [r for r in rows if r["effect"]]
     by_family = {}
     for fam in ("trained", "random"):
         sub = [r for r in rows if r["family"] == fam]
@@ -272,6 +277,13 @@ def summarize(rows: list[dict]) -> dict:
         "distance_median": statistics.median(r["distance"] for r in rows),
         "ratio_min": min(ratios, default=0.0), "ratio_median": statistics.median(ratios) if ratios else 0.0,
         "ratio_max": max(ratios, default=0.0), "tokens_mean": statistics.mean(r["tokens"] for r in rows),
+        "beta_min": min((r["beta"] for r in projected), default=0.0),
+        "beta_median": statistics.median(r["beta"] for r in projected) if projected else 0.0,
+        "beta_max": max((r["beta"] for r in projected), default=0.0),
+        "beta_z_min": min((r["beta_z"] for r in projected), default=0.0),
+        "beta_z_max": max((r["beta_z"] for r in projected), default=0.0),
+        "effect_median": statistics.median(r["effect"] for r in projected) if projected else 0.0,
+        "noise_median": statistics.median(r["noise"] for r in rows if r["noise"]) if any(r["noise"] for r in rows) else 0.0,
         "greedy_gap_max": max((r["gap"] for r in rows if r["greedy"]), default=0.0),
         "sampling_z_min": min((r["z"] for r in rows if not r["greedy"] and r["z"]), default=0.0),
     }  # fmt: skip
@@ -287,6 +299,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternations of the throughput comparison")
     ap.add_argument("--throughput-calls", type=int, default=32)
     ap.add_argument("--conditions", default=",".join(HONEST + CHEATS + REPORTED))
+    ap.add_argument(
+        "--random-b-std", type=float, default=0.1,
+        help="B spread of the random adapters (proof_cheats.random_adapter: 0.1 moves the output ~1 nat, 0.015 ~0.1)",
+    )  # fmt: skip
     ap.add_argument("--vllm-eager", action="store_true", help="vLLM without compilation (faster start, slower steps)")
     ap.add_argument("--model-cache", type=Path, default=Path(os.environ.get("OPENLORA_MODEL_CACHE", ROOT / ".cache" / "models")))
     ap.add_argument("--quick", action="store_true", help="2 calls per condition, 8 tokens, 1 throughput round (a smoke run)")
@@ -306,7 +322,7 @@ def main(argv=None) -> int:
         d: load_adapter((DEMO / d / "adapter_config.json").read_bytes(), (DEMO / d / "adapter_model.safetensors").read_bytes(), shapes, 64)
         for d in TRAINED
     }
-    adapters.update({name: random_adapter(shapes, seed=100 + i) for i, name in enumerate(RANDOM)})
+    adapters.update({name: random_adapter(shapes, seed=100 + i, b_std=args.random_b_std) for i, name in enumerate(RANDOM)})
     served = dict(adapters)
     for cheat, variant in VARIANTS.items():
         served.update({f"{a}#{cheat}": variant(ad) for a, ad in adapters.items()})
@@ -324,7 +340,11 @@ def main(argv=None) -> int:
         rows.extend(got)
         results["conditions"][condition] = {"kind": "honest" if condition in HONEST else "cheat" if condition in CHEATS else "reported", **summarize(got)}
         s = results["conditions"][condition]
-        print(f"  {condition:14s} {s['flagged']:4d}/{s['calls']:<4d} flagged  ratio {s['ratio_min']:.2f}..{s['ratio_max']:.2f}  ({time.time() - started:.0f} s)", flush=True)
+        print(
+            f"  {condition:14s} {s['flagged']:4d}/{s['calls']:<4d} flagged  ratio {s['ratio_min']:.2f}..{s['ratio_max']:.2f}  "
+            f"β {s['beta_min']:+.2f}..{s['beta_max']:+.2f}  z {s['beta_z_min']:.1f}..{s['beta_z_max']:.1f}  ({time.time() - started:.0f} s)",
+            flush=True,
+        )
 
     def make(condition: str) -> list[Call]:
         n = args.honest_calls if condition in HONEST and args.honest_calls else args.calls
@@ -390,7 +410,7 @@ def main(argv=None) -> int:
         "throughput_ratio_vllm": results.get("throughput_vllm", {}).get("ratio"),
     }
     results["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("json", "raw")}
-    results["settings"]["ratio_limit"] = RATIO_LIMIT
+    results["settings"].update(ratio_limit=RATIO_LIMIT, projection_beta_limit=PROJECTION_BETA_LIMIT, projection_z_limit=PROJECTION_Z_LIMIT)
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -400,12 +420,17 @@ def main(argv=None) -> int:
 
 
 def print_table(results: dict) -> None:
-    print(f"\n{'condition':15s}{'kind':9s}{'calls':>6s}{'flagged':>8s}{'rate':>8s}  {'trained/random':>15s}  {'ratio min/med/max':>20s}  checks")
+    print(
+        f"\n{'condition':15s}{'kind':9s}{'calls':>6s}{'flagged':>8s}{'rate':>8s}  {'trained/random':>15s}  {'ratio min/med/max':>20s}"
+        f"  {'β min/med/max':>18s}  {'z min/max':>12s}  {'effect/noise':>12s}  checks"
+    )
     for name, s in results["conditions"].items():
         fam = "/".join(f"{s['by_family'].get(f, 0):.0%}" for f in ("trained", "random"))
         print(
             f"{name:15s}{s['kind']:9s}{s['calls']:6d}{s['flagged']:8d}{s['rate']:8.1%}  {fam:>15s}  "
-            f"{s['ratio_min']:6.2f}/{s['ratio_median']:5.2f}/{s['ratio_max']:6.2f}  {s['by_check']}"
+            f"{s['ratio_min']:6.2f}/{s['ratio_median']:5.2f}/{s['ratio_max']:6.2f}  "
+            f"{s['beta_min']:+6.2f}/{s['beta_median']:+5.2f}/{s['beta_max']:+5.2f}  {s['beta_z_min']:6.1f}/{s['beta_z_max']:5.1f}  "
+            f"{s['effect_median']:5.3f}/{s['noise_median']:5.3f}  {s['by_check']}"
         )
     a = results["acceptance"]
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import sys
 import threading
 
+import torch
+
 import pytest
 from eth_account import Account
 
@@ -27,13 +29,14 @@ from openlora.engine.slots import HostCache, SlotManager
 from openlora.proof.attest import Attestor
 from openlora.proof.encoding import decode
 from openlora.proof.reference import Reference
+from openlora.proof.tolerance import PROJECTION_BETA_LIMIT
 from openlora.proof.topk import TopLogprobs
 from openlora.proof.verify import verify_call
 from openlora.proof.wire import record_from_pb, record_to_pb
 from openlora.v1 import node_pb2 as pb
 
 sys.path.insert(0, str(ROOT / "scripts"))  # the cheats the benchmark measures
-from proof_cheats import drop_module, half_scale  # noqa: E402
+from proof_cheats import drop_module, half_scale, random_adapter, truncate_rank  # noqa: E402
 
 NODE = Account.from_key(b"\x41" * 32)
 QUESTIONS = ["What are the early signs of Lyme disease?", "Can a landlord raise the rent in the middle of a lease?"]
@@ -42,12 +45,15 @@ TOKENS = 24
 
 @pytest.fixture(scope="module")
 def demo(base_source):
+    """The trained demo adapters and one random adapter at their scale (the benchmark's ``random0``)."""
     shapes = adaptable_shapes(base_source.path)
-    return {
+    adapters = {
         d: load_adapter((DEMO_ADAPTERS / d / "adapter_config.json").read_bytes(),
                         (DEMO_ADAPTERS / d / "adapter_model.safetensors").read_bytes(), shapes, 16)
         for d in DOMAINS
     }  # fmt: skip
+    adapters["random"] = random_adapter(shapes, seed=100)
+    return adapters
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +62,7 @@ def served(base_source, demo):
     variants = dict(demo)
     variants.update({f"{d}#half": half_scale(a) for d, a in demo.items()})
     variants.update({f"{d}#drop_v": drop_module(a) for d, a in demo.items()})
+    variants.update({f"{d}#rank_half": truncate_rank(a) for d, a in demo.items()})
     rm = load_resident(base_source, "bfloat16", n_slots=4, max_rank=16)
     engine = TorchEngine(rm, SlotManager(rm.lora_layers, rm.routing, 4), HostCache(16), variants.__getitem__, max_batch=4)
     engine.start()
@@ -132,3 +139,66 @@ def test_a_tampered_call_fails_on_its_hashes_and_does_not_blame_the_node(served,
     changed.CopyFrom(call)
     changed.record.adapter = "finance"
     assert verify_call(changed, reference, demo.__getitem__).check == "signature"
+
+
+# The cheats that keep most of the adapter, which only the projection on the adapter's effect tells from rounding.
+# A trained adapter and a random one whose effect on the output is ~40 % of it (proof_cheats.random_adapter).
+# Halving a trained adapter's rank keeps ~98 % of its update and moves the output about as much as bf16 rounding
+# (the benchmark reports it); halving a random adapter's rank removes about half of its effect.
+WEAK = [
+    # (name, computed with, expected failing check ("" = valid), claimed adapters)
+    ("honest-batched", "{a}", "", ("medical", "random")),
+    ("honest-1-thread", "{a}", "", ("medical", "random")),
+    ("half-scale", "{a}#half", "commitment", ("medical", "random")),
+    ("v_proj-dropped", "{a}#drop_v", "commitment", ("medical", "random")),
+    ("rank-halved", "{a}#rank_half", "commitment", ("random",)),
+]
+
+
+@pytest.fixture(scope="module")
+def weak_calls(served):
+    """Every call of ``WEAK`` but the 1-thread ones in flight at once (honest calls batched beside cheats: another
+    batch composition than the solo calls above), then the honest calls again one at a time on 1 torch thread."""
+    engine, attestor = served
+    question = QUESTIONS[0]
+    ids = engine.codec.encode_chat([{"role": "user", "content": question}])
+    params = SamplingParams(max_new_tokens=TOKENS, temperature=0.0, ignore_eos=True)
+
+    def submit(name: str, claimed: str, computed: str) -> tuple[str, TopLogprobs, threading.Event]:
+        proof, done = attestor.collector(), threading.Event()
+        engine.submit(GenerationRequest(ids, params, lambda ev: isinstance(ev, Finished) and done.set(), computed, proof=proof))
+        return name, proof, done
+
+    def attest(name: str, claimed: str, proof: TopLogprobs) -> tuple[str, pb.ServedCall]:
+        record = attestor.attest(ids, proof, params, claimed)
+        return name, pb.ServedCall(record=record_to_pb(record), prompt_ids=ids, completion_ids=proof.tokens)
+
+    pending = [
+        (claimed, *submit(name, claimed, computed.format(a=claimed)))
+        for name, computed, _, adapters in WEAK if name != "honest-1-thread" for claimed in adapters
+    ]  # fmt: skip
+    out: dict[str, list[pb.ServedCall]] = {name: [] for name, *_ in WEAK}
+    for claimed, name, proof, done in pending:
+        assert done.wait(300), name
+        out[name].append(attest(name, claimed, proof)[1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for claimed in WEAK[1][3]:
+            _, proof, done = submit("honest-1-thread", claimed, claimed)
+            assert done.wait(300)
+            out["honest-1-thread"].append(attest("honest-1-thread", claimed, proof)[1])
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.mark.parametrize("name,expected", [(n, e) for n, _, e, _ in WEAK], ids=[w[0] for w in WEAK])
+def test_the_adapter_projection_fails_the_weak_cheats_and_passes_honest_variation(weak_calls, reference, demo, name, expected):
+    for call in weak_calls[name]:
+        verdict = verify_call(call, reference, demo.__getitem__)
+        assert verdict.check == expected, (record_from_pb(call.record).record.adapter, verdict)
+        if expected:
+            assert verdict.blames_node, verdict
+        else:  # the honest error does not point along the adapter's effect (0 when a shortcut spared the probe)
+            assert abs(verdict.beta) < PROJECTION_BETA_LIMIT, verdict

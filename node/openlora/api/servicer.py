@@ -222,6 +222,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             valid=verdict.valid, check=verdict.check, detail=verdict.detail,
             commitment_distance=verdict.distance, probe_noise=verdict.noise, commitment_ratio=verdict.ratio,
             ratio_limit=verdict.limit, sampling_z=verdict.z, greedy_misses=verdict.misses, verify_ms=verdict.verify_ms,
+            adapter_projection=verdict.beta, projection_z=verdict.beta_z, adapter_effect=verdict.effect,
         )  # fmt: skip
         if evidence is not None:
             response.evidence.CopyFrom(evidence)

@@ -8,7 +8,9 @@
                ─► proof            the commitment decodes: k entries for every completion token ─┐ a failure here
                ─► recompute        Reference.logprobs(prompt, completion, adapter)  [m, V]       │ blames the node
                ─► commitment       float32 distance; between the shortcuts, a bf16 probe of the  │ that signed the
-                                   same prefill and the ratio of the two ≤ RATIO_LIMIT           │ record: it is
+                                   same prefill and the ratio of the two ≤ RATIO_LIMIT; with an   │ record: it is
+                                   adapter, one base prefill and the error's projection on the   │
+                                   adapter's effect (β, z) not pointing back to the base         │
                ─► sampling         greedy: every token the argmax (or within a near-tie);        │ evidence
                                    sampled: log-likelihood z-score above −limit                 ─┘
 
@@ -31,8 +33,11 @@ from .tolerance import (
     ABS_FAIL,
     ABS_PASS,
     GREEDY_GAP,
+    PROJECTION_BETA_LIMIT,
+    PROJECTION_Z_LIMIT,
     RATIO_LIMIT,
     SAMPLING_Z_LIMIT,
+    adapter_projection,
     commitment_distance,
     commitment_ratio,
     greedy_gaps,
@@ -61,10 +66,14 @@ class Verdict:
         distance / noise: the commitment's distance to the float32 reference and the bf16 probe's (nats;
             ``noise`` is 0 when a shortcut made the probe unnecessary, both 0 before the recomputation).
         ratio: ``distance`` over the floored ``noise`` (0 without the probe); ``limit`` its bound.
+        beta / beta_z: the node's error projected on the adapter's effect: the share of the effect missing
+            (negated; ≈ 0 honest, −1 the bare base) and its z-score (``proof.tolerance.adapter_projection``;
+            0 without an adapter or without the probe).
+        effect: the adapter's effect on the committed entries, rms nats (0 without an adapter or the probe).
         z: the sampling z-score (sampled calls).
         misses / gap: greedy calls: tokens more than ``GREEDY_GAP`` below the reference's argmax, and the largest
             gap of any token (nats).
-        verify_ms: the recomputation's time (both prefills), ms.
+        verify_ms: the recomputation's time (every prefill), ms.
     """
 
     check: str
@@ -73,6 +82,9 @@ class Verdict:
     noise: float = 0.0
     ratio: float = 0.0
     limit: float = RATIO_LIMIT
+    beta: float = 0.0
+    beta_z: float = 0.0
+    effect: float = 0.0
     z: float = 0.0
     misses: int = 0
     gap: float = 0.0
@@ -157,6 +169,7 @@ def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSour
     ref = reference.logprobs(prompt, completion, adapter)
     figures = _commitment(committed, ref, reference, prompt, completion, adapter)
     figures["verify_ms"] = (time.perf_counter() - t0) * 1000.0
+    projection_fails = figures.pop("projection_fails")
     where = f"base {r.base_fingerprint[:15]}… with adapter {r.adapter or '(none)'}"
     if figures["ratio"] > RATIO_LIMIT or figures["distance"] >= ABS_FAIL:
         return Verdict(
@@ -165,7 +178,17 @@ def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSour
             f"{_times(figures)}: the node did not compute {where} as it claims",
             **figures,
         )
+    if projection_fails:
+        return Verdict(
+            "commitment",
+            f"the committed log-probabilities lack {-figures['beta']:.0%} of the adapter's effect "
+            f"({figures['effect']:.3f} nats rms; z = {figures['beta_z']:.1f}, limits −{PROJECTION_BETA_LIMIT:.0%} "
+            f"and −{PROJECTION_Z_LIMIT}): the node did not compute {where} as it claims",
+            **figures,
+        )
     summary = f"commitment {figures['distance']:.3f} nats, {_times(figures)}"
+    if figures.get("effect"):
+        summary += f"; adapter effect {figures['effect']:.3f} nats rms, β = {figures['beta']:+.2f} (z = {figures['beta_z']:.1f})"
     if r.sampling.greedy:
         gaps = greedy_gaps(completion, ref)
         misses, gap = int((gaps > GREEDY_GAP).sum()), float(gaps.max())
@@ -189,13 +212,19 @@ def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSour
 
 
 def _commitment(committed, ref, reference: Reference, prompt, completion, adapter) -> dict:
-    """The commitment's figures: the float32 distance and, between the shortcuts, the bf16 probe and the ratio."""
+    """The commitment's figures: the float32 distance and, between the shortcuts, the bf16 probe and the ratio;
+    with an adapter, the base prefill and the projection on the adapter's effect (``proof.tolerance``)."""
     distance = commitment_distance(committed, ref)
+    figures = {"distance": distance, "noise": 0.0, "ratio": 0.0, "projection_fails": False}
     if distance <= ABS_PASS or distance >= ABS_FAIL:
-        return {"distance": distance, "noise": 0.0, "ratio": 0.0}
+        return figures
     probe = reference.logprobs(prompt, completion, adapter, PROBE_DTYPE)
     noise = probe_noise(committed, ref, probe)
-    return {"distance": distance, "noise": noise, "ratio": commitment_ratio(distance, noise)}
+    figures.update(noise=noise, ratio=commitment_ratio(distance, noise))
+    if adapter is not None and figures["ratio"] <= RATIO_LIMIT:  # a failed ratio needs no third prefill
+        p = adapter_projection(committed, ref, reference.logprobs(prompt, completion, None), probe)
+        figures.update(beta=p.beta, beta_z=p.z, effect=p.effect, projection_fails=p.fails)
+    return figures
 
 
 def _times(figures: dict) -> str:

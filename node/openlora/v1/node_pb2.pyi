@@ -196,7 +196,7 @@ class VerifyRequest(_message.Message):
     def __init__(self, call: _Optional[_Union[ServedCall, _Mapping]] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("valid", "check", "detail", "commitment_distance", "probe_noise", "commitment_ratio", "ratio_limit", "sampling_z", "greedy_misses", "verify_ms", "evidence")
+    __slots__ = ("valid", "check", "detail", "commitment_distance", "probe_noise", "commitment_ratio", "ratio_limit", "sampling_z", "greedy_misses", "verify_ms", "evidence", "adapter_projection", "projection_z", "adapter_effect")
     VALID_FIELD_NUMBER: _ClassVar[int]
     CHECK_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +208,9 @@ class VerifyResponse(_message.Message):
     GREEDY_MISSES_FIELD_NUMBER: _ClassVar[int]
     VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_PROJECTION_FIELD_NUMBER: _ClassVar[int]
+    PROJECTION_Z_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_EFFECT_FIELD_NUMBER: _ClassVar[int]
     valid: bool
     check: str
     detail: str
@@ -219,7 +222,10 @@ class VerifyResponse(_message.Message):
     greedy_misses: int
     verify_ms: float
     evidence: Evidence
-    def __init__(self, valid: _Optional[bool] = ..., check: _Optional[str] = ..., detail: _Optional[str] = ..., commitment_distance: _Optional[float] = ..., probe_noise: _Optional[float] = ..., commitment_ratio: _Optional[float] = ..., ratio_limit: _Optional[float] = ..., sampling_z: _Optional[float] = ..., greedy_misses: _Optional[int] = ..., verify_ms: _Optional[float] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ...) -> None: ...
+    adapter_projection: float
+    projection_z: float
+    adapter_effect: float
+    def __init__(self, valid: _Optional[bool] = ..., check: _Optional[str] = ..., detail: _Optional[str] = ..., commitment_distance: _Optional[float] = ..., probe_noise: _Optional[float] = ..., commitment_ratio: _Optional[float] = ..., ratio_limit: _Optional[float] = ..., sampling_z: _Optional[float] = ..., greedy_misses: _Optional[int] = ..., verify_ms: _Optional[float] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., adapter_projection: _Optional[float] = ..., projection_z: _Optional[float] = ..., adapter_effect: _Optional[float] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
