@@ -194,10 +194,11 @@ class VllmEngine:
     ) -> None:
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
         self._TokensPrompt, self._LoRARequest = TokensPrompt, LoRARequest
         self._SamplingParams, self._DELTA = SamplingParams, RequestOutputKind.DELTA
+        self._Structured = StructuredOutputsParams
         self._llm = llm
         self.codec = codec
         self.options = options
@@ -293,7 +294,8 @@ class VllmEngine:
         """Start ``req`` on the event loop (call it there).
 
         Raises:
-            ValueError: empty prompt, or prompt + max_new_tokens beyond the context limit.
+            ValueError: empty prompt, or prompt + max_new_tokens beyond the context limit, or a constraint that
+                does not compile (``structured.ConstraintError``; vLLM compiles it again with the same library).
             QueueFull: ``max_waiting`` requests already wait.
         """
         n = len(req.prompt_ids)
@@ -305,6 +307,8 @@ class VllmEngine:
                 f"prompt ({n} tokens) + max_new_tokens ({req.sampling.max_new_tokens}) exceeds the "
                 f"model's context of {limit} tokens"
             )
+        if req.constraint is not None:
+            self.codec.grammars.compile(req.constraint)
         self.check_room()
         self._tasks[req.request_id] = asyncio.get_running_loop().create_task(self._serve(req))
 
@@ -403,6 +407,10 @@ class VllmEngine:
         s = req.sampling
         # the proof's top-k: vLLM's raw log-probabilities (before temperature/top-p/top-k), flat (proof.topk)
         proof = {} if req.proof is None else dict(logprobs=req.proof.k, flat_logprobs=True)
+        structured = {}
+        if (c := req.constraint) is not None:  # vLLM masks logits before its raw log-probabilities: the proof commits that
+            kind = {"json_schema": {"json": c.spec}, "json_object": {"json_object": True}, "regex": {"regex": c.spec}}
+            structured["structured_outputs"] = self._Structured(**kind[c.kind], disable_any_whitespace=True)
         return self._SamplingParams(
             n=1,
             temperature=0.0 if s.greedy else s.temperature,
@@ -416,6 +424,7 @@ class VllmEngine:
             output_kind=self._DELTA,
             skip_special_tokens=True,
             **proof,
+            **structured,
         )
 
     async def _serve(self, req: GenerationRequest) -> None:

@@ -12,6 +12,11 @@
                ─► sampling         greedy: every token the argmax (or within a near-tie);        │ evidence
                                    sampled: log-likelihood z-score above −limit                 ─┘
 
+A constrained call (``record.sampling.constraint``) is checked against the distribution it was drawn from:
+the verifier replays the completion through the constraint's grammar (a token it forbids fails ``sampling``)
+and restricts every reference row to the tokens allowed there, renormalized, before the commitment, greedy and
+z tests — as both engines commit and sample (``engine.structured``).
+
 The first failing check is reported; ``Verdict.blames_node`` says whether the failure is evidence against the
 serving node (``proof.evidence``). The tests and their limits are in ``proof.tolerance``.
 """
@@ -21,10 +26,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+
+import torch
 
 from ..adapters.peft_format import LoraAdapter
+from ..engine.structured import Constraint, ConstraintError, allowed_tokens
 from ..v1 import node_pb2 as pb
-from .encoding import ProofFormatError, decode
+from .encoding import VALUE_BITS, VALUE_SCALE, ProofFormatError, decode
 from .record import RecordError, ids_hash
 from .reference import PROBE_DTYPE, Reference
 from .tolerance import (
@@ -127,7 +136,8 @@ def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSour
         adapters: where the record's adapter comes from (the verifier's own verified copy).
 
     Raises:
-        CannotVerify: the record names another base, or its adapter cannot be obtained here.
+        CannotVerify: the record names another base, its adapter cannot be obtained here, or its constraint does
+            not compile here.
     """
     failed = check_record(call)
     if failed is not None:
@@ -153,9 +163,20 @@ def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSour
             adapter = (r.adapter, adapters(r.adapter))
         except Exception as e:  # the source raises its own kinds (not found, rejected, fetch failed)
             raise CannotVerify(f"adapter {r.adapter} cannot be obtained here: {e}") from None
+    restrict = None
+    if r.sampling.constraint:
+        try:
+            allowed = allowed_tokens(Constraint.from_canonical(r.sampling.constraint), reference.grammars, completion)
+        except ConstraintError as e:
+            raise CannotVerify(f"the record's constraint cannot be checked here: {e}") from None
+        if allowed is None:
+            return Verdict("sampling", f"the completion breaks the record's {r.sampling.constraint[:80]} constraint")
+        restrict = partial(_restricted, allowed=allowed)
     t0 = time.perf_counter()
     ref = reference.logprobs(prompt, completion, adapter)
-    figures = _commitment(committed, ref, reference, prompt, completion, adapter)
+    if restrict is not None:
+        ref = restrict(ref)
+    figures = _commitment(committed, ref, reference, prompt, completion, adapter, restrict)
     figures["verify_ms"] = (time.perf_counter() - t0) * 1000.0
     where = f"base {r.base_fingerprint[:15]}… with adapter {r.adapter or '(none)'}"
     if figures["ratio"] > RATIO_LIMIT or figures["distance"] >= ABS_FAIL:
@@ -188,12 +209,21 @@ def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSour
     return Verdict("", f"{summary}; sampling z = {z:.2f}", z=z, **figures)
 
 
-def _commitment(committed, ref, reference: Reference, prompt, completion, adapter) -> dict:
+def _restricted(logprobs: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``[m, V]`` log-probabilities restricted to ``allowed`` (``[m, V]`` bool) and renormalized, floored at the
+    commitment's lowest value: a forbidden id an engine committed (fewer than k tokens allowed) reads as equal."""
+    floor = -((1 << VALUE_BITS) - 1) / VALUE_SCALE
+    return torch.log_softmax(logprobs.masked_fill(~allowed, float("-inf")), dim=-1).clamp(min=floor)
+
+
+def _commitment(committed, ref, reference: Reference, prompt, completion, adapter, restrict=None) -> dict:
     """The commitment's figures: the float32 distance and, between the shortcuts, the bf16 probe and the ratio."""
     distance = commitment_distance(committed, ref)
     if distance <= ABS_PASS or distance >= ABS_FAIL:
         return {"distance": distance, "noise": 0.0, "ratio": 0.0}
     probe = reference.logprobs(prompt, completion, adapter, PROBE_DTYPE)
+    if restrict is not None:
+        probe = restrict(probe)
     noise = probe_noise(committed, ref, probe)
     return {"distance": distance, "noise": noise, "ratio": commitment_ratio(distance, noise)}
 
