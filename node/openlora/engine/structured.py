@@ -10,9 +10,10 @@
     proof: the record's sampling binds Constraint.canonical(); a verifier replays the matcher over the
         completion to rebuild each step's allowed set (``proof.verify``)
 
-Both engines emit compact JSON (no free whitespace between tokens): a grammar that allows any whitespace lets a
-small model emit whitespace until ``max_new_tokens`` and never close the object. xgrammar (Dong et al.,
-"XGrammar", arXiv 2411.15100) is the library vLLM itself uses, so both engines accept the same schemas.
+Both engines compile one grammar per constraint with xgrammar (Dong et al., "XGrammar", arXiv 2411.15100), the
+library vLLM itself uses, with the same options (``XGRAMMAR_OPTIONS``): compact JSON (no free whitespace: a grammar
+that allows any lets a small model emit whitespace until ``max_new_tokens`` and never close the object). So both
+accept the same schemas and a verifier replays the grammar either engine ran.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ from functools import cached_property
 import torch
 
 KINDS = ("json_schema", "json_object", "regex")
+#: vLLM's structured-outputs config that compiles exactly what :meth:`Grammars.compile` does (its xgrammar backend
+#: with ``disable_any_whitespace``: ``any_whitespace=False, separators=(",", ":")``).
+XGRAMMAR_OPTIONS = {"backend": "xgrammar", "disable_any_whitespace": True}
+_JSON_OPTIONS = {"any_whitespace": False, "separators": (",", ":")}
+# json_object as a schema; strict mode (xgrammar's default, as vLLM compiles) would otherwise forbid every property
+_ANY_OBJECT = '{"additionalProperties":true,"type":"object"}'
 MAX_CONSTRAINT_BYTES = 16 * 1024  # canonical text, bytes: bounds compile time and the record's size
 COMPILE_TIMEOUT_S = 10.0  # s a compile may take before the call is refused
 _CACHE_BYTES = 128 * 1024 * 1024  # xgrammar's compiled-grammar cache (LRU by canonical text)
@@ -105,6 +112,10 @@ class Constraint:
             raise ConstraintError("the constraint text is not in canonical form")
         return c
 
+    def schema(self) -> str:
+        """The JSON schema both engines compile for a ``json_schema`` or ``json_object`` constraint (JSON text)."""
+        return _ANY_OBJECT if self.kind == "json_object" else self.spec
+
     def canonical(self) -> str:
         """Canonical JSON: ``{"schema":{…},"type":"json_schema"}``, ``{"type":"json_object"}`` or
         ``{"pattern":"…","type":"regex"}`` (sorted keys, no whitespace): what records bind and caches key on."""
@@ -162,10 +173,8 @@ class Grammars:
         with self._lock:
             compiler = self._compiler
         try:
-            if c.kind == "json_schema":
-                return compiler.compile_json_schema(c.spec, any_whitespace=False, strict_mode=True)
-            if c.kind == "json_object":
-                return compiler.compile_json_schema('{"type":"object"}', any_whitespace=False, strict_mode=False)
+            if c.kind in ("json_schema", "json_object"):
+                return compiler.compile_json_schema(c.schema(), **_JSON_OPTIONS)
             if c.kind == "regex":
                 return compiler.compile_regex(c.spec)
         except Exception as e:  # xgrammar raises RuntimeError / ValueError / InvalidJSONError with the reason

@@ -42,6 +42,7 @@ from .interface import (
     QueueFull,
     TextDelta,
 )
+from .structured import XGRAMMAR_OPTIONS
 from .text import TextCodec
 
 log = logging.getLogger(__name__)
@@ -242,11 +243,14 @@ class VllmEngine:
                 f"vLLM {vllm.__version__} is installed; this node is written for vLLM {VLLM_SERIES}x "
                 "(run scripts/setup to install the pinned one)"
             )
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(**options.engine_args(source.path, codec.max_context))
+        # the grammar engine.structured compiles, so both engines constrain and a verifier replays the same one
+        args.structured_outputs_config = StructuredOutputsConfig(**XGRAMMAR_OPTIONS)
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         engine = cls(llm, codec, options, load_verified, folders, current_platform.device_type)
         engine._loop = asyncio.get_running_loop()
@@ -409,8 +413,8 @@ class VllmEngine:
         proof = {} if req.proof is None else dict(logprobs=req.proof.k, flat_logprobs=True)
         structured = {}
         if (c := req.constraint) is not None:  # vLLM masks logits before its raw log-probabilities: the proof commits that
-            kind = {"json_schema": {"json": c.spec}, "json_object": {"json_object": True}, "regex": {"regex": c.spec}}
-            structured["structured_outputs"] = self._Structured(**kind[c.kind], disable_any_whitespace=True)
+            kind = {"regex": {"regex": c.spec}}.get(c.kind, {"json": c.schema()})
+            structured["structured_outputs"] = self._Structured(**kind)
         return self._SamplingParams(
             n=1,
             temperature=0.0 if s.greedy else s.temperature,
