@@ -79,3 +79,17 @@ def test_profile_step_prints_both_tables_with_the_kernels_it_ran(base_source):
     if cpu_kernels.available():  # a bf16 base on a CPU that builds the kernels: both on the step's path
         assert "openlora_cpu::decode_attention" in base and "openlora_cpu::bgmv" not in base
         assert "openlora_cpu::bgmv" in adapters
+
+
+@pytest.mark.slow
+def test_bench_structured_reports_each_system_and_the_ratios(tmp_path, base_source):
+    out = tmp_path / "structured.json"
+    _run("bench_structured.py", "-n", "4", "-c", "2", "--output-len", "6", "--rounds", "1", "--json", str(out))
+    result = json.loads(out.read_text())
+    for system in ("free", "json_schema", "mixed"):
+        assert SERVING_KEYS <= result[system].keys() and result[system]["tokens"] > 0, system
+    assert result["free"]["tokens"] == 4 * 6  # EOS ignored: every free row runs to the limit
+    for name in ("json_schema_vs_free", "mixed_vs_free"):
+        system = name.removesuffix("_vs_free")
+        want = result[system]["tokens_per_s"] / result["free"]["tokens_per_s"]
+        assert result["ratios"][name]["tokens_per_s"] == pytest.approx(want), name
