@@ -354,7 +354,8 @@ def test_response_format_over_http_and_grpc_and_the_constrained_call_verifies(oa
     text = httpx.post(f"{http_url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
     assert re.fullmatch("([01][0-9]|2[0-3]):[0-5][0-9]", text), text
     obj = oai.chat.completions.create(
-        model="base", messages=[{"role": "user", "content": 'Give a JSON object with the key "ok".'}], max_tokens=32,
+        model="base", messages=[{"role": "user", "content": 'Return a JSON object with keys "city" and "country" for Paris.'}],
+        max_tokens=32,
         temperature=0, response_format={"type": "json_object"},
     )  # fmt: skip
     assert isinstance(json.loads(obj.choices[0].message.content), dict)
