@@ -16,10 +16,8 @@ import threading
 import pytest
 from eth_account import Account
 
-from conftest import DEMO_ADAPTERS, DOMAINS, ROOT
-from openlora.adapters.peft_format import load_adapter
+from conftest import DOMAINS, ROOT
 from openlora.engine.interface import Finished, GenerationRequest
-from openlora.engine.lora import adaptable_shapes
 from openlora.engine.model import load_resident
 from openlora.engine.sampling import SamplingParams
 from openlora.engine.scheduler import TorchEngine
@@ -41,13 +39,8 @@ TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def demo(base_source):
-    shapes = adaptable_shapes(base_source.path)
-    return {
-        d: load_adapter((DEMO_ADAPTERS / d / "adapter_config.json").read_bytes(),
-                        (DEMO_ADAPTERS / d / "adapter_model.safetensors").read_bytes(), shapes, 16)
-        for d in DOMAINS
-    }  # fmt: skip
+def demo(demo_adapters):
+    return demo_adapters
 
 
 @pytest.fixture(scope="module")

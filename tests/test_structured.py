@@ -15,10 +15,8 @@ import jsonschema
 import pytest
 from eth_account import Account
 
-from conftest import DEMO_ADAPTERS, DOMAINS
-from openlora.adapters.peft_format import load_adapter
+from conftest import DOMAINS
 from openlora.engine.interface import Finished, GenerationRequest, TextDelta
-from openlora.engine.lora import adaptable_shapes
 from openlora.engine.model import load_resident
 from openlora.engine.sampling import SamplingParams
 from openlora.engine.scheduler import TorchEngine
@@ -77,19 +75,9 @@ REGEXES = [("a US zip code", r"[0-9]{5}"), ("a yes or a no", r"(yes|no)"), ("an 
 
 
 @pytest.fixture(scope="module")
-def demo(base_source):
-    shapes = adaptable_shapes(base_source.path)
-    return {
-        d: load_adapter((DEMO_ADAPTERS / d / "adapter_config.json").read_bytes(),
-                        (DEMO_ADAPTERS / d / "adapter_model.safetensors").read_bytes(), shapes, 16)
-        for d in DOMAINS
-    }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def served(base_source, demo):
+def served(base_source, demo_adapters):
     rm = load_resident(base_source, "bfloat16", n_slots=3, max_rank=16)
-    engine = TorchEngine(rm, SlotManager(rm.lora_layers, rm.routing, 3), HostCache(4), demo.__getitem__, max_batch=32,
+    engine = TorchEngine(rm, SlotManager(rm.lora_layers, rm.routing, 3), HostCache(4), demo_adapters.__getitem__, max_batch=32,
                          max_waiting=128)  # fmt: skip
     engine.start()
     yield engine, Attestor(NODE, base_source.fingerprint, "torch/bfloat16", rm.model.config.vocab_size)
@@ -207,16 +195,17 @@ def reference(base_source):
     return Reference(base_source, max_rank=16)
 
 
-def test_honest_constrained_calls_verify_and_a_broken_constraint_does_not(batch, reference, demo):
+def test_honest_constrained_calls_verify_and_a_broken_constraint_does_not(batch, reference, demo_adapters):
+    adapters = demo_adapters.__getitem__  # the verifier's own verified copies
     honest = [batch[("schema", 10, None)], batch[("schema", 10, DOMAINS[1])], batch[("sampled", 1, DOMAINS[1])],
               batch[("regex", 2, DOMAINS[2])]]  # fmt: skip
     for call in honest:
-        verdict = verify_call(call.served_call(call.constraint), reference, demo.__getitem__)
+        verdict = verify_call(call.served_call(call.constraint), reference, adapters)
         assert verdict.valid, (call.text(), verdict)
     # a free-text completion signed as if it were constrained: its first token is not JSON
     free = batch[("free", 0, "legal")]
-    verdict = verify_call(free.served_call(Constraint.json_schema(SCHEMAS[0][1])), reference, demo.__getitem__)
+    verdict = verify_call(free.served_call(Constraint.json_schema(SCHEMAS[0][1])), reference, adapters)
     assert verdict.check == "sampling" and verdict.blames_node, verdict
     # a constrained completion signed without its constraint: the greedy tokens are not the free argmax
     call = batch[("schema", 10, None)]
-    assert verify_call(call.served_call(None), reference, demo.__getitem__).check in ("commitment", "sampling")
+    assert verify_call(call.served_call(None), reference, adapters).check in ("commitment", "sampling")

@@ -166,7 +166,9 @@ def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSour
     restrict = None
     if r.sampling.constraint:
         try:
-            allowed = allowed_tokens(Constraint.from_canonical(r.sampling.constraint), reference.grammars, completion)
+            constraint = Constraint.from_canonical(r.sampling.constraint)
+            reference.grammars.check(constraint)  # a stranger's record: bounded in size and compile time
+            allowed = allowed_tokens(constraint, reference.grammars, completion)
         except ConstraintError as e:
             raise CannotVerify(f"the record's constraint cannot be checked here: {e}") from None
         if allowed is None:
