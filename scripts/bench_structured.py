@@ -5,18 +5,16 @@ finishes, so the batch stays full), rows cycling through the base and the demo a
 (tests/fixtures/adapters), greedy, at most O new tokens each.
 
 Systems, same engine, same workload, same dtype and threads:
-  free         no constraint, EOS ignored: O tokens each                  (the engine's plain decode)
   json_schema  every request constrained by one of four JSON schemas      (xgrammar matcher per row: bitmask
                (objects, enums, bounded numbers and strings, arrays);     filled, logits masked, token accepted,
                each ends at EOS once its JSON value is complete           every step; engine/structured.py)
-  mixed        every other request constrained, the rest free             (what unconstrained rows pay beside
-                                                                           constrained ones)
+  free         no constraint, EOS ignored, each request exactly as long   (the same tokens, prefills and batch
+               as its constrained completion (measured off the clock)      shapes without the grammar)
+  mixed        every other request constrained, the rest free (as long)   (what free rows pay beside constrained)
 
 Rounds (--rounds R): the systems take turns R times; tokens/s is the median over rounds. Reported per system:
-tokens/s (generated tokens / wall time), ITL p50/p99 in ms (the step time a row sees: the per-step cost of the
-masks, independent of how long each output is), TTFT p50; and the ratios json_schema/free and mixed/free of
-tokens/s and of ITL p50. Constrained outputs are shorter than O, so their rounds hold more prefills: the ITL ratio
-is the cleaner measure of the mask's cost. Machines here are noisy: compare ratios from one run.
+tokens/s (generated tokens / wall time), ITL p50/p99 in ms, TTFT p50; and the ratios json_schema/free and
+mixed/free of tokens/s and of ITL p50. Machines here are noisy: compare ratios from one run.
 
     .venv/bin/python scripts/bench_structured.py --json structured.json
 """
@@ -70,7 +68,7 @@ def main(argv=None) -> int:
     from bench_serving import _closed_loop, summary
     from openlora.adapters.peft_format import load_adapter
     from openlora.engine.base import resolve_base_model
-    from openlora.engine.interface import GenerationRequest
+    from openlora.engine.interface import Finished, GenerationRequest
     from openlora.engine.model import load_resident
     from openlora.engine.sampling import SamplingParams
     from openlora.engine.scheduler import TorchEngine
@@ -96,18 +94,35 @@ def main(argv=None) -> int:
         codec.grammars.check(c)
     workload = [(prompts[i % len(SCHEMAS)], i) for i in range(args.requests)]
     rows = [None, *DOMAINS]
+    lengths: dict[int, int] = {}  # request index → its constrained completion's length (the free rows match it)
 
     def submitter(system: str):
         def submit(prompt, i, emit, issued_at):
             constrained = system == "json_schema" or (system == "mixed" and i % 2 == 0)
-            params = SamplingParams(max_new_tokens=args.output_len, temperature=0.0, ignore_eos=not constrained)
+            if constrained:
+                params = SamplingParams(max_new_tokens=args.output_len, temperature=0.0)
+            else:
+                params = SamplingParams(max_new_tokens=lengths.get(i, args.output_len), temperature=0.0, ignore_eos=True)
             constraint = constraints[i % len(SCHEMAS)] if constrained else None
             req = GenerationRequest(prompt, params, emit, rows[i % len(rows)], constraint=constraint, submitted=issued_at)
             engine.submit(req)
 
         return submit
 
+    def measuring(i: int, emit):
+        def record(ev):
+            if isinstance(ev, Finished):
+                lengths[i] = ev.completion_tokens
+            emit(ev)
+
+        return record
+
+    def lengths_pass():
+        submit = submitter("json_schema")
+        _closed_loop(lambda p, i, emit, t: submit(p, i, measuring(i, emit), t), workload, args)
+
     try:
+        lengths_pass()  # off the clock: warms every constraint's matcher path too
         for system in SYSTEMS:  # warm-up, off the clock
             _closed_loop(submitter(system), workload[: args.concurrency], args)
         rounds = {s: [] for s in SYSTEMS}

@@ -88,7 +88,7 @@ def test_bench_structured_reports_each_system_and_the_ratios(tmp_path, base_sour
     result = json.loads(out.read_text())
     for system in ("free", "json_schema", "mixed"):
         assert SERVING_KEYS <= result[system].keys() and result[system]["tokens"] > 0, system
-    assert result["free"]["tokens"] == 4 * 6  # EOS ignored: every free row runs to the limit
+    assert 0 < result["free"]["tokens"] <= 4 * 6  # each free row as long as its constrained twin
     for name in ("json_schema_vs_free", "mixed_vs_free"):
         system = name.removesuffix("_vs_free")
         want = result[system]["tokens_per_s"] / result["free"]["tokens_per_s"]
