@@ -6,7 +6,7 @@
     torch engine, per constrained row and step:
         matcher ─fill bitmask─► logits of the tokens the grammar forbids = −inf ─► sample (greedy or drawn)
         ─► matcher.accept(token)        EOS is allowed only once the grammar is complete
-    vLLM engine: SamplingParams(structured_outputs=StructuredOutputsParams(json= | regex= | json_object=))
+    vLLM engine: SamplingParams(structured_outputs=StructuredOutputsParams(json=Constraint.schema() | regex=))
     proof: the record's sampling binds Constraint.canonical(); a verifier replays the matcher over the
         completion to rebuild each step's allowed set (``proof.verify``)
 
