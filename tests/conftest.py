@@ -33,3 +33,17 @@ def base_source(model_cache):
 
     torch.set_num_threads(os.cpu_count() or 2)
     return resolve_base_model(None, model_cache)
+
+
+@pytest.fixture(scope="session")
+def demo_adapters(base_source) -> dict:
+    """Domain → the demo adapter, parsed and checked against the base (rank ≤ 16)."""
+    from openlora.adapters.peft_format import load_adapter
+    from openlora.engine.lora import adaptable_shapes
+
+    shapes = adaptable_shapes(base_source.path)
+    return {
+        d: load_adapter((DEMO_ADAPTERS / d / "adapter_config.json").read_bytes(),
+                        (DEMO_ADAPTERS / d / "adapter_model.safetensors").read_bytes(), shapes, 16)
+        for d in DOMAINS
+    }  # fmt: skip

@@ -94,3 +94,17 @@ def test_bench_slots_prints_both_layouts_and_the_bytes_they_reserve(tmp_path, ba
     # pools: 1 + 3·4 + 16 rank rows against 1 + 4·16 (plus one float32 scaling per slot and layer)
     assert result["pool_bytes_buckets_vs_one"] == pytest.approx(29 / 65, rel=1e-3)
     assert one["decode_step_ms"] > 0 and buckets["decode_step_ms"] > 0
+
+
+@pytest.mark.slow
+def test_bench_structured_reports_each_system_and_the_ratios(tmp_path, base_source):
+    out = tmp_path / "structured.json"
+    _run("bench_structured.py", "-n", "4", "-c", "2", "--output-len", "6", "--rounds", "1", "--json", str(out))
+    result = json.loads(out.read_text())
+    for system in ("free", "json_schema", "mixed"):
+        assert SERVING_KEYS <= result[system].keys() and result[system]["tokens"] > 0, system
+    assert 0 < result["free"]["tokens"] <= 4 * 6  # each free row as long as its constrained twin
+    for name in ("json_schema_vs_free", "mixed_vs_free"):
+        system = name.removesuffix("_vs_free")
+        want = result[system]["tokens_per_s"] / result["free"]["tokens_per_s"]
+        assert result["ratios"][name]["tokens_per_s"] == pytest.approx(want), name

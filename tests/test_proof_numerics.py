@@ -18,8 +18,7 @@ import torch
 import pytest
 from eth_account import Account
 
-from conftest import DEMO_ADAPTERS, DOMAINS, ROOT
-from openlora.adapters.peft_format import load_adapter
+from conftest import DOMAINS, ROOT
 from openlora.engine.interface import Finished, GenerationRequest
 from openlora.engine.lora import adaptable_shapes
 from openlora.engine.model import load_resident
@@ -44,16 +43,9 @@ TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def demo(base_source):
+def demo(demo_adapters, base_source):
     """The trained demo adapters and one random adapter at their scale (the benchmark's ``random0``)."""
-    shapes = adaptable_shapes(base_source.path)
-    adapters = {
-        d: load_adapter((DEMO_ADAPTERS / d / "adapter_config.json").read_bytes(),
-                        (DEMO_ADAPTERS / d / "adapter_model.safetensors").read_bytes(), shapes, 16)
-        for d in DOMAINS
-    }  # fmt: skip
-    adapters["random"] = random_adapter(shapes, seed=100)
-    return adapters
+    return {**demo_adapters, "random": random_adapter(adaptable_shapes(base_source.path), seed=100)}
 
 
 @pytest.fixture(scope="module")

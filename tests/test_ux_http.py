@@ -317,3 +317,68 @@ def test_http_server_refuses_a_taken_port_and_stops_serving():
                 await c.get(f"http://127.0.0.1:{first.port}/")
 
     asyncio.run(run())
+
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 16}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def test_response_format_over_http_and_grpc_and_the_constrained_call_verifies(oai, http_url, grpc_client, cids):
+    import jsonschema
+    from google.protobuf import json_format
+
+    from openlora.v1 import node_pb2 as pb
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    r = oai.chat.completions.create(
+        model=cids["legal"], messages=[{"role": "user", "content": "Who wrote the contract?"}], max_tokens=48,
+        temperature=0, response_format=fmt,
+    )  # fmt: skip
+    jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
+    served = json_format.ParseDict(r.model_extra["openlora_served"], pb.ServedCall())
+    assert json.loads(served.record.constraint) == {"type": "json_schema", "schema": PERSON}
+    verdict = grpc_client.verify(served)
+    assert verdict.valid, verdict
+    stream = grpc_client.generate(
+        QUESTION, adapter=cids["finance"], temperature=0.8, seed=5, max_new_tokens=48,
+        response_format=pb.ResponseFormat(json_schema=json.dumps(PERSON)),
+    )  # fmt: skip
+    jsonschema.validate(json.loads(stream.text()), PERSON)
+    assert grpc_client.verify(stream.served).valid
+    body = {"model": "base", "prompt": "Time of the meeting:", "max_tokens": 8, "temperature": 0,
+            "response_format": {"type": "regex", "regex": "([01][0-9]|2[0-3]):[0-5][0-9]"}}  # fmt: skip
+    text = httpx.post(f"{http_url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+    assert re.fullmatch("([01][0-9]|2[0-3]):[0-5][0-9]", text), text
+    obj = oai.chat.completions.create(
+        model="base", messages=[{"role": "user", "content": 'Return a JSON object with keys "city" and "country" for Paris.'}],
+        max_tokens=32,
+        temperature=0, response_format={"type": "json_object"},
+    )  # fmt: skip
+    assert isinstance(json.loads(obj.choices[0].message.content), dict)
+
+
+@pytest.mark.parametrize(
+    "fmt, says",
+    [
+        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}}, 'Unsupported type "objekt"'),
+        ({"type": "regex", "regex": "(("}, "parenthesis is not closed"),
+        ({"type": "json_schema"}, 'needs a "json_schema"'),
+        ({"type": "json_schema", "json_schema": {"schema": {"enum": ["x" * 100] * 200}}}, "the limit is 16384"),
+    ],
+)
+def test_a_constraint_that_cannot_compile_is_bad_request_and_the_node_keeps_serving(oai, grpc_client, cids, fmt, says):
+    from openlora.v1 import node_pb2 as pb
+
+    args = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    with pytest.raises(openai.BadRequestError) as e:  # the priced adapter without a voucher: refused before pricing
+        oai.chat.completions.create(response_format=fmt, **{**args, "model": cids["medical"]})
+    assert says in e.value.body["message"] and e.value.body["type"] == "invalid_request_error"
+    if fmt.get("regex"):
+        with pytest.raises(grpc.RpcError) as g:
+            grpc_client.generate("hi", max_new_tokens=4, response_format=pb.ResponseFormat(regex=fmt["regex"])).text()
+        assert g.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in g.value.details()
+    assert oai.chat.completions.create(temperature=0, **args).choices[0].message.content

@@ -168,3 +168,58 @@ def test_vllm_top_logprobs_commit_to_the_adapter_it_ran(loop, engine, store_and_
     adapter = (cids["medical"], store.load(cids["medical"]))
     assert commitment_distance(committed, reference.logprobs(ids, proof.tokens, adapter)) <= ABS_PASS
     assert commitment_distance(committed, reference.logprobs(ids, proof.tokens, None)) > 10 * ABS_PASS
+
+
+def test_vllm_structured_outputs_validate_and_the_calls_verify(loop, engine, store_and_cids, base_source):
+    """vLLM's own structured outputs honour the node's constraints (schema with and without an adapter, a regex),
+    and its commitment — log-probabilities vLLM takes after the grammar's mask — verifies against the torch
+    reference restricted the same way (proof/verify.py), greedy and sampled."""
+    import json
+    import re
+
+    import jsonschema
+    from eth_account import Account
+
+    from openlora.engine.structured import Constraint
+    from openlora.proof.attest import Attestor
+    from openlora.proof.reference import Reference
+    from openlora.proof.verify import verify_call
+    from openlora.proof.wire import record_to_pb
+    from openlora.v1 import node_pb2 as pb
+
+    store, cids, _ = store_and_cids
+    schema = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
+              "properties": {"name": {"type": "string", "maxLength": 16}, "age": {"type": "integer", "minimum": 0}}}  # fmt: skip
+    hour = "([01][0-9]|2[0-3]):[0-5][0-9]"
+    runs = [  # (adapter, constraint, temperature)
+        (None, Constraint.json_schema(schema), 0.0),
+        ("medical", Constraint.json_schema(schema), 0.0),
+        ("legal", Constraint.json_schema(schema), 0.8),
+        ("finance", Constraint.regex(hour), 0.0),
+    ]
+    attestor = Attestor(Account.from_key(b"\x43" * 32), base_source.fingerprint, "vllm/float32", engine._llm.model_config.get_vocab_size())
+
+    async def one(adapter, constraint, temperature):
+        ids = engine.codec.encode_chat([{"role": "user", "content": "Give a person as JSON, or a meeting time."}])
+        params = SamplingParams(max_new_tokens=40, temperature=temperature, seed=3)
+        proof, events, text = attestor.collector(), asyncio.Queue(), []
+        cid = cids[adapter] if adapter else None
+        engine.submit(GenerationRequest(ids, params, events.put_nowait, cid, proof=proof, constraint=constraint))
+        while not isinstance(ev := await asyncio.wait_for(events.get(), 300), (Finished, Failed)):
+            text.append(ev.text)
+        assert isinstance(ev, Finished), ev
+        record = attestor.attest(ids, proof, params, cid, constraint)
+        return "".join(text), pb.ServedCall(record=record_to_pb(record), prompt_ids=ids, completion_ids=proof.tokens)
+
+    async def all_runs():
+        return await asyncio.gather(*(one(*r) for r in runs))
+
+    results = loop.run_until_complete(all_runs())
+    reference = Reference(base_source, max_rank=64)
+    for (adapter, constraint, _), (text, call) in zip(runs, results):
+        if constraint.kind == "regex":
+            assert re.fullmatch(hour, text), text
+        else:
+            jsonschema.validate(json.loads(text), schema)
+        verdict = verify_call(call, reference, store.load)
+        assert verdict.valid, (adapter, text, verdict)

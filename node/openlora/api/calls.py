@@ -37,6 +37,7 @@ from ..chain.records import SignedReceipt
 from ..content.cid import cid_text
 from ..content.errors import InvalidCID, StoreFull
 from ..engine.sampling import SamplingError, SamplingParams
+from ..engine.structured import Constraint, ConstraintError
 from ..engine.interface import (
     Engine,
     EngineUnsupported,
@@ -123,6 +124,7 @@ class CallInput:
         max_new_tokens: tokens to generate at most (0: the node's default).
         temperature / top_p / top_k / seed / stop: sampling (see ``engine.sampling.SamplingParams``).
         voucher: the payment voucher as sent (decoded and checked only when the call must be paid).
+        constraint: structured output (``engine.structured``), ``None`` for free text.
     """
 
     adapter: str = ""
@@ -135,6 +137,7 @@ class CallInput:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     voucher: pb.Voucher | None = None
+    constraint: Constraint | None = None
 
 
 @dataclass(frozen=True)
@@ -356,6 +359,11 @@ class Calls:
     async def _run(self, call: CallInput, adapter: str | None) -> AsyncIterator[TextDelta | CallDone]:
         sampling = self.sampling(call)
         ids = await asyncio.to_thread(self.prompt_ids, call)  # templating and tokenizing: off the event loop
+        if call.constraint is not None:  # compiled (bounded in time, off the loop) before pricing or payment
+            try:
+                await asyncio.to_thread(self.engine.codec.grammars.check, call.constraint)
+            except ConstraintError as e:
+                raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         price = await self.price(adapter, len(ids), sampling.max_new_tokens)
         # From here on the call is recorded in the ledger (when paid): every way out below closes it.
         paid = await self._open(call.voucher, price, adapter)
@@ -364,7 +372,12 @@ class Calls:
         events: asyncio.Queue = asyncio.Queue()
         proof = self.attestor.collector() if self.attestor is not None else None
         req = GenerationRequest(
-            ids, sampling, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev), adapter, proof=proof
+            ids,
+            sampling,
+            lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
+            adapter,
+            proof=proof,
+            constraint=call.constraint,
         )
         delivered = 0  # completion tokens whose text reached the client
         try:
@@ -382,7 +395,7 @@ class Calls:
                 elif isinstance(ev, Finished):
                     served = None
                     if proof is not None and ev.reason is not FinishReason.CANCELLED:
-                        served = self.attestor.attest(ids, proof, sampling, adapter)
+                        served = self.attestor.attest(ids, proof, sampling, adapter, call.constraint)
                     receipt = None
                     if paid is not None:
                         # A call the engine cut short (node stopping) bills what it delivered, like a cancel.

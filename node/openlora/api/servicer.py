@@ -5,7 +5,7 @@ errors to HTTP codes). Every bad input ends in a status code with a message that
 and nothing about one request can stop the node from serving the others:
 
     unknown adapter CID                                    NOT_FOUND
-    malformed CID / prompt / sampling                      INVALID_ARGUMENT
+    malformed CID / prompt / sampling / response_format    INVALID_ARGUMENT
     publish refused (unsigned, bad manifest, bad files)    INVALID_ARGUMENT "adapter rejected: <reason>: …"
     adapter rejected (earlier, or at load)                 FAILED_PRECONDITION + reason
     queue full, every slot busy, 4 uploads in flight       RESOURCE_EXHAUSTED
@@ -48,6 +48,7 @@ from ..chain.quote_auth import quote_auth_error
 from ..content.cid import cid_text
 from ..content.errors import InvalidCID, StoreFull
 from ..engine.interface import FinishReason, TextDelta
+from ..engine.structured import Constraint, ConstraintError
 from ..proof.verify import CannotVerify, check_record
 from ..proof.wire import record_to_pb
 from ..v1 import node_pb2 as pb
@@ -117,7 +118,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         """The transport-neutral form of a GenerateRequest (or the input part of a GetQuoteRequest).
 
         Raises:
-            CallError: more chat messages than the node accepts (counted before they are copied).
+            CallError: more chat messages than the node accepts (counted before they are copied); a malformed
+                or oversized response_format (INVALID_ARGUMENT).
         """
         kind = request.WhichOneof("input")
         if kind == "chat":
@@ -137,6 +139,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             seed=sampling.seed if sampling.HasField("seed") else None,
             stop=tuple(sampling.stop),
             voucher=request.voucher if request.HasField("voucher") else None,
+            constraint=_constraint(request.response_format) if request.HasField("response_format") else None,
         )
 
     def _info(self, e: CatalogEntry) -> pb.AdapterInfo:
@@ -464,3 +467,22 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
 def _rejected(error: AdapterRejected, cid: str) -> str:
     """The INVALID_ARGUMENT message of a refused publish: reason first, then the adapter CID."""
     return f"adapter rejected: {error} (adapter {cid})"
+
+
+def _constraint(fmt: pb.ResponseFormat) -> Constraint | None:
+    """The engine's constraint of a GenerateRequest's response_format (``None``: none of its fields set).
+
+    Raises:
+        CallError: INVALID_ARGUMENT: a malformed or oversized schema, an empty regex, ``json_object: false``.
+    """
+    kind = fmt.WhichOneof("format")
+    try:
+        if kind == "json_schema":
+            return Constraint.json_schema(fmt.json_schema)
+        if kind == "regex":
+            return Constraint.regex(fmt.regex)
+        if kind == "json_object" and not fmt.json_object:
+            raise ConstraintError("response_format.json_object must be true when set")
+    except ConstraintError as e:
+        raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"response_format: {e}") from None
+    return Constraint.json_object() if kind == "json_object" else None

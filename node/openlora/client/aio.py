@@ -81,6 +81,7 @@ class AsyncNodeClient:
         top_k: int = 0,
         seed: int | None = None,
         stop: str | tuple[str, ...] = (),
+        response_format: pb.ResponseFormat | None = None,
     ) -> AsyncGenerationStream:
         """Start a completion (arguments: :func:`openlora.client.generate_request`); not a coroutine.
 
@@ -90,7 +91,7 @@ class AsyncNodeClient:
         """
         req = generate_request(
             prompt, messages=messages, raw=raw, adapter=adapter, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=stop,
+            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=stop, response_format=response_format,
         )  # fmt: skip
         return self._stream(req)
 

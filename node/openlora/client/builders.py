@@ -41,6 +41,7 @@ def generate_request(
     top_k: int = 0,
     seed: int | None = None,
     stop: str | tuple[str, ...] = (),
+    response_format: pb.ResponseFormat | None = None,
 ) -> pb.GenerateRequest:
     """The ``Generate`` request for these arguments.
 
@@ -52,6 +53,7 @@ def generate_request(
         max_new_tokens: tokens to generate at most; 0 for the node default.
         temperature / top_p / top_k / seed / stop: sampling (``None`` / 0: node default); ``stop`` is one
             stop string or several.
+        response_format: structured output (a JSON schema, any JSON object or a regex), ``None`` for free text.
     """
     stops = [stop] if isinstance(stop, str) else list(stop)  # a lone string is one stop, not its characters
     sampling = pb.SamplingParams(max_new_tokens=max_new_tokens, top_k=top_k, stop=stops)
@@ -61,7 +63,7 @@ def generate_request(
         sampling.top_p = top_p
     if seed is not None:
         sampling.seed = seed
-    req = pb.GenerateRequest(adapter=adapter or "", sampling=sampling)
+    req = pb.GenerateRequest(adapter=adapter or "", sampling=sampling, response_format=response_format)
     if messages is not None:
         req.chat.CopyFrom(messages)
     elif raw:

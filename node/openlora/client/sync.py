@@ -76,6 +76,7 @@ class NodeClient:
         top_k: int = 0,
         seed: int | None = None,
         stop: str | tuple[str, ...] = (),
+        response_format: pb.ResponseFormat | None = None,
     ) -> GenerationStream:
         """Start a completion (arguments: :func:`openlora.client.generate_request`).
 
@@ -85,7 +86,7 @@ class NodeClient:
         """
         req = generate_request(
             prompt, messages=messages, raw=raw, adapter=adapter, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=stop,
+            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=stop, response_format=response_format,
         )  # fmt: skip
         return self._stream(req)
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ..adapters.peft_format import LoraAdapter
     from ..proof.topk import TopLogprobs
     from .sampling import SamplingParams
+    from .structured import Constraint
     from .text import TextCodec
 
 ENGINES = ("torch", "vllm")
@@ -110,6 +111,8 @@ class GenerationRequest:
         submitted: ``time.perf_counter()`` at creation (TTFT counts from here), s.
         proof: when set, the engine adds every generated token and the top-k log-probabilities of the
             distribution it came from (``proof.topk``), for the call's serving record.
+        constraint: when set, the completion matches it (``engine.structured``): the proof's distribution is
+            then the model's restricted to the tokens the grammar allows (renormalized).
     """
 
     prompt_ids: list[int]
@@ -117,6 +120,7 @@ class GenerationRequest:
     emit: Callable[[object], None]
     adapter: str | None = None
     proof: TopLogprobs | None = None
+    constraint: Constraint | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -168,7 +172,8 @@ class Engine(Protocol):
         """Queue ``req``; events follow through ``req.emit``.
 
         Raises:
-            ValueError: empty prompt, or prompt + max_new_tokens beyond the context limit.
+            ValueError: empty prompt, or prompt + max_new_tokens beyond the context limit, or a constraint that
+                does not compile (``structured.ConstraintError``).
             QueueFull: ``max_waiting`` requests already wait.
         """
 

@@ -36,6 +36,7 @@ from .kv import KVBatch, left_padded, new_cache
 from .model import ResidentModel
 from .sampling import Detokenizer, sample_next
 from .slots import HostCache, NoFreeSlot, SlotManager
+from .structured import masked
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,16 @@ log = logging.getLogger(__name__)
 class _Row:
     """Engine-side state of a running request."""
 
-    __slots__ = ("req", "slot", "detok", "gen", "count", "last", "t_first", "t_prev", "itl", "done", "pending", "error")
+    __slots__ = (
+        "req", "slot", "detok", "grammar", "gen", "count", "last", "t_first", "t_prev", "itl", "done", "pending", "error"
+    )  # fmt: skip
 
-    def __init__(self, req: GenerationRequest, slot: int, tokenizer) -> None:
+    def __init__(self, req: GenerationRequest, slot: int, codec) -> None:
         self.req = req
         self.slot = slot
-        self.detok = Detokenizer(tokenizer, req.sampling.stop)
+        self.detok = Detokenizer(codec.tokenizer, req.sampling.stop)
+        # compiled at submit, so this is a cache hit; None (no cost at all) for an unconstrained row
+        self.grammar = codec.grammars.matcher(req.constraint) if req.constraint is not None else None
         self.gen = None if req.sampling.greedy else req.sampling.generator()
         self.count = 0
         self.last = 0
@@ -145,7 +150,8 @@ class TorchEngine:
         """Queue a request.
 
         Raises:
-            ValueError: empty prompt, or prompt + max_new_tokens beyond the context limit.
+            ValueError: empty prompt, or prompt + max_new_tokens beyond the context limit, or a constraint that
+                does not compile (``structured.ConstraintError``; compiled here, on the caller's thread).
             QueueFull: ``max_waiting`` requests are already queued.
         """
         n = len(req.prompt_ids)
@@ -156,6 +162,8 @@ class TorchEngine:
                 f"prompt ({n} tokens) + max_new_tokens ({req.sampling.max_new_tokens}) exceeds the "
                 f"model's context of {self.codec.max_context} tokens"
             )
+        if req.constraint is not None:
+            self.codec.grammars.compile(req.constraint)
         with self._cv:
             self._check_room()
             self._inbox.append(req)
@@ -385,7 +393,7 @@ class TorchEngine:
             self.rm.routing.clear()
 
     def _prefill(self, admitted: list[tuple[GenerationRequest, int]]) -> None:
-        new_rows = [_Row(req, slot, self.codec.tokenizer) for req, slot in admitted]
+        new_rows = [_Row(req, slot, self.codec) for req, slot in admitted]
         ids, mask, pos = (t.to(self.rm.device) for t in left_padded([r.req.prompt_ids for r in new_rows], self.codec.pad_id))
         cache = new_cache(self.rm.model.config, self.rm.kv_dtype)
         try:
@@ -456,8 +464,10 @@ class TorchEngine:
         if not all(finite):
             logits = logits[torch.tensor(finite, device=logits.device)]
         try:
-            # on the CPU: each row's torch.Generator lives there (a [B, V] copy per step on a GPU)
-            tokens = sample_next(logits.cpu(), [r.req.sampling for r in rows], [r.gen for r in rows])
+            # on the CPU: each row's torch.Generator lives there (a [B, V] copy per step on a GPU);
+            # a constrained row samples among the tokens its grammar allows, and its proof commits to that
+            logits = masked(logits.cpu(), [r.grammar for r in rows])
+            tokens = sample_next(logits, [r.req.sampling for r in rows], [r.gen for r in rows])
         except Exception as e:  # a sampling error: fail this batch, never the engine thread
             log.exception("sampling failed")
             self._fail_batch(e)
@@ -478,7 +488,12 @@ class TorchEngine:
             row.t_prev = now
             row.count += 1
             row.last = tok
-            if tok in self.codec.eos_ids and not row.req.sampling.ignore_eos:
+            if row.grammar is not None and not row.grammar.accept(tok):
+                row.error = RuntimeError(f"token {tok} broke the request's {row.req.constraint.kind} constraint")
+                row.done = FinishReason.CANCELLED
+                continue
+            # a grammar allows EOS only once complete, and a complete grammar allows nothing else
+            if tok in self.codec.eos_ids and (not row.req.sampling.ignore_eos or row.grammar is not None):
                 row.done = FinishReason.STOP
                 continue
             row.pending += 1

@@ -10,7 +10,10 @@ engine ran, whichever engine it is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+
+from .structured import Grammars
 
 
 @dataclass(frozen=True)
@@ -21,11 +24,18 @@ class TextCodec:
         tokenizer: the HF tokenizer (with chat template when the model has one).
         eos_ids: token ids that end a completion (model config, tokenizer and generation config).
         max_context: the model's position limit, tokens.
+        vocab_size: rows of the model's output head (``None``: the tokenizer's size).
     """
 
     tokenizer: object
     eos_ids: frozenset[int]
     max_context: int
+    vocab_size: int | None = None
+
+    @cached_property
+    def grammars(self) -> Grammars:
+        """The structured-output compiler for this tokenizer (``engine.structured``), made on first use."""
+        return Grammars(self.tokenizer, self.vocab_size or len(self.tokenizer), self.eos_ids)
 
     @property
     def pad_id(self) -> int:
@@ -72,4 +82,4 @@ def load_codec(path: Path) -> TextCodec:
     for value in sources:
         eos.update(value if isinstance(value, list) else [value] if value is not None else [])
     max_ctx = int(getattr(config, "max_position_embeddings", 2048) or 2048)
-    return TextCodec(tok, frozenset(eos), max_ctx)
+    return TextCodec(tok, frozenset(eos), max_ctx, int(getattr(config, "vocab_size", 0) or 0) or None)

@@ -42,6 +42,7 @@ from .interface import (
     QueueFull,
     TextDelta,
 )
+from .structured import XGRAMMAR_OPTIONS
 from .text import TextCodec
 
 log = logging.getLogger(__name__)
@@ -194,10 +195,11 @@ class VllmEngine:
     ) -> None:
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
         self._TokensPrompt, self._LoRARequest = TokensPrompt, LoRARequest
         self._SamplingParams, self._DELTA = SamplingParams, RequestOutputKind.DELTA
+        self._Structured = StructuredOutputsParams
         self._llm = llm
         self.codec = codec
         self.options = options
@@ -241,11 +243,14 @@ class VllmEngine:
                 f"vLLM {vllm.__version__} is installed; this node is written for vLLM {VLLM_SERIES}x "
                 "(run scripts/setup to install the pinned one)"
             )
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(**options.engine_args(source.path, codec.max_context))
+        # the grammar engine.structured compiles, so both engines constrain and a verifier replays the same one
+        args.structured_outputs_config = StructuredOutputsConfig(**XGRAMMAR_OPTIONS)
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         engine = cls(llm, codec, options, load_verified, folders, current_platform.device_type)
         engine._loop = asyncio.get_running_loop()
@@ -293,7 +298,8 @@ class VllmEngine:
         """Start ``req`` on the event loop (call it there).
 
         Raises:
-            ValueError: empty prompt, or prompt + max_new_tokens beyond the context limit.
+            ValueError: empty prompt, or prompt + max_new_tokens beyond the context limit, or a constraint that
+                does not compile (``structured.ConstraintError``; vLLM compiles it again with the same library).
             QueueFull: ``max_waiting`` requests already wait.
         """
         n = len(req.prompt_ids)
@@ -305,6 +311,8 @@ class VllmEngine:
                 f"prompt ({n} tokens) + max_new_tokens ({req.sampling.max_new_tokens}) exceeds the "
                 f"model's context of {limit} tokens"
             )
+        if req.constraint is not None:
+            self.codec.grammars.compile(req.constraint)
         self.check_room()
         self._tasks[req.request_id] = asyncio.get_running_loop().create_task(self._serve(req))
 
@@ -403,6 +411,10 @@ class VllmEngine:
         s = req.sampling
         # the proof's top-k: vLLM's raw log-probabilities (before temperature/top-p/top-k), flat (proof.topk)
         proof = {} if req.proof is None else dict(logprobs=req.proof.k, flat_logprobs=True)
+        structured = {}
+        if (c := req.constraint) is not None:  # vLLM masks logits before its raw log-probabilities: the proof commits that
+            kind = {"regex": {"regex": c.spec}}.get(c.kind, {"json": c.schema()})
+            structured["structured_outputs"] = self._Structured(**kind)
         return self._SamplingParams(
             n=1,
             temperature=0.0 if s.greedy else s.temperature,
@@ -416,6 +428,7 @@ class VllmEngine:
             output_kind=self._DELTA,
             skip_special_tokens=True,
             **proof,
+            **structured,
         )
 
     async def _serve(self, req: GenerationRequest) -> None:

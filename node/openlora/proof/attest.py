@@ -10,6 +10,7 @@ from __future__ import annotations
 from eth_account.signers.local import LocalAccount
 
 from ..engine.sampling import SamplingParams
+from ..engine.structured import Constraint
 from .encoding import encode
 from .record import Sampling, ServingRecord, SignedRecord, ids_hash, sign_record
 from .topk import TOP_K, TopLogprobs
@@ -42,7 +43,12 @@ class Attestor:
         return TopLogprobs(TOP_K)
 
     def attest(
-        self, prompt_ids: list[int], proof: TopLogprobs, sampling: SamplingParams, adapter: str | None
+        self,
+        prompt_ids: list[int],
+        proof: TopLogprobs,
+        sampling: SamplingParams,
+        adapter: str | None,
+        constraint: Constraint | None = None,
     ) -> SignedRecord:
         """The signed record of a finished call.
 
@@ -51,6 +57,7 @@ class Attestor:
             proof: the call's collector, filled by the engine (its tokens are the completion).
             sampling: the call's sampling parameters.
             adapter: the adapter CID, ``None`` for the base.
+            constraint: the call's structured-output constraint, ``None`` for free text.
         """
         record = ServingRecord(
             node=self.account.address,
@@ -67,6 +74,7 @@ class Attestor:
                 top_k=sampling.top_k,
                 seed=sampling.seed,
                 stop=sampling.stop,
+                constraint=constraint.canonical() if constraint is not None else "",
             ),
             engine=self.engine,
             proof=encode(proof.ids, proof.logprobs, self.vocab_size),

@@ -6,7 +6,7 @@
                   ├ prompt_hash     sha256 of the prompt token ids      (uint32 little-endian each)
                   ├ completion_hash sha256 of the completion token ids  (the final EOS included)
                   ├ prompt_tokens / completion_tokens
-                  ├ sampling        max_new_tokens, temperature, top_p, top_k, seed, stop
+                  ├ sampling        max_new_tokens, temperature, top_p, top_k, seed, stop (+ constraint)
                   ├ engine          "torch/bfloat16", "vllm/float32", … (what the node says it ran)
                   └ proof           the activation commitment taken while decoding (``proof.encoding``)
 
@@ -69,6 +69,7 @@ class Sampling:
         top_p / top_k: nucleus mass (1 = off) / most likely tokens kept (0 = off).
         seed: the request's seed, ``None`` when the client gave none (the engine drew one).
         stop: stop strings.
+        constraint: the structured-output constraint's canonical JSON (``engine.structured``), ``""`` for free text.
     """
 
     max_new_tokens: int
@@ -77,6 +78,7 @@ class Sampling:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    constraint: str = ""
 
     @property
     def greedy(self) -> bool:
@@ -84,7 +86,8 @@ class Sampling:
         return self.temperature == 0.0
 
     def canonical(self) -> bytes:
-        """Canonical JSON (sorted keys, no whitespace, floats as Python's shortest repr): what ``sampling`` hashes."""
+        """Canonical JSON (sorted keys, no whitespace, floats as Python's shortest repr): what ``sampling`` hashes.
+        A constraint adds its ``"constraint"`` key; a free-text call hashes as it did before constraints existed."""
         doc = {
             "max_new_tokens": self.max_new_tokens,
             "seed": self.seed,
@@ -93,6 +96,8 @@ class Sampling:
             "top_k": self.top_k,
             "top_p": float(self.top_p),
         }
+        if self.constraint:
+            doc["constraint"] = self.constraint
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 

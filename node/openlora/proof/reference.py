@@ -19,6 +19,7 @@ import torch
 
 from ..adapters.peft_format import LoraAdapter
 from ..engine.base import BaseModelSource
+from ..engine.structured import Grammars
 
 REFERENCE_DTYPE = "float32"
 PROBE_DTYPE = "bfloat16"
@@ -57,6 +58,12 @@ class Reference:
         """Rows of the output head (loads the model on first use)."""
         with self._lock:
             return self._model()[0].model.config.vocab_size
+
+    @property
+    def grammars(self) -> Grammars:
+        """The base tokenizer's structured-output compiler (a constrained call's allowed tokens are rebuilt with it)."""
+        with self._lock:
+            return self._model()[0].codec.grammars
 
     @property
     def base_modules(self) -> dict[str, tuple[int, int]]:

@@ -14,6 +14,11 @@
                ─► sampling         greedy: every token the argmax (or within a near-tie);        │ evidence
                                    sampled: log-likelihood z-score above −limit                 ─┘
 
+A constrained call (``record.sampling.constraint``) is checked against the distribution it was drawn from:
+the verifier replays the completion through the constraint's grammar (a token it forbids fails ``sampling``)
+and restricts every reference row to the tokens allowed there, renormalized, before the commitment, greedy and
+z tests — as both engines commit and sample (``engine.structured``).
+
 The first failing check is reported; ``Verdict.blames_node`` says whether the failure is evidence against the
 serving node (``proof.evidence``). The tests and their limits are in ``proof.tolerance``.
 """
@@ -23,10 +28,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+
+import torch
 
 from ..adapters.peft_format import LoraAdapter
+from ..engine.structured import Constraint, ConstraintError, allowed_tokens
 from ..v1 import node_pb2 as pb
-from .encoding import ProofFormatError, decode
+from .encoding import VALUE_BITS, VALUE_SCALE, ProofFormatError, decode
 from .record import RecordError, ids_hash
 from .reference import PROBE_DTYPE, Reference
 from .tolerance import (
@@ -139,7 +148,8 @@ def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSour
         adapters: where the record's adapter comes from (the verifier's own verified copy).
 
     Raises:
-        CannotVerify: the record names another base, or its adapter cannot be obtained here.
+        CannotVerify: the record names another base, its adapter cannot be obtained here, or its constraint does
+            not compile here.
     """
     failed = check_record(call)
     if failed is not None:
@@ -165,9 +175,22 @@ def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSour
             adapter = (r.adapter, adapters(r.adapter))
         except Exception as e:  # the source raises its own kinds (not found, rejected, fetch failed)
             raise CannotVerify(f"adapter {r.adapter} cannot be obtained here: {e}") from None
+    restrict = None
+    if r.sampling.constraint:
+        try:
+            constraint = Constraint.from_canonical(r.sampling.constraint)
+            reference.grammars.check(constraint)  # a stranger's record: bounded in size and compile time
+            allowed = allowed_tokens(constraint, reference.grammars, completion)
+        except ConstraintError as e:
+            raise CannotVerify(f"the record's constraint cannot be checked here: {e}") from None
+        if allowed is None:
+            return Verdict("sampling", f"the completion breaks the record's {r.sampling.constraint[:80]} constraint")
+        restrict = partial(_restricted, allowed=allowed)
     t0 = time.perf_counter()
     ref = reference.logprobs(prompt, completion, adapter)
-    figures = _commitment(committed, ref, reference, prompt, completion, adapter)
+    if restrict is not None:
+        ref = restrict(ref)
+    figures = _commitment(committed, ref, reference, prompt, completion, adapter, restrict)
     figures["verify_ms"] = (time.perf_counter() - t0) * 1000.0
     projection_fails = figures.pop("projection_fails")
     where = f"base {r.base_fingerprint[:15]}… with adapter {r.adapter or '(none)'}"
@@ -211,18 +234,27 @@ def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSour
     return Verdict("", f"{summary}; sampling z = {z:.2f}", z=z, **figures)
 
 
-def _commitment(committed, ref, reference: Reference, prompt, completion, adapter) -> dict:
+def _restricted(logprobs: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``[m, V]`` log-probabilities restricted to ``allowed`` (``[m, V]`` bool) and renormalized, floored at the
+    commitment's lowest value: a forbidden id an engine committed (fewer than k tokens allowed) reads as equal."""
+    floor = -((1 << VALUE_BITS) - 1) / VALUE_SCALE
+    return torch.log_softmax(logprobs.masked_fill(~allowed, float("-inf")), dim=-1).clamp(min=floor)
+
+
+def _commitment(committed, ref, reference: Reference, prompt, completion, adapter, restrict=None) -> dict:
     """The commitment's figures: the float32 distance and, between the shortcuts, the bf16 probe and the ratio;
-    with an adapter, the base prefill and the projection on the adapter's effect (``proof.tolerance``)."""
+    with an adapter, the base prefill and the projection on the adapter's effect (``proof.tolerance``). Every
+    recomputation goes through ``restrict`` (a constrained call's allowed tokens) when given."""
     distance = commitment_distance(committed, ref)
     figures = {"distance": distance, "noise": 0.0, "ratio": 0.0, "projection_fails": False}
     if distance <= ABS_PASS or distance >= ABS_FAIL:
         return figures
-    probe = reference.logprobs(prompt, completion, adapter, PROBE_DTYPE)
+    recompute = restrict or (lambda logprobs: logprobs)
+    probe = recompute(reference.logprobs(prompt, completion, adapter, PROBE_DTYPE))
     noise = probe_noise(committed, ref, probe)
     figures.update(noise=noise, ratio=commitment_ratio(distance, noise))
     if adapter is not None and figures["ratio"] <= RATIO_LIMIT:  # a failed ratio needs no third prefill
-        p = adapter_projection(committed, ref, reference.logprobs(prompt, completion, None), probe)
+        p = adapter_projection(committed, ref, recompute(reference.logprobs(prompt, completion, None)), probe)
         figures.update(beta=p.beta, beta_z=p.z, effect=p.effect, projection_fails=p.fails)
     return figures
 

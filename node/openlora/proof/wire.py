@@ -35,6 +35,7 @@ def record_to_pb(signed: SignedRecord) -> pb.ServingRecord:
         engine=r.engine,
         proof=r.proof,
         signature=signed.signature,
+        constraint=s.constraint,
     )
     if s.seed is not None:
         message.seed = s.seed
@@ -54,6 +55,7 @@ def record_from_pb(message: pb.ServingRecord) -> SignedRecord:
         top_k=message.top_k,
         seed=message.seed if message.HasField("seed") else None,
         stop=tuple(message.stop),
+        constraint=message.constraint,
     )
     record = ServingRecord(
         node=message.node,

@@ -66,18 +66,30 @@ class SamplingParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("adapter", "prompt", "chat", "sampling", "voucher")
+    __slots__ = ("adapter", "prompt", "chat", "sampling", "voucher", "response_format")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     VOUCHER_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     prompt: str
     chat: ChatMessages
     sampling: SamplingParams
     voucher: Voucher
-    def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., voucher: _Optional[_Union[Voucher, _Mapping]] = ...) -> None: ...
+    response_format: ResponseFormat
+    def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., voucher: _Optional[_Union[Voucher, _Mapping]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ...) -> None: ...
+
+class ResponseFormat(_message.Message):
+    __slots__ = ("json_schema", "json_object", "regex")
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    JSON_OBJECT_FIELD_NUMBER: _ClassVar[int]
+    REGEX_FIELD_NUMBER: _ClassVar[int]
+    json_schema: str
+    json_object: bool
+    regex: str
+    def __init__(self, json_schema: _Optional[str] = ..., json_object: _Optional[bool] = ..., regex: _Optional[str] = ...) -> None: ...
 
 class Voucher(_message.Message):
     __slots__ = ("client", "node", "epoch", "cumulative_amount", "signature", "adapter_id", "price_per_1k_tokens", "adapter_amount")
@@ -126,7 +138,7 @@ class Receipt(_message.Message):
     def __init__(self, node: _Optional[str] = ..., client: _Optional[str] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., adapter_id: _Optional[bytes] = ..., publisher: _Optional[str] = ..., tokens: _Optional[int] = ..., cost: _Optional[str] = ..., charged_total: _Optional[str] = ..., signature: _Optional[bytes] = ..., serving: _Optional[bytes] = ...) -> None: ...
 
 class ServingRecord(_message.Message):
-    __slots__ = ("node", "base_fingerprint", "adapter", "prompt_hash", "completion_hash", "prompt_tokens", "completion_tokens", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "engine", "proof", "signature")
+    __slots__ = ("node", "base_fingerprint", "adapter", "prompt_hash", "completion_hash", "prompt_tokens", "completion_tokens", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "engine", "proof", "signature", "constraint")
     NODE_FIELD_NUMBER: _ClassVar[int]
     BASE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +155,7 @@ class ServingRecord(_message.Message):
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     PROOF_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINT_FIELD_NUMBER: _ClassVar[int]
     node: str
     base_fingerprint: str
     adapter: str
@@ -159,7 +172,8 @@ class ServingRecord(_message.Message):
     engine: str
     proof: bytes
     signature: bytes
-    def __init__(self, node: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., adapter: _Optional[str] = ..., prompt_hash: _Optional[bytes] = ..., completion_hash: _Optional[bytes] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., engine: _Optional[str] = ..., proof: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    constraint: str
+    def __init__(self, node: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., adapter: _Optional[str] = ..., prompt_hash: _Optional[bytes] = ..., completion_hash: _Optional[bytes] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., engine: _Optional[str] = ..., proof: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., constraint: _Optional[str] = ...) -> None: ...
 
 class ServedCall(_message.Message):
     __slots__ = ("record", "prompt_ids", "completion_ids", "receipt")

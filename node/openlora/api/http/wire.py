@@ -9,8 +9,9 @@
 
 Fields follow OpenAI's API reference (https://platform.openai.com/docs/api-reference/chat); this node
 implements ``model``, ``messages`` / ``prompt``, ``max_tokens`` (``max_completion_tokens``), ``temperature``,
-``top_p``, ``seed``, ``stop``, ``stream`` and ``n == 1``, refuses ``logprobs``, ``tools`` and ``echo``, and
-ignores the rest.
+``top_p``, ``seed``, ``stop``, ``stream``, ``n == 1`` and ``response_format`` (``text``, ``json_object``,
+``json_schema``, and the extension ``{"type": "regex", "regex": "…"}``), refuses ``logprobs``, ``tools`` and
+``echo``, and ignores the rest.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...chain.records import SignedReceipt
 from ...engine.interface import FinishReason
+from ...engine.structured import Constraint, ConstraintError
 from ...v1 import node_pb2 as pb
 from ..calls import MAX_CHAT_MESSAGES, CallDone, CallError, CallInput
 
@@ -67,6 +69,40 @@ class _Message(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
+class _JsonSchema(BaseModel):
+    name: str = ""
+    schema_: Annotated[dict, Field(alias="schema")] = Field(default_factory=dict)
+    strict: bool | None = None  # the node always enforces the schema while decoding, strict or not
+    description: str | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``; ``{"type": "regex", "regex": "…"}`` is this node's extension."""
+
+    type: Literal["text", "json_object", "json_schema", "regex"]
+    json_schema: _JsonSchema | None = None
+    regex: str | None = None
+
+    def constraint(self) -> Constraint | None:
+        """The engine's constraint (``None`` for ``text``).
+
+        Raises:
+            CallError: INVALID_ARGUMENT: the type's field is missing, or the schema or regex is malformed or too large.
+        """
+        try:
+            if self.type == "json_schema":
+                if self.json_schema is None:
+                    raise ConstraintError('response_format type "json_schema" needs a "json_schema": {"schema": {…}}')
+                return Constraint.json_schema(self.json_schema.schema_)
+            if self.type == "regex":
+                if self.regex is None:
+                    raise ConstraintError('response_format type "regex" needs a "regex" pattern')
+                return Constraint.regex(self.regex)
+        except ConstraintError as e:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"response_format: {e}") from None
+        return Constraint.json_object() if self.type == "json_object" else None
+
+
 class RequestBody(BaseModel):
     """Fields chat and text completions share; ``model`` is an adapter CID, a verified adapter's name, or ``base``."""
 
@@ -81,6 +117,7 @@ class RequestBody(BaseModel):
     n: int = 1
     stream: bool = False
     logprobs: bool | int | None = None
+    response_format: ResponseFormat | None = None
 
     def call(self, adapter: str, voucher: pb.Voucher | None, **prompt) -> CallInput:
         """The core's input; raises :class:`CallError` for fields this node does not implement."""
@@ -99,6 +136,7 @@ class RequestBody(BaseModel):
             seed=self.seed,
             stop=stop,
             voucher=voucher,
+            constraint=self.response_format.constraint() if self.response_format is not None else None,
             **prompt,
         )
 
