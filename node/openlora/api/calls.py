@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from ..adapters.catalog import AdapterState, CatalogEntry
+from ..adapters.composition import Composition, CompositionError, is_composition
 from ..adapters.reasons import AdapterRejected, RejectReason
 from ..adapters.store import AdapterNotFound, AdapterStore
 from ..chain import wire
@@ -205,6 +206,8 @@ class Calls:
         """
         if not raw:
             return None
+        if is_composition(raw):
+            return await self._resolve_composition(raw)
         try:
             cid = cid_text(raw)
         except InvalidCID as e:
@@ -233,6 +236,19 @@ class Calls:
                 grpc.StatusCode.UNAVAILABLE, f"adapter {cid} is {entry.state.value} on this node; retry shortly"
             )
         return entry.cid
+
+    async def _resolve_composition(self, raw: str) -> str:
+        """The canonical id of composition ``raw`` (``cidA*0.7+cidB*0.3``), every part resolved as a single adapter.
+
+        Raises:
+            CallError: INVALID_ARGUMENT (the composition is malformed: count, duplicate, weight), or what
+                :meth:`resolve_adapter` raises for a part.
+        """
+        try:
+            comp = Composition.parse(raw)
+        except CompositionError as e:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        return Composition.of([(await self.resolve_adapter(cid), f"{w}e-6") for cid, w in comp.parts]).id
 
     # ----- input -----
 
@@ -424,6 +440,14 @@ class Calls:
         """
         if self.chain is None:
             return None
+        if is_composition(adapter):
+            # Fail closed: a voucher pays one adapter at one price, and a composed call's split between the parts'
+            # publishers is not settled yet, so a paying node does not serve compositions at all.
+            raise CallError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this node takes payments and does not serve composed calls yet (settling a composed call's split "
+                "between its adapters' publishers is not implemented); call each adapter alone",
+            )
         terms = None
         if adapter is not None:
             manifest = self.store.manifest(adapter)

@@ -127,7 +127,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         if sampling is None:
             return CallInput(adapter=request.adapter, prompt=prompt, chat=chat)
         return CallInput(
-            adapter=request.adapter,
+            adapter=_adapter_ref(request),
             prompt=prompt,
             chat=chat,
             max_new_tokens=sampling.max_new_tokens,
@@ -463,3 +463,17 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
 def _rejected(error: AdapterRejected, cid: str) -> str:
     """The INVALID_ARGUMENT message of a refused publish: reason first, then the adapter CID."""
     return f"adapter rejected: {error} (adapter {cid})"
+
+
+def _adapter_ref(request: pb.GenerateRequest) -> str:
+    """The call's adapter: ``adapter`` (a CID, "" for the base), or the text form of the ``adapters`` composition
+    (``cidA*0.7+cidB*0.3``, checked by ``Calls.resolve_adapter``; a weight's shortest decimal text is its value).
+
+    Raises:
+        CallError: INVALID_ARGUMENT when both are set.
+    """
+    if not request.adapters:
+        return request.adapter
+    if request.adapter:
+        raise CallError(grpc.StatusCode.INVALID_ARGUMENT, "set either adapter or adapters (a composition), not both")
+    return "+".join(f"{part.cid}*{part.weight!r}" for part in request.adapters)

@@ -66,18 +66,28 @@ class SamplingParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("adapter", "prompt", "chat", "sampling", "voucher")
+    __slots__ = ("adapter", "prompt", "chat", "sampling", "voucher", "adapters")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     VOUCHER_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     prompt: str
     chat: ChatMessages
     sampling: SamplingParams
     voucher: Voucher
-    def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., voucher: _Optional[_Union[Voucher, _Mapping]] = ...) -> None: ...
+    adapters: _containers.RepeatedCompositeFieldContainer[AdapterPart]
+    def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., voucher: _Optional[_Union[Voucher, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[AdapterPart, _Mapping]]] = ...) -> None: ...
+
+class AdapterPart(_message.Message):
+    __slots__ = ("cid", "weight")
+    CID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    cid: str
+    weight: float
+    def __init__(self, cid: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class Voucher(_message.Message):
     __slots__ = ("client", "node", "epoch", "cumulative_amount", "signature", "adapter_id", "price_per_1k_tokens", "adapter_amount")

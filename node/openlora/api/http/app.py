@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...adapters.catalog import AdapterState
+from ...adapters.composition import is_composition
 from ...content.cid import cid_text
 from ...content.errors import InvalidCID
 from ...engine.interface import TextDelta
@@ -93,9 +94,12 @@ def build_app(calls: Calls, metrics: NodeMetrics, base_name: str, limiter: RateL
         return None
 
     def adapter_ref(model: str) -> str:
-        """The adapter CID ``model`` names ("" for the base): a CID, a verified adapter's name, or ``base``."""
+        """The adapter CID ``model`` names ("" for the base): a CID, a verified adapter's name, or ``base``; or a
+        composition ``cidA*0.7+cidB*0.3``, passed on as is (``Calls.resolve_adapter`` checks it)."""
         if model == BASE_MODEL:
             return ""
+        if is_composition(model):
+            return model
         try:
             return cid_text(model)
         except InvalidCID:

@@ -1,0 +1,204 @@
+"""Composition per request: one call, 2–4 adapters with weights, served as the exact weighted sum of their deltas.
+
+    parts [(cid_i, w_i)] ─► Composition: checked, canonical (parts sorted by CID, weights in ppm)
+                             id "cidA*0.7+cidB*0.3" keys the derived adapter in the engine's caches and slots
+    each part ─► the node's verification pipeline ─► LoraAdapter_i  (A_i [r_i, in], B_i [out, r_i], scaling s_i)
+    derived, per target module (``compose``):
+        A = [w_1·s_1·A_1; …; w_n·s_n·A_n]   [Σ r_i, in]      ranks concatenated
+        B = [B_1, …, B_n]                   [out, Σ r_i]
+        scaling 1                    so  B·A·x = Σ_i w_i · s_i · B_i·A_i·x,  the weighted sum of the parts' deltas
+
+This is PEFT's ``add_weighted_adapter(combination_type="cat")`` (peft 0.21, ``tuners/lora/model.py``): each
+part's A times its weight and its scaling, ranks concatenated, ``lora_alpha = r`` so the scaling is 1. The derived
+adapter is an ordinary :class:`LoraAdapter`, so it takes an ordinary slot and one forward mixes composed, plain
+and base rows (no merged copy of the base). Its rank is the sum of the parts' ranks and must fit the slots.
+
+Weights are exact decimals with at most 6 places, held as integer parts per million (ppm): the engine multiplies
+by ``ppm / 10**6`` and money splits integer wei by ppm (``split_wei``), so client, node and chain agree to the wei.
+They need not sum to 1 (PEFT does not require it either); the price scales with them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+import torch
+
+from ..content.cid import cid_text
+from ..content.errors import InvalidCID
+from .peft_format import LoraAdapter, ModuleLoRA
+
+MIN_PARTS = 2
+MAX_PARTS = 4
+PPM = 1_000_000  # weight units per 1.0
+MAX_PART_WEIGHT_PPM = 4 * PPM  # a part's weight at most 4: keeps w·s within a few times a published scaling
+_PART_SEP, _WEIGHT_SEP = "+", "*"  # neither occurs in a CID (base32 / base58btc text)
+
+
+class CompositionError(ValueError):
+    """A composition the node refuses; the message says what to fix (INVALID_ARGUMENT)."""
+
+
+def weight_ppm(weight: float | str) -> int:
+    """A part's weight in parts per million.
+
+    Args:
+        weight: a number (a float is read as its shortest decimal text, so 0.7 is 700000 ppm) or decimal text.
+
+    Raises:
+        CompositionError: not a number, not finite, ≤ 0, above 4, or more than 6 decimal places.
+    """
+    try:
+        d = Decimal(repr(weight) if isinstance(weight, float) else str(weight).strip())
+    except InvalidOperation:
+        raise CompositionError(f"weight {weight!r} is not a number") from None
+    if not d.is_finite() or d <= 0:
+        raise CompositionError(f"weight {weight!r} must be a finite number above 0")
+    q = d * PPM
+    if q != q.to_integral_value():
+        raise CompositionError(f"weight {weight!r} has more than 6 decimal places")
+    if q > MAX_PART_WEIGHT_PPM:
+        raise CompositionError(f"weight {weight!r} is above the largest accepted weight {MAX_PART_WEIGHT_PPM / PPM:g}")
+    return int(q)
+
+
+def _weight_text(ppm: int) -> str:
+    whole, frac = divmod(ppm, PPM)
+    return f"{whole}.{frac:06d}".rstrip("0").rstrip(".")
+
+
+@dataclass(frozen=True)
+class Composition:
+    """A checked composition: ``parts`` are ``(canonical CID, weight in ppm)``, sorted by CID, 2–4 distinct.
+
+    Build one with :meth:`of` (or :meth:`parse` for the text form); the constructor does not check.
+    """
+
+    parts: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def of(cls, parts: Sequence[tuple[str, float | str]]) -> Composition:
+        """Check and canonicalise ``(cid, weight)`` pairs.
+
+        Raises:
+            CompositionError: fewer than 2 or more than 4 parts, a bad CID, the same adapter twice, a bad weight
+                (see :func:`weight_ppm`); the message names the part.
+        """
+        if not MIN_PARTS <= len(parts) <= MAX_PARTS:
+            raise CompositionError(f"a composition names {MIN_PARTS} to {MAX_PARTS} adapters; got {len(parts)}")
+        out: dict[str, int] = {}
+        for i, (raw, weight) in enumerate(parts):
+            try:
+                cid = cid_text(raw)
+            except InvalidCID as e:
+                raise CompositionError(f"part {i + 1}: {e}") from None
+            if cid in out:
+                raise CompositionError(f"part {i + 1}: adapter {cid} appears twice; name each adapter once")
+            try:
+                out[cid] = weight_ppm(weight)
+            except CompositionError as e:
+                raise CompositionError(f"part {i + 1} ({cid}): {e}") from None
+        return cls(tuple(sorted(out.items())))
+
+    @classmethod
+    def parse(cls, text: str) -> Composition:
+        """The text form ``cidA*0.7+cidB*0.3`` (HTTP ``model``, and :attr:`id`).
+
+        Raises:
+            CompositionError: a part without ``*weight``, or as :meth:`of`.
+        """
+        pairs = []
+        for item in text.split(_PART_SEP):
+            cid, sep, weight = item.rpartition(_WEIGHT_SEP)
+            if not sep or not cid.strip():
+                raise CompositionError(f"composition part {item!r} is not CID*WEIGHT (e.g. bafy...*0.5)")
+            pairs.append((cid.strip(), weight))
+        return cls.of(pairs)
+
+    @property
+    def id(self) -> str:
+        """Canonical text (sorted parts, shortest weights): the derived adapter's key in the engine."""
+        return _PART_SEP.join(f"{cid}{_WEIGHT_SEP}{_weight_text(w)}" for cid, w in self.parts)
+
+    @property
+    def cids(self) -> tuple[str, ...]:
+        """The parts' CIDs, in canonical order."""
+        return tuple(cid for cid, _ in self.parts)
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """The parts' weights as the engine multiplies by them (``ppm / 10**6``)."""
+        return tuple(w / PPM for _, w in self.parts)
+
+
+def is_composition(adapter: str | None) -> bool:
+    """Whether an engine adapter key is a composition id (a plain CID never holds ``*``)."""
+    return adapter is not None and _WEIGHT_SEP in adapter
+
+
+def split_wei(amount: int, weights_ppm: Sequence[int]) -> list[int]:
+    """Split ``amount`` wei by weight, exactly: part ``i`` gets ``floor(amount · w_i / Σw)``, and the remainder
+    (fewer wei than there are parts) goes to the part with the largest weight, the first of equal ones.
+
+    Also used for tokens (a composed call's tokens attributed to each part by its share).
+
+    Raises:
+        ValueError: a negative amount, no weights or a weight ≤ 0.
+    """
+    if amount < 0 or not weights_ppm or min(weights_ppm) <= 0:
+        raise ValueError(f"cannot split {amount} by weights {list(weights_ppm)}")
+    total = sum(weights_ppm)
+    shares = [amount * w // total for w in weights_ppm]
+    shares[max(range(len(shares)), key=lambda i: (weights_ppm[i], -i))] += amount - sum(shares)
+    return shares
+
+
+def _extras(obj, known: set[str]) -> list[str]:
+    """Fields of a parsed adapter (or module) beyond plain LoRA that hold something (DoRA, bias, …)."""
+    return [
+        f.name for f in dataclasses.fields(obj) if f.name not in known and getattr(obj, f.name) not in (None, {}, (), [])
+    ]
+
+
+def compose(parts: Sequence[tuple[LoraAdapter, float]], max_rank: int, name: str = "") -> LoraAdapter:
+    """The derived adapter whose delta is ``Σ w_i · s_i · B_i A_i`` (module docstring), in float32.
+
+    Args:
+        parts: each part's verified adapter and weight (``Composition.weights``), in canonical order.
+        max_rank: the engine's slot rank.
+        name: the composition id, for messages.
+
+    Returns:
+        A :class:`LoraAdapter`: per module A ``[Σ r_i, in]`` and B ``[out, Σ r_i]`` float32, scaling 1.0, over the
+        union of the parts' modules (a module only some parts target concatenates only theirs).
+
+    Raises:
+        CompositionError: the summed rank exceeds ``max_rank`` (the message names each part's rank), or a part
+            carries more than plain LoRA (DoRA, bias, …), whose output is not a sum of low-rank deltas.
+    """
+    for i, (adapter, _) in enumerate(parts):
+        extra = _extras(adapter, {"config", "modules"}) + sorted(
+            {e for m in adapter.modules.values() for e in _extras(m, {"a", "b", "scaling"})}
+        )
+        if extra:
+            raise CompositionError(f"part {i + 1} of {name or 'the composition'} uses {', '.join(extra)}: only plain LoRA adapters compose")
+    ranks = [a.max_rank for a, _ in parts]
+    names = sorted({n for a, _ in parts for n in a.modules})
+    modules: dict[str, ModuleLoRA] = {}
+    for n in names:
+        held = [(a.modules[n], w) for a, w in parts if n in a.modules]
+        # PEFT's order of operations (A · weight · scaling, in float32), so the product rounds as PEFT's does
+        a_cat = torch.cat([m.a.to(torch.float32) * w * m.scaling for m, w in held], dim=0)
+        b_cat = torch.cat([m.b.to(torch.float32) for m, _ in held], dim=1)
+        if a_cat.shape[0] > max_rank:
+            raise CompositionError(
+                f"{name or 'the composition'} has rank {a_cat.shape[0]} (module {n}; the parts' ranks are "
+                f"{' + '.join(map(str, ranks))}) above this node's max LoRA rank {max_rank}: compose fewer or smaller adapters"
+            )
+        modules[n] = ModuleLoRA(a_cat.contiguous(), b_cat.contiguous(), 1.0)
+    rank = max((m.a.shape[0] for m in modules.values()), default=0)
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": rank, "target_modules": names, "composition": name}
+    return LoraAdapter(config=config, modules=modules)
