@@ -14,8 +14,13 @@ adapter is an ordinary :class:`LoraAdapter`, so it takes an ordinary slot and on
 and base rows (no merged copy of the base). Its rank is the sum of the parts' ranks and must fit the slots.
 
 Weights are exact decimals with at most 6 places, held as integer parts per million (ppm): the engine multiplies
-by ``ppm / 10**6`` and money splits integer wei by ppm (``split_wei``), so client, node and chain agree to the wei.
-They need not sum to 1 (PEFT does not require it either); the price scales with them.
+by ``ppm / 10**6`` and payments split integer token counts by ppm (``part_tokens``), so client, node and chain agree.
+They need not sum to 1 (PEFT does not require it either); the price scales with them:
+
+    a composed call billed T tokens ─► weighted tokens ceil(T · Σ w_i) ─► split exactly by weight (split_exact):
+        part i: floor(that · w_i / Σw) tokens, the remainder (< number of parts) to the largest weight
+    ─► each part is billed its tokens at its own adapter's price, on its own voucher and receipt, so settlement,
+       royalties and ``openlora usage`` attribute every part as an ordinary call to that adapter
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..content.cid import cid_text
 from ..content.errors import InvalidCID
-from .peft_format import LoraAdapter, ModuleLoRA
+
+if TYPE_CHECKING:  # torch only where a derived adapter is built: payments use this module's arithmetic alone
+    from .peft_format import LoraAdapter
 
 MIN_PARTS = 2
 MAX_PARTS = 4
@@ -139,21 +145,49 @@ def is_composition(adapter: str | None) -> bool:
     return adapter is not None and _WEIGHT_SEP in adapter
 
 
-def split_wei(amount: int, weights_ppm: Sequence[int]) -> list[int]:
-    """Split ``amount`` wei by weight, exactly: part ``i`` gets ``floor(amount · w_i / Σw)``, and the remainder
-    (fewer wei than there are parts) goes to the part with the largest weight, the first of equal ones.
-
-    Also used for tokens (a composed call's tokens attributed to each part by its share).
+def split_exact(total: int, weights_ppm: Sequence[int]) -> list[int]:
+    """Split the integer ``total`` by weight, exactly: part ``i`` gets ``floor(total · w_i / Σw)`` and the remainder
+    (fewer units than there are parts) goes to the part with the largest weight, the first (smallest CID) of equal
+    ones.
 
     Raises:
-        ValueError: a negative amount, no weights or a weight ≤ 0.
+        ValueError: a negative total, no weights or a weight ≤ 0.
     """
-    if amount < 0 or not weights_ppm or min(weights_ppm) <= 0:
-        raise ValueError(f"cannot split {amount} by weights {list(weights_ppm)}")
-    total = sum(weights_ppm)
-    shares = [amount * w // total for w in weights_ppm]
-    shares[max(range(len(shares)), key=lambda i: (weights_ppm[i], -i))] += amount - sum(shares)
+    if total < 0 or not weights_ppm or min(weights_ppm) <= 0:
+        raise ValueError(f"cannot split {total} by weights {list(weights_ppm)}")
+    whole = sum(weights_ppm)
+    shares = [total * w // whole for w in weights_ppm]
+    shares[_remainder_part(weights_ppm)] += total - sum(shares)
     return shares
+
+
+def _remainder_part(weights_ppm: Sequence[int]) -> int:
+    return max(range(len(weights_ppm)), key=lambda i: (weights_ppm[i], -i))
+
+
+def part_tokens(tokens: int, weights_ppm: Sequence[int]) -> list[int]:
+    """A composed call's billed tokens attributed to its parts: the weighted count ``ceil(tokens · Σw)`` (w in units
+    of 1.0) split exactly by weight (:func:`split_exact`). Each part is billed its tokens at its adapter's own price,
+    so part ``i`` costs ``price_i × w_i`` per 1000 tokens of the call, up to the rounding stated there.
+
+    Raises:
+        ValueError: as :func:`split_exact`.
+    """
+    return split_exact(-(-tokens * sum(weights_ppm) // PPM), weights_ppm)
+
+
+def part_token_bounds(max_tokens: int, weights_ppm: Sequence[int]) -> list[int]:
+    """The most tokens :func:`part_tokens` attributes to each part for any count from 0 to ``max_tokens``: what each
+    part's payment is authorised for. Floors grow with the count, but the remainder part's share can shrink and grow
+    again, by less than the number of parts: its bound adds ``parts - 1``.
+
+    Raises:
+        ValueError: as :func:`split_exact`.
+    """
+    weighted = -(-max_tokens * sum(weights_ppm) // PPM)
+    bounds = [weighted * w // sum(weights_ppm) for w in weights_ppm]
+    bounds[_remainder_part(weights_ppm)] += len(weights_ppm) - 1
+    return bounds
 
 
 def _extras(obj, known: set[str]) -> list[str]:
@@ -179,6 +213,10 @@ def compose(parts: Sequence[tuple[LoraAdapter, float]], max_rank: int, name: str
         CompositionError: the summed rank exceeds ``max_rank`` (the message names each part's rank), or a part
             carries more than plain LoRA (DoRA, bias, …), whose output is not a sum of low-rank deltas.
     """
+    import torch
+
+    from .peft_format import LoraAdapter, ModuleLoRA
+
     for i, (adapter, _) in enumerate(parts):
         extra = _extras(adapter, {"config", "modules"}) + sorted(
             {e for m in adapter.modules.values() for e in _extras(m, {"a", "b", "scaling"})}

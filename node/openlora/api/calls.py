@@ -32,7 +32,7 @@ from ..adapters.store import AdapterNotFound, AdapterStore
 from ..chain import wire
 from ..chain.errors import AdapterRevoked, ChainError, PaymentError
 from ..chain.ledger import Authorization
-from ..chain.payments import CallPrice
+from ..chain.payments import CallPrice, ComposedPrice
 from ..chain.pricing import AdapterTerms
 from ..chain.records import SignedReceipt
 from ..content.cid import cid_text
@@ -76,6 +76,7 @@ class CallError(Exception):
         code: the status code.
         payment_error: the ``PaymentError`` subclass name when the call was not paid for, else ``None``.
         receipt: the receipt of a paid call cut off after it delivered text, else ``None``.
+        part_receipts: the same for a composed call: one receipt per part billed.
     """
 
     def __init__(
@@ -84,11 +85,13 @@ class CallError(Exception):
         message: str,
         payment_error: str | None = None,
         receipt: SignedReceipt | None = None,
+        part_receipts: tuple[SignedReceipt, ...] = (),
     ) -> None:
         super().__init__(message)
         self.code = code
         self.payment_error = payment_error
         self.receipt = receipt
+        self.part_receipts = part_receipts
 
 
 class ServingLimits:
@@ -124,6 +127,7 @@ class CallInput:
         max_new_tokens: tokens to generate at most (0: the node's default).
         temperature / top_p / top_k / seed / stop: sampling (see ``engine.sampling.SamplingParams``).
         voucher: the payment voucher as sent (decoded and checked only when the call must be paid).
+        part_vouchers: a composed call's vouchers, ``(part CID, voucher)`` as sent (one per paid part).
     """
 
     adapter: str = ""
@@ -136,12 +140,14 @@ class CallInput:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     voucher: pb.Voucher | None = None
+    part_vouchers: tuple[tuple[str, pb.Voucher], ...] = ()
 
 
 @dataclass(frozen=True)
 class CallDone:
     """The last item of :meth:`Calls.generate`: how it ended, for which adapter, the receipt if paid, and the
-    node's signed serving record with the token ids it covers (``None`` / empty for a call the node cut short)."""
+    node's signed serving record with the token ids it covers (``None`` / empty for a call the node cut short);
+    a paid composed call has ``part_receipts`` (one per part billed) instead of ``receipt``."""
 
     finished: Finished
     adapter: str | None
@@ -149,6 +155,7 @@ class CallDone:
     served: SignedRecord | None = None
     prompt_ids: tuple[int, ...] = ()
     completion_ids: tuple[int, ...] = ()
+    part_receipts: tuple[SignedReceipt, ...] = ()
 
 
 class Calls:
@@ -374,7 +381,7 @@ class Calls:
         ids = await asyncio.to_thread(self.prompt_ids, call)  # templating and tokenizing: off the event loop
         price = await self.price(adapter, len(ids), sampling.max_new_tokens)
         # From here on the call is recorded in the ledger (when paid): every way out below closes it.
-        paid = await self._open(call.voucher, price, adapter)
+        paid = await self._open(call.voucher, price, adapter, call.part_vouchers)
 
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -408,7 +415,8 @@ class Calls:
                         paid = None
                     self.metrics.finished(adapter, ev.prompt_tokens, ev.completion_tokens, ev.ttft_ms, ev.itl_ms)
                     completion_ids = tuple(proof.tokens) if served is not None else ()
-                    yield CallDone(ev, adapter, receipt, served, tuple(ids) if served is not None else (), completion_ids)
+                    receipt, parts = _receipts(receipt)
+                    yield CallDone(ev, adapter, receipt, served, tuple(ids) if served is not None else (), completion_ids, parts)
                     return
                 elif isinstance(ev, Failed):
                     code, msg = _failure_status(ev.error, adapter)
@@ -416,7 +424,8 @@ class Calls:
                     if paid is not None:
                         receipt = self._close(paid, adapter, len(ids), delivered)
                         paid = None
-                    raise CallError(code, msg, receipt=receipt)
+                    receipt, parts = _receipts(receipt)
+                    raise CallError(code, msg, receipt=receipt, part_receipts=parts)
         except (asyncio.CancelledError, GeneratorExit):
             self.engine.cancel(req.request_id)
             raise
@@ -431,8 +440,10 @@ class Calls:
         self.metrics.refusals.labels(name).inc()
         return CallError(grpc.StatusCode[error.status], str(error), payment_error=name)
 
-    async def price(self, adapter: str | None, prompt_tokens: int, max_new_tokens: int) -> CallPrice | None:
-        """The call's price (``None``: this node takes no payments).
+    async def price(
+        self, adapter: str | None, prompt_tokens: int, max_new_tokens: int
+    ) -> CallPrice | ComposedPrice | None:
+        """The call's price (``None``: this node takes no payments); a composition's is per part.
 
         Raises:
             CallError: the payment refusal (``payment_error`` set), or UNAVAILABLE (the chain did not answer, the
@@ -440,26 +451,14 @@ class Calls:
         """
         if self.chain is None:
             return None
-        if is_composition(adapter):
-            # Fail closed: a voucher pays one adapter at one price, and a composed call's split between the parts'
-            # publishers is not settled yet, so a paying node does not serve compositions at all.
-            raise CallError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "this node takes payments and does not serve composed calls yet (settling a composed call's split "
-                "between its adapters' publishers is not implemented); call each adapter alone",
-            )
-        terms = None
-        if adapter is not None:
-            manifest = self.store.manifest(adapter)
-            if manifest is None:
-                raise CallError(
-                    grpc.StatusCode.UNAVAILABLE, f"adapter {adapter} is not verified on this node yet; retry shortly"
-                )
-            terms = AdapterTerms(manifest.publisher, manifest.price_wei, manifest.royalty_bps)
+        payments = self.chain.payments
         try:
-            return await asyncio.to_thread(
-                self.chain.payments.price_call, adapter, terms, prompt_tokens, max_new_tokens
-            )
+            if is_composition(adapter):
+                comp = Composition.parse(adapter)
+                parts = [(cid, self._terms(cid), w) for cid, w in comp.parts]
+                return await asyncio.to_thread(payments.price_composed, parts, prompt_tokens, max_new_tokens)
+            terms = self._terms(adapter) if adapter is not None else None
+            return await asyncio.to_thread(payments.price_call, adapter, terms, prompt_tokens, max_new_tokens)
         except PaymentError as e:
             if isinstance(e, AdapterRevoked):
                 self.engine.forget(adapter)  # its publisher withdrew it: no copy stays in the engine
@@ -469,20 +468,40 @@ class Calls:
                 grpc.StatusCode.UNAVAILABLE, f"cannot price the call: the chain did not answer: {e}"
             ) from None
 
+    def _terms(self, cid: str) -> AdapterTerms:
+        """What ``cid``'s verified manifest asks.
+
+        Raises:
+            CallError: UNAVAILABLE when the adapter is not verified here yet.
+        """
+        manifest = self.store.manifest(cid)
+        if manifest is None:
+            raise CallError(grpc.StatusCode.UNAVAILABLE, f"adapter {cid} is not verified on this node yet; retry shortly")
+        return AdapterTerms(manifest.publisher, manifest.price_wei, manifest.royalty_bps)
+
     async def _open(
-        self, voucher: pb.Voucher | None, price: CallPrice | None, adapter: str | None
-    ) -> Authorization | None:
-        """Checks the voucher and records the paid call, durably (``None``: a free call)."""
+        self,
+        voucher: pb.Voucher | None,
+        price: CallPrice | ComposedPrice | None,
+        adapter: str | None,
+        part_vouchers: tuple[tuple[str, pb.Voucher], ...] = (),
+    ) -> Authorization | _ComposedCall | None:
+        """Checks the voucher (a composed call: every paid part's) and records the paid call, durably (``None``: a
+        free call)."""
         if price is None or not price.required:
             return None
-        signed = None
-        if voucher is not None:
-            try:
-                signed = wire.voucher_from_pb(voucher)
-            except PaymentError as e:
-                raise self._refusal(e) from None
         payments = self.chain.payments
-        opening = asyncio.get_running_loop().run_in_executor(None, payments.open_call, signed, price)
+        try:
+            if isinstance(price, ComposedPrice):
+                signed = {cid_text(cid): wire.voucher_from_pb(v) for cid, v in part_vouchers}
+                opening = asyncio.get_running_loop().run_in_executor(None, payments.open_composed, signed, price)
+            else:
+                signed = wire.voucher_from_pb(voucher) if voucher is not None else None
+                opening = asyncio.get_running_loop().run_in_executor(None, payments.open_call, signed, price)
+        except PaymentError as e:
+            raise self._refusal(e) from None
+        except InvalidCID as e:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"a composed call's part voucher: {e}") from None
         try:
             paid = await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -495,26 +514,55 @@ class Calls:
             raise CallError(
                 grpc.StatusCode.UNAVAILABLE, f"cannot check the voucher: the chain did not answer: {e}"
             ) from None
+        if isinstance(price, ComposedPrice):
+            paid = _ComposedCall(paid, price)
         if paid is not None:
-            self.metrics.authorized.labels(self.metrics.label(adapter)).inc(paid.max_cost)
+            self.metrics.authorized.labels(self.metrics.label(adapter)).inc(price.max_cost)
         return paid
 
     def _close(
-        self, paid: Authorization, adapter: str | None, prompt_tokens: int, completion_tokens: int, serving: bytes = bytes(32)
-    ):
+        self,
+        paid: Authorization | _ComposedCall,
+        adapter: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        serving: bytes = bytes(32),
+    ) -> SignedReceipt | tuple[SignedReceipt, ...] | None:
         """Bills prompt + ``completion_tokens`` (nothing, voided, when no completion token was delivered); the
-        receipt binds ``serving``, the digest of the call's serving record (zeros: none)."""
+        receipt binds ``serving``, the digest of the call's serving record (zeros: none). A composed call: each
+        part its share (``ChainPayments.close_composed``), the receipts of the parts billed."""
         tokens = prompt_tokens + completion_tokens if completion_tokens else 0
+        if isinstance(paid, _ComposedCall):
+            closed = self.chain.payments.close_composed(paid.authorizations, paid.price, tokens, serving)
+            receipts = tuple(r for r in closed if r is not None)
+            self.metrics.charged.labels(self.metrics.label(adapter)).inc(sum(r.receipt.cost for r in receipts))
+            return receipts
         receipt = self.chain.payments.close_call(paid, tokens, serving)
         if receipt is not None:
             self.metrics.charged.labels(self.metrics.label(adapter)).inc(receipt.receipt.cost)
         return receipt
 
 
+@dataclass(frozen=True)
+class _ComposedCall:
+    """A paid composed call in flight: per part its authorisation (``None``: free part) and the call's price."""
+
+    authorizations: tuple[Authorization | None, ...]
+    price: ComposedPrice
+
+
+def _receipts(closed) -> tuple[SignedReceipt | None, tuple[SignedReceipt, ...]]:
+    """``(receipt, part receipts)`` of what ``Calls._close`` returned."""
+    return (None, closed) if isinstance(closed, tuple) else (closed, ())
+
+
 def _void_if_opened(payments, opening: asyncio.Future) -> None:
-    """Voids the call ``opening`` recorded, if it recorded one (its client is gone)."""
-    if not opening.cancelled() and opening.exception() is None and opening.result() is not None:
-        payments.void(opening.result())
+    """Voids the call ``opening`` recorded, if it recorded one (its client is gone); every part of a composed one."""
+    if opening.cancelled() or opening.exception() is not None or opening.result() is None:
+        return
+    for authorization in opening.result() if isinstance(opening.result(), tuple) else (opening.result(),):
+        if authorization is not None:
+            payments.void(authorization)
 
 
 def _failure_status(error: Exception, adapter: str | None) -> tuple[grpc.StatusCode, str]:

@@ -82,12 +82,14 @@ class GenerateRequest(_message.Message):
     def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., voucher: _Optional[_Union[Voucher, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[AdapterPart, _Mapping]]] = ...) -> None: ...
 
 class AdapterPart(_message.Message):
-    __slots__ = ("cid", "weight")
+    __slots__ = ("cid", "weight", "voucher")
     CID_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    VOUCHER_FIELD_NUMBER: _ClassVar[int]
     cid: str
     weight: float
-    def __init__(self, cid: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+    voucher: Voucher
+    def __init__(self, cid: _Optional[str] = ..., weight: _Optional[float] = ..., voucher: _Optional[_Union[Voucher, _Mapping]] = ...) -> None: ...
 
 class Voucher(_message.Message):
     __slots__ = ("client", "node", "epoch", "cumulative_amount", "signature", "adapter_id", "price_per_1k_tokens", "adapter_amount")
@@ -240,7 +242,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateDone(_message.Message):
-    __slots__ = ("usage", "finish_reason", "adapter", "ttft_ms", "receipt", "record", "prompt_ids", "completion_ids")
+    __slots__ = ("usage", "finish_reason", "adapter", "ttft_ms", "receipt", "record", "prompt_ids", "completion_ids", "part_receipts")
     USAGE_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +251,7 @@ class GenerateDone(_message.Message):
     RECORD_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_IDS_FIELD_NUMBER: _ClassVar[int]
+    PART_RECEIPTS_FIELD_NUMBER: _ClassVar[int]
     usage: Usage
     finish_reason: FinishReason
     adapter: str
@@ -257,7 +260,8 @@ class GenerateDone(_message.Message):
     record: ServingRecord
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
     completion_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., adapter: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., record: _Optional[_Union[ServingRecord, _Mapping]] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., completion_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    part_receipts: _containers.RepeatedCompositeFieldContainer[Receipt]
+    def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., adapter: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., record: _Optional[_Union[ServingRecord, _Mapping]] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., completion_ids: _Optional[_Iterable[int]] = ..., part_receipts: _Optional[_Iterable[_Union[Receipt, _Mapping]]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "done")
@@ -500,7 +504,7 @@ class ChannelState(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., deposited: _Optional[str] = ..., redeemed: _Optional[str] = ..., withdraw_at: _Optional[int] = ..., latest_voucher: _Optional[_Union[Voucher, _Mapping]] = ..., charged_total: _Optional[str] = ..., committed: _Optional[str] = ..., adapter_voucher: _Optional[_Union[Voucher, _Mapping]] = ..., adapter_charged: _Optional[str] = ...) -> None: ...
 
 class Quote(_message.Message):
-    __slots__ = ("payment_required", "adapter", "prompt_tokens", "max_new_tokens", "price_per_1k_tokens", "publisher_price_per_1k", "node_fee_per_1k", "max_cost_wei", "publisher", "royalty_bps", "node_address", "chain_id", "channels", "channel")
+    __slots__ = ("payment_required", "adapter", "prompt_tokens", "max_new_tokens", "price_per_1k_tokens", "publisher_price_per_1k", "node_fee_per_1k", "max_cost_wei", "publisher", "royalty_bps", "node_address", "chain_id", "channels", "channel", "parts")
     PAYMENT_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -515,6 +519,7 @@ class Quote(_message.Message):
     CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
     payment_required: bool
     adapter: str
     prompt_tokens: int
@@ -529,7 +534,8 @@ class Quote(_message.Message):
     chain_id: int
     channels: str
     channel: ChannelState
-    def __init__(self, payment_required: _Optional[bool] = ..., adapter: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., price_per_1k_tokens: _Optional[str] = ..., publisher_price_per_1k: _Optional[str] = ..., node_fee_per_1k: _Optional[str] = ..., max_cost_wei: _Optional[str] = ..., publisher: _Optional[str] = ..., royalty_bps: _Optional[int] = ..., node_address: _Optional[str] = ..., chain_id: _Optional[int] = ..., channels: _Optional[str] = ..., channel: _Optional[_Union[ChannelState, _Mapping]] = ...) -> None: ...
+    parts: _containers.RepeatedCompositeFieldContainer[Quote]
+    def __init__(self, payment_required: _Optional[bool] = ..., adapter: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., price_per_1k_tokens: _Optional[str] = ..., publisher_price_per_1k: _Optional[str] = ..., node_fee_per_1k: _Optional[str] = ..., max_cost_wei: _Optional[str] = ..., publisher: _Optional[str] = ..., royalty_bps: _Optional[int] = ..., node_address: _Optional[str] = ..., chain_id: _Optional[int] = ..., channels: _Optional[str] = ..., channel: _Optional[_Union[ChannelState, _Mapping]] = ..., parts: _Optional[_Iterable[_Union[Quote, _Mapping]]] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
     __slots__ = ("adapter",)
