@@ -230,7 +230,7 @@ def _samples(http_url) -> dict[tuple[str, frozenset], float]:
     }
 
 
-def test_composition_free_over_http_and_grpc_paid_per_part(oai, grpc_client, cids, node, funded):
+def test_composition_free_over_http_and_grpc_paid_per_part(oai, http_url, grpc_client, cids, node, funded):
     """A composition of free adapters is served over HTTP (``model`` text form) as over gRPC; a bad one is a 400;
     a paid one (gRPC ``adapters``) needs its priced part's own voucher and is billed that part's weighted share."""
     legal, finance, medical = cids["legal"], cids["finance"], cids["medical"]
@@ -256,6 +256,9 @@ def test_composition_free_over_http_and_grpc_paid_per_part(oai, grpc_client, cid
         quote = grpc_client.quote(generate_request(QUESTION, adapter=f"{medical}*0.6+{legal}*0.4", max_new_tokens=8))
         parts = {p.adapter: p for p in quote.parts}
         assert quote.payment_required and parts[medical].payment_required and not parts[legal].payment_required
+        params = {"model": f"{medical}*0.6+{legal}*0.4", "prompt_tokens": quote.prompt_tokens, "max_tokens": 8}
+        over_http = {p["model"]: p for p in httpx.get(f"{http_url}/v1/quote", params=params).json()["parts"]}
+        assert over_http[medical]["max_cost_wei"] == parts[medical].max_cost_wei and "adapter_id" not in over_http[legal]
         request.adapters[0].voucher.CopyFrom(voucher_to_pb(voucher(info, CLIENT, DEPOSIT + 1, cid=medical, price=PRICE)))
         (done,) = [r.done for r in stub.Generate(request, timeout=60) if r.HasField("done")]
     (receipt,) = done.part_receipts  # the free part is billed nothing

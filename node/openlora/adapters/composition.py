@@ -191,10 +191,15 @@ def part_token_bounds(max_tokens: int, weights_ppm: Sequence[int]) -> list[int]:
 
 
 def _extras(obj, known: set[str]) -> list[str]:
-    """Fields of a parsed adapter (or module) beyond plain LoRA that hold something (DoRA, bias, …)."""
-    return [
-        f.name for f in dataclasses.fields(obj) if f.name not in known and getattr(obj, f.name) not in (None, {}, (), [])
-    ]
+    """Fields of a parsed adapter (or module) beyond plain LoRA that hold something (DoRA, bias, …): anything but
+    ``None``, ``False`` or an empty container (a tensor always counts)."""
+    return [f.name for f in dataclasses.fields(obj) if f.name not in known and _holds(getattr(obj, f.name))]
+
+
+def _holds(value) -> bool:
+    if value is None or value is False:
+        return False
+    return not (isinstance(value, (dict, list, tuple, set, frozenset, str)) and len(value) == 0)
 
 
 def compose(parts: Sequence[tuple[LoraAdapter, float]], max_rank: int, name: str = "") -> LoraAdapter:

@@ -110,8 +110,9 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         metadata = ()
         if error.payment_error is not None:
             metadata = ((wire.PAYMENT_ERROR_KEY, error.payment_error),)
-        elif error.receipt is not None:
-            metadata = ((wire.RECEIPT_KEY, wire.receipt_to_pb(error.receipt).SerializeToString()),)
+        elif error.receipt is not None or error.part_receipts:  # a composed call: one entry per part billed
+            receipts = (error.receipt,) if error.receipt is not None else error.part_receipts
+            metadata = tuple((wire.RECEIPT_KEY, wire.receipt_to_pb(r).SerializeToString()) for r in receipts)
         await context.abort(error.code, str(error), trailing_metadata=metadata)
 
     def _call_input(self, request, sampling: pb.SamplingParams | None = None) -> CallInput:
