@@ -18,6 +18,7 @@ import pytest
 from adapter_corpus import BaseInfo, signed_manifest, tamper_block, unique_good_files
 from pay_fixtures import CLIENT, FINANCE, LEGAL, MEDICAL, PUBLISHER, QUESTION, channel_of
 
+from openlora.adapters.composition import Composition
 from openlora.chain.pricing import cost_wei
 from openlora.client import NodeClient, PaidSession, publish_requests, register_adapter
 from openlora.local import NodeProcess
@@ -183,6 +184,21 @@ def test_several_adapters_in_one_batch(client, cids):
             assert not any(text.startswith(p) for p in PREFIX.values())
         # a batch may reorder float32 sums; the adapter's trained opening is what must hold, and most rows match
     assert sum(text == want[d] for d, text in results) >= len(results) - 2
+
+
+def test_composition_is_served_by_torch_and_refused_by_vllm(node, client, cids):
+    pair = f"{cids['legal']}*0.5+{cids['finance']}*0.5"
+    if node[2] == "torch":
+        stream = client.generate(QUESTION, adapter=pair, temperature=0, max_new_tokens=8)
+        assert stream.text() and stream.done.adapter == Composition.parse(pair).id
+    else:
+        with pytest.raises(grpc.RpcError) as e:
+            client.generate(QUESTION, adapter=pair, temperature=0, max_new_tokens=8).text()
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "adapter composition" in e.value.details() and "not served by the vllm engine" in e.value.details()
+        assert "--engine torch" in e.value.details()
+    after = client.generate(QUESTION, temperature=0, max_new_tokens=2)
+    assert after.text() and after.done.usage.completion_tokens == 2  # serving on
 
 
 def test_metrics_count_calls_per_adapter(node, client, cids):

@@ -17,13 +17,17 @@ import grpc
 import httpx
 import openai
 import pytest
-from pay_fixtures import CLIENT, FINANCE, LEGAL, MEDICAL, PUBLISHER, QUESTION, start_node, voucher
+from pay_fixtures import CLIENT, FINANCE, LEGAL, MEDICAL, PUBLISHER, QUESTION, raw_stub, start_node, voucher
 from prometheus_client.parser import text_string_to_metric_families
 
+from openlora.adapters.composition import Composition, part_tokens
 from openlora.api.calls import CallError
 from openlora.api.http.wire import http_status
+from openlora.chain.contracts import adapter_id
 from openlora.chain.pricing import cost_wei
-from openlora.client import NodeClient, PaidSession, register_adapter
+from openlora.chain.wire import voucher_to_pb
+from openlora.client import NodeClient, PaidSession, generate_request, register_adapter
+from openlora.v1 import node_pb2 as pb
 
 PRICE, ROYALTY, DEPOSIT = 1000, 2500, 10**15  # wei per 1k tokens, bps, wei
 
@@ -224,6 +228,45 @@ def _samples(http_url) -> dict[tuple[str, frozenset], float]:
         for fam in text_string_to_metric_families(text)
         for s in fam.samples
     }
+
+
+def test_composition_free_over_http_and_grpc_paid_per_part(oai, http_url, grpc_client, cids, node, funded):
+    """A composition of free adapters is served over HTTP (``model`` text form) as over gRPC; a bad one is a 400;
+    a paid one (gRPC ``adapters``) needs its priced part's own voucher and is billed that part's weighted share."""
+    legal, finance, medical = cids["legal"], cids["finance"], cids["medical"]
+    free = f"{legal}*0.5+{finance}*0.5"
+    chat = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8, "temperature": 0}
+    over_http = oai.chat.completions.create(model=free, **chat).choices[0].message.content
+    stream = grpc_client.generate(QUESTION, adapter=free, temperature=0, max_new_tokens=8)
+    assert over_http == stream.text() != grpc_client.generate(QUESTION, adapter=legal, temperature=0, max_new_tokens=8).text()
+    assert stream.done.adapter == stream.done.record.adapter == Composition.parse(free).id  # the record binds the parts
+    verdict = grpc_client.verify(stream.served)  # the verifier rebuilds the derived adapter from the parts
+    assert verdict.valid, verdict
+    with pytest.raises(openai.BadRequestError, match="appears twice"):
+        oai.chat.completions.create(model=f"{legal}*0.5+{legal}*0.5", **chat)
+
+    info = grpc_client.node_info()
+    request = generate_request(QUESTION, max_new_tokens=8, temperature=0)
+    request.adapters.extend([pb.AdapterPart(cid=medical, weight=0.6), pb.AdapterPart(cid=legal, weight=0.4)])
+    channel, stub = raw_stub(node.address)
+    with channel:
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.Generate(request, timeout=60))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and f"part {medical}" in e.value.details()
+        quote = grpc_client.quote(generate_request(QUESTION, adapter=f"{medical}*0.6+{legal}*0.4", max_new_tokens=8))
+        parts = {p.adapter: p for p in quote.parts}
+        assert quote.payment_required and parts[medical].payment_required and not parts[legal].payment_required
+        params = {"model": f"{medical}*0.6+{legal}*0.4", "prompt_tokens": quote.prompt_tokens, "max_tokens": 8}
+        over_http = {p["model"]: p for p in httpx.get(f"{http_url}/v1/quote", params=params).json()["parts"]}
+        assert over_http[medical]["max_cost_wei"] == parts[medical].max_cost_wei and "adapter_id" not in over_http[legal]
+        request.adapters[0].voucher.CopyFrom(voucher_to_pb(voucher(info, CLIENT, DEPOSIT + 1, cid=medical, price=PRICE)))
+        (done,) = [r.done for r in stub.Generate(request, timeout=60) if r.HasField("done")]
+    (receipt,) = done.part_receipts  # the free part is billed nothing
+    comp = Composition.of([(medical, 0.6), (legal, 0.4)])
+    billed = done.usage.prompt_tokens + done.usage.completion_tokens
+    tokens = dict(zip(comp.cids, part_tokens(billed, [w for _, w in comp.parts])))[medical]
+    assert receipt.tokens == tokens and int(receipt.cost) == cost_wei(tokens, PRICE) > 0
+    assert receipt.adapter_id == adapter_id(medical, PUBLISHER.address) and receipt.publisher == PUBLISHER.address
 
 
 def test_metrics_have_per_adapter_series(oai, http_url, cids):

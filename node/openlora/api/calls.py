@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING
 import grpc
 
 from ..adapters.catalog import AdapterState, CatalogEntry
+from ..adapters.composition import Composition, CompositionError, is_composition
 from ..adapters.reasons import AdapterRejected, RejectReason
 from ..adapters.store import AdapterNotFound, AdapterStore
 from ..chain import wire
 from ..chain.errors import AdapterRevoked, ChainError, PaymentError
 from ..chain.ledger import Authorization
-from ..chain.payments import CallPrice
+from ..chain.payments import CallPrice, ComposedPrice
 from ..chain.pricing import AdapterTerms
 from ..chain.records import SignedReceipt
 from ..content.cid import cid_text
@@ -76,6 +77,7 @@ class CallError(Exception):
         code: the status code.
         payment_error: the ``PaymentError`` subclass name when the call was not paid for, else ``None``.
         receipt: the receipt of a paid call cut off after it delivered text, else ``None``.
+        part_receipts: the same for a composed call: one receipt per part billed.
     """
 
     def __init__(
@@ -84,11 +86,13 @@ class CallError(Exception):
         message: str,
         payment_error: str | None = None,
         receipt: SignedReceipt | None = None,
+        part_receipts: tuple[SignedReceipt, ...] = (),
     ) -> None:
         super().__init__(message)
         self.code = code
         self.payment_error = payment_error
         self.receipt = receipt
+        self.part_receipts = part_receipts
 
 
 class ServingLimits:
@@ -125,6 +129,7 @@ class CallInput:
         temperature / top_p / top_k / seed / stop: sampling (see ``engine.sampling.SamplingParams``).
         voucher: the payment voucher as sent (decoded and checked only when the call must be paid).
         constraint: structured output (``engine.structured``), ``None`` for free text.
+        part_vouchers: a composed call's vouchers, ``(part CID, voucher)`` as sent (one per paid part).
     """
 
     adapter: str = ""
@@ -138,12 +143,14 @@ class CallInput:
     stop: tuple[str, ...] = ()
     voucher: pb.Voucher | None = None
     constraint: Constraint | None = None
+    part_vouchers: tuple[tuple[str, pb.Voucher], ...] = ()
 
 
 @dataclass(frozen=True)
 class CallDone:
     """The last item of :meth:`Calls.generate`: how it ended, for which adapter, the receipt if paid, and the
-    node's signed serving record with the token ids it covers (``None`` / empty for a call the node cut short)."""
+    node's signed serving record with the token ids it covers (``None`` / empty for a call the node cut short);
+    a paid composed call has ``part_receipts`` (one per part billed) instead of ``receipt``."""
 
     finished: Finished
     adapter: str | None
@@ -151,6 +158,7 @@ class CallDone:
     served: SignedRecord | None = None
     prompt_ids: tuple[int, ...] = ()
     completion_ids: tuple[int, ...] = ()
+    part_receipts: tuple[SignedReceipt, ...] = ()
 
 
 class Calls:
@@ -208,6 +216,8 @@ class Calls:
         """
         if not raw:
             return None
+        if is_composition(raw):
+            return await self._resolve_composition(raw)
         try:
             cid = cid_text(raw)
         except InvalidCID as e:
@@ -236,6 +246,19 @@ class Calls:
                 grpc.StatusCode.UNAVAILABLE, f"adapter {cid} is {entry.state.value} on this node; retry shortly"
             )
         return entry.cid
+
+    async def _resolve_composition(self, raw: str) -> str:
+        """The canonical id of composition ``raw`` (``cidA*0.7+cidB*0.3``), every part resolved as a single adapter.
+
+        Raises:
+            CallError: INVALID_ARGUMENT (the composition is malformed: count, duplicate, weight), or what
+                :meth:`resolve_adapter` raises for a part.
+        """
+        try:
+            comp = Composition.parse(raw)
+        except CompositionError as e:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        return Composition.of([(await self.resolve_adapter(cid), f"{w}e-6") for cid, w in comp.parts]).id
 
     # ----- input -----
 
@@ -366,7 +389,7 @@ class Calls:
                 raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         price = await self.price(adapter, len(ids), sampling.max_new_tokens)
         # From here on the call is recorded in the ledger (when paid): every way out below closes it.
-        paid = await self._open(call.voucher, price, adapter)
+        paid = await self._open(call.voucher, price, adapter, call.part_vouchers)
 
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -405,7 +428,8 @@ class Calls:
                         paid = None
                     self.metrics.finished(adapter, ev.prompt_tokens, ev.completion_tokens, ev.ttft_ms, ev.itl_ms)
                     completion_ids = tuple(proof.tokens) if served is not None else ()
-                    yield CallDone(ev, adapter, receipt, served, tuple(ids) if served is not None else (), completion_ids)
+                    receipt, parts = _receipts(receipt)
+                    yield CallDone(ev, adapter, receipt, served, tuple(ids) if served is not None else (), completion_ids, parts)
                     return
                 elif isinstance(ev, Failed):
                     code, msg = _failure_status(ev.error, adapter)
@@ -413,7 +437,8 @@ class Calls:
                     if paid is not None:
                         receipt = self._close(paid, adapter, len(ids), delivered)
                         paid = None
-                    raise CallError(code, msg, receipt=receipt)
+                    receipt, parts = _receipts(receipt)
+                    raise CallError(code, msg, receipt=receipt, part_receipts=parts)
         except (asyncio.CancelledError, GeneratorExit):
             self.engine.cancel(req.request_id)
             raise
@@ -428,8 +453,10 @@ class Calls:
         self.metrics.refusals.labels(name).inc()
         return CallError(grpc.StatusCode[error.status], str(error), payment_error=name)
 
-    async def price(self, adapter: str | None, prompt_tokens: int, max_new_tokens: int) -> CallPrice | None:
-        """The call's price (``None``: this node takes no payments).
+    async def price(
+        self, adapter: str | None, prompt_tokens: int, max_new_tokens: int
+    ) -> CallPrice | ComposedPrice | None:
+        """The call's price (``None``: this node takes no payments); a composition's is per part.
 
         Raises:
             CallError: the payment refusal (``payment_error`` set), or UNAVAILABLE (the chain did not answer, the
@@ -437,18 +464,14 @@ class Calls:
         """
         if self.chain is None:
             return None
-        terms = None
-        if adapter is not None:
-            manifest = self.store.manifest(adapter)
-            if manifest is None:
-                raise CallError(
-                    grpc.StatusCode.UNAVAILABLE, f"adapter {adapter} is not verified on this node yet; retry shortly"
-                )
-            terms = AdapterTerms(manifest.publisher, manifest.price_wei, manifest.royalty_bps)
+        payments = self.chain.payments
         try:
-            return await asyncio.to_thread(
-                self.chain.payments.price_call, adapter, terms, prompt_tokens, max_new_tokens
-            )
+            if is_composition(adapter):
+                comp = Composition.parse(adapter)
+                parts = [(cid, self._terms(cid), w) for cid, w in comp.parts]
+                return await asyncio.to_thread(payments.price_composed, parts, prompt_tokens, max_new_tokens)
+            terms = self._terms(adapter) if adapter is not None else None
+            return await asyncio.to_thread(payments.price_call, adapter, terms, prompt_tokens, max_new_tokens)
         except PaymentError as e:
             if isinstance(e, AdapterRevoked):
                 self.engine.forget(adapter)  # its publisher withdrew it: no copy stays in the engine
@@ -458,20 +481,40 @@ class Calls:
                 grpc.StatusCode.UNAVAILABLE, f"cannot price the call: the chain did not answer: {e}"
             ) from None
 
+    def _terms(self, cid: str) -> AdapterTerms:
+        """What ``cid``'s verified manifest asks.
+
+        Raises:
+            CallError: UNAVAILABLE when the adapter is not verified here yet.
+        """
+        manifest = self.store.manifest(cid)
+        if manifest is None:
+            raise CallError(grpc.StatusCode.UNAVAILABLE, f"adapter {cid} is not verified on this node yet; retry shortly")
+        return AdapterTerms(manifest.publisher, manifest.price_wei, manifest.royalty_bps)
+
     async def _open(
-        self, voucher: pb.Voucher | None, price: CallPrice | None, adapter: str | None
-    ) -> Authorization | None:
-        """Checks the voucher and records the paid call, durably (``None``: a free call)."""
+        self,
+        voucher: pb.Voucher | None,
+        price: CallPrice | ComposedPrice | None,
+        adapter: str | None,
+        part_vouchers: tuple[tuple[str, pb.Voucher], ...] = (),
+    ) -> Authorization | _ComposedCall | None:
+        """Checks the voucher (a composed call: every paid part's) and records the paid call, durably (``None``: a
+        free call)."""
         if price is None or not price.required:
             return None
-        signed = None
-        if voucher is not None:
-            try:
-                signed = wire.voucher_from_pb(voucher)
-            except PaymentError as e:
-                raise self._refusal(e) from None
         payments = self.chain.payments
-        opening = asyncio.get_running_loop().run_in_executor(None, payments.open_call, signed, price)
+        try:
+            if isinstance(price, ComposedPrice):
+                signed = {cid_text(cid): wire.voucher_from_pb(v) for cid, v in part_vouchers}
+                opening = asyncio.get_running_loop().run_in_executor(None, payments.open_composed, signed, price)
+            else:
+                signed = wire.voucher_from_pb(voucher) if voucher is not None else None
+                opening = asyncio.get_running_loop().run_in_executor(None, payments.open_call, signed, price)
+        except PaymentError as e:
+            raise self._refusal(e) from None
+        except InvalidCID as e:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"a composed call's part voucher: {e}") from None
         try:
             paid = await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -484,26 +527,55 @@ class Calls:
             raise CallError(
                 grpc.StatusCode.UNAVAILABLE, f"cannot check the voucher: the chain did not answer: {e}"
             ) from None
+        if isinstance(price, ComposedPrice):
+            paid = _ComposedCall(paid, price)
         if paid is not None:
-            self.metrics.authorized.labels(self.metrics.label(adapter)).inc(paid.max_cost)
+            self.metrics.authorized.labels(self.metrics.label(adapter)).inc(price.max_cost)
         return paid
 
     def _close(
-        self, paid: Authorization, adapter: str | None, prompt_tokens: int, completion_tokens: int, serving: bytes = bytes(32)
-    ):
+        self,
+        paid: Authorization | _ComposedCall,
+        adapter: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        serving: bytes = bytes(32),
+    ) -> SignedReceipt | tuple[SignedReceipt, ...] | None:
         """Bills prompt + ``completion_tokens`` (nothing, voided, when no completion token was delivered); the
-        receipt binds ``serving``, the digest of the call's serving record (zeros: none)."""
+        receipt binds ``serving``, the digest of the call's serving record (zeros: none). A composed call: each
+        part its share (``ChainPayments.close_composed``), the receipts of the parts billed."""
         tokens = prompt_tokens + completion_tokens if completion_tokens else 0
+        if isinstance(paid, _ComposedCall):
+            closed = self.chain.payments.close_composed(paid.authorizations, paid.price, tokens, serving)
+            receipts = tuple(r for r in closed if r is not None)
+            self.metrics.charged.labels(self.metrics.label(adapter)).inc(sum(r.receipt.cost for r in receipts))
+            return receipts
         receipt = self.chain.payments.close_call(paid, tokens, serving)
         if receipt is not None:
             self.metrics.charged.labels(self.metrics.label(adapter)).inc(receipt.receipt.cost)
         return receipt
 
 
+@dataclass(frozen=True)
+class _ComposedCall:
+    """A paid composed call in flight: per part its authorisation (``None``: free part) and the call's price."""
+
+    authorizations: tuple[Authorization | None, ...]
+    price: ComposedPrice
+
+
+def _receipts(closed) -> tuple[SignedReceipt | None, tuple[SignedReceipt, ...]]:
+    """``(receipt, part receipts)`` of what ``Calls._close`` returned."""
+    return (None, closed) if isinstance(closed, tuple) else (closed, ())
+
+
 def _void_if_opened(payments, opening: asyncio.Future) -> None:
-    """Voids the call ``opening`` recorded, if it recorded one (its client is gone)."""
-    if not opening.cancelled() and opening.exception() is None and opening.result() is not None:
-        payments.void(opening.result())
+    """Voids the call ``opening`` recorded, if it recorded one (its client is gone); every part of a composed one."""
+    if opening.cancelled() or opening.exception() is not None or opening.result() is None:
+        return
+    for authorization in opening.result() if isinstance(opening.result(), tuple) else (opening.result(),):
+        if authorization is not None:
+            payments.void(authorization)
 
 
 def _failure_status(error: Exception, adapter: str | None) -> tuple[grpc.StatusCode, str]:

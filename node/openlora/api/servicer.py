@@ -44,6 +44,7 @@ from ..adapters.reasons import AdapterRejected, RejectReason
 from ..adapters.store import manifest_cid
 from ..chain import wire
 from ..chain.errors import ChainError, ContractRevert
+from ..chain.payments import CallPrice, ComposedPrice
 from ..chain.quote_auth import quote_auth_error
 from ..content.cid import cid_text
 from ..content.errors import InvalidCID, StoreFull
@@ -110,8 +111,9 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         metadata = ()
         if error.payment_error is not None:
             metadata = ((wire.PAYMENT_ERROR_KEY, error.payment_error),)
-        elif error.receipt is not None:
-            metadata = ((wire.RECEIPT_KEY, wire.receipt_to_pb(error.receipt).SerializeToString()),)
+        elif error.receipt is not None or error.part_receipts:  # a composed call: one entry per part billed
+            receipts = (error.receipt,) if error.receipt is not None else error.part_receipts
+            metadata = tuple((wire.RECEIPT_KEY, wire.receipt_to_pb(r).SerializeToString()) for r in receipts)
         await context.abort(error.code, str(error), trailing_metadata=metadata)
 
     def _call_input(self, request, sampling: pb.SamplingParams | None = None) -> CallInput:
@@ -129,7 +131,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         if sampling is None:
             return CallInput(adapter=request.adapter, prompt=prompt, chat=chat)
         return CallInput(
-            adapter=request.adapter,
+            adapter=_adapter_ref(request),
             prompt=prompt,
             chat=chat,
             max_new_tokens=sampling.max_new_tokens,
@@ -140,6 +142,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             stop=tuple(sampling.stop),
             voucher=request.voucher if request.HasField("voucher") else None,
             constraint=_constraint(request.response_format) if request.HasField("response_format") else None,
+            part_vouchers=tuple((part.cid, part.voucher) for part in request.adapters if part.HasField("voucher")),
         )
 
     def _info(self, e: CatalogEntry) -> pb.AdapterInfo:
@@ -186,6 +189,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                     )
                     if item.receipt is not None:
                         done.receipt.CopyFrom(wire.receipt_to_pb(item.receipt))
+                    done.part_receipts.extend(wire.receipt_to_pb(r) for r in item.part_receipts)
                     if item.served is not None:
                         done.record.CopyFrom(record_to_pb(item.served))
                         done.prompt_ids.extend(item.prompt_ids)
@@ -250,12 +254,27 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             price = await calls.price(adapter, len(ids), max_new)
         except CallError as e:
             await self._fail(context, e)
+        if isinstance(price, ComposedPrice):
+            quote = pb.Quote(
+                payment_required=price.required, adapter=adapter, prompt_tokens=len(ids), max_new_tokens=max_new,
+                node_fee_per_1k=str(chain.info.node_fee_per_1k), max_cost_wei=str(price.max_cost),
+                node_address=chain.info.node_address, chain_id=chain.info.chain_id, channels=chain.info.channels,
+            )  # fmt: skip
+            for part in price.parts:  # a part is quoted as a call of its most billed tokens to its adapter
+                quote.parts.append(await self._quote(context, request, part.cid, CallPrice(part.quote, part.max_tokens, 0)))
+            return quote
+        return await self._quote(context, request, adapter, price)
+
+    async def _quote(self, context, request: pb.GetQuoteRequest, adapter: str | None, price: CallPrice) -> pb.Quote:
+        """The quote of a call to one adapter (or the base) at ``price``, with the channel when the request names a
+        client (aborts UNAVAILABLE when the chain does not answer)."""
+        chain = self.calls.chain
         info = chain.info
         quote = pb.Quote(
             payment_required=price.required,
             adapter=adapter or "",
-            prompt_tokens=len(ids),
-            max_new_tokens=max_new,
+            prompt_tokens=price.prompt_tokens,
+            max_new_tokens=price.max_new_tokens,
             price_per_1k_tokens="0",
             publisher_price_per_1k="0",
             node_fee_per_1k=str(info.node_fee_per_1k),
@@ -486,3 +505,17 @@ def _constraint(fmt: pb.ResponseFormat) -> Constraint | None:
     except ConstraintError as e:
         raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"response_format: {e}") from None
     return Constraint.json_object() if kind == "json_object" else None
+
+
+def _adapter_ref(request: pb.GenerateRequest) -> str:
+    """The call's adapter: ``adapter`` (a CID, "" for the base), or the text form of the ``adapters`` composition
+    (``cidA*0.7+cidB*0.3``, checked by ``Calls.resolve_adapter``; a weight's shortest decimal text is its value).
+
+    Raises:
+        CallError: INVALID_ARGUMENT when both are set.
+    """
+    if not request.adapters:
+        return request.adapter
+    if request.adapter:
+        raise CallError(grpc.StatusCode.INVALID_ARGUMENT, "set either adapter or adapters (a composition), not both")
+    return "+".join(f"{part.cid}*{part.weight!r}" for part in request.adapters)

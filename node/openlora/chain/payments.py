@@ -7,6 +7,9 @@
               → close_call(authorization, billed tokens) → receipt    node-signed; wakes the settler
                 (0 billed tokens: the call is voided and costs nothing)
     GetUsage  → usage(cid)                                    settled per-adapter totals, read from the chain
+    composed  → price_composed(parts), open_composed(one voucher per paid part), close_composed(billed tokens):
+                each part is an ordinary call to its adapter, billed its weighted share of the tokens
+                (``adapters.composition.part_tokens``) at its own price, on its own voucher, receipt and lane
 
 A call's billed tokens are its prompt tokens plus the completion tokens delivered; its max cost, which the
 voucher must newly authorise, is ``cost_wei(prompt_tokens + max_new_tokens)`` at the quoted price. A call is
@@ -35,6 +38,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from ..adapters.composition import part_token_bounds, part_tokens
 from .attribution import UsageRow, usage_report
 from .contracts import AdapterRegistry, PaymentChannels
 from .errors import ChainUnreachable, ContractRevert, CreditLimitReached, PaymentRequired
@@ -69,6 +73,46 @@ class CallPrice:
     @property
     def required(self) -> bool:
         """Whether the call needs a voucher (its max cost is above 0)."""
+        return self.max_cost > 0
+
+
+@dataclass(frozen=True)
+class PartPrice:
+    """One part of a composed call: adapter ``cid``, its ``quote`` (``None``: free), its weight in ppm, and
+    ``max_tokens``, the most tokens it can be billed (``part_token_bounds``; 0: it cannot be billed any)."""
+
+    cid: str
+    quote: Quote | None
+    weight_ppm: int
+    max_tokens: int
+
+    @property
+    def max_cost(self) -> int:
+        """Most wei this part can cost (what its voucher must newly authorise; 0 when free)."""
+        return 0 if self.quote is None else self.quote.cost_wei(self.max_tokens)
+
+
+@dataclass(frozen=True)
+class ComposedPrice:
+    """The price of a composed call: its parts in canonical (CID) order; prompt and generation limit in tokens."""
+
+    parts: tuple[PartPrice, ...]
+    prompt_tokens: int
+    max_new_tokens: int
+
+    @property
+    def max_tokens(self) -> int:
+        """Most tokens the call can bill: prompt + max new tokens (before the split)."""
+        return self.prompt_tokens + self.max_new_tokens
+
+    @property
+    def max_cost(self) -> int:
+        """Most wei the call can cost, all parts together."""
+        return sum(p.max_cost for p in self.parts)
+
+    @property
+    def required(self) -> bool:
+        """Whether any part needs a voucher."""
         return self.max_cost > 0
 
 
@@ -247,6 +291,81 @@ class NodePayments:
             raise ValueError(f"adapter {cid} has no verified manifest, so its terms are unknown")
         return CallPrice(
             call_quote(self._registrations, cid, terms, self.node_fee_per_1k), prompt_tokens, max_new_tokens
+        )
+
+    def price_composed(
+        self, parts: list[tuple[str, AdapterTerms, int]], prompt_tokens: int, max_new_tokens: int
+    ) -> ComposedPrice:
+        """The price of a composed call whose parts are ``(cid, signed manifest terms, weight in ppm)`` in canonical
+        order: each part priced as a call to its adapter (``pricing.call_quote``) for its bound of tokens.
+
+        Raises:
+            ValueError: a token count below 1.
+            AdapterRevoked, AdapterNotPayable, TermsMismatch, ChainUnreachable: for any part, as :meth:`price_call`.
+        """
+        if prompt_tokens < 1 or max_new_tokens < 1:
+            raise ValueError(f"prompt and max new tokens must be >= 1, got {prompt_tokens} and {max_new_tokens}")
+        bounds = part_token_bounds(prompt_tokens + max_new_tokens, [w for _, _, w in parts])
+        return ComposedPrice(
+            tuple(
+                PartPrice(cid, call_quote(self._registrations, cid, terms, self.node_fee_per_1k), w, bound)
+                for (cid, terms, w), bound in zip(parts, bounds)
+            ),
+            prompt_tokens,
+            max_new_tokens,
+        )
+
+    def open_composed(
+        self, vouchers: dict[str, SignedVoucher], price: ComposedPrice
+    ) -> tuple[Authorization | None, ...]:
+        """Authorises every paid part of a composed call on its own voucher (``vouchers`` by part CID), in canonical
+        order, each recorded durably as its own call; all or nothing: a refused part voids the parts before it.
+
+        Returns:
+            per part its authorisation, ``None`` for a part that costs nothing.
+
+        Raises:
+            PaymentRequired: a paid part has no voucher (the message names it and its max cost).
+            PaymentError, ChainUnreachable: as :meth:`open_call`, for the first part refused.
+        """
+        done: list[Authorization | None] = []
+        try:
+            for part in price.parts:
+                if part.max_cost == 0:
+                    done.append(None)
+                    continue
+                signed = vouchers.get(part.cid)
+                if signed is None:
+                    raise PaymentRequired(
+                        f"part {part.cid} of this composed call costs up to {part.max_cost} wei ({part.max_tokens} "
+                        f"tokens at {part.quote.price_per_1k_tokens} wei per 1k); send a voucher for it in its AdapterPart"
+                    )
+                done.append(self._authorize(signed, part.quote, part.max_tokens))
+        except BaseException:
+            for authorization in done:
+                if authorization is not None:
+                    self.void(authorization)
+            raise
+        return tuple(done)
+
+    def close_composed(
+        self, authorizations: tuple[Authorization | None, ...], price: ComposedPrice, tokens: int, serving: bytes = bytes(32)
+    ) -> tuple[SignedReceipt | None, ...]:
+        """Bills a composed call of ``tokens`` tokens (0 voids every part): each paid part its share
+        (``part_tokens``), a part whose share is 0 tokens voided. Each receipt binds ``serving``.
+
+        Returns:
+            per part its receipt, ``None`` for a free or voided part.
+
+        Raises:
+            ValueError: ``tokens`` above the call's max tokens.
+            LedgerError: a part was already closed.
+        """
+        if tokens > price.max_tokens:
+            raise ValueError(f"tokens must be 0..{price.max_tokens} (the authorised maximum), got {tokens}")
+        shares = part_tokens(tokens, [p.weight_ppm for p in price.parts])
+        return tuple(
+            None if a is None else self.close_call(a, share, serving) for a, share in zip(authorizations, shares)
         )
 
     def open_call(self, signed: SignedVoucher | None, price: CallPrice) -> Authorization | None:

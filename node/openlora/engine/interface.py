@@ -106,7 +106,8 @@ class GenerationRequest:
         sampling: validated sampling parameters.
         emit: called with TextDelta*, then one Finished or Failed; must not block (the torch
             engine calls it from its thread, the vLLM engine from the event loop).
-        adapter: adapter CID, or ``None`` for the base model.
+        adapter: adapter CID, ``None`` for the base model, or a composition id (``adapters.composition``: the
+            torch engine serves its derived adapter; the vLLM engine refuses it with EngineUnsupported).
         request_id: unique id for :meth:`Engine.cancel`.
         submitted: ``time.perf_counter()`` at creation (TTFT counts from here), s.
         proof: when set, the engine adds every generated token and the top-k log-probabilities of the

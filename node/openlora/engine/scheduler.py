@@ -10,7 +10,9 @@ One thread owns the model. Each turn of its loop::
 Rows of one batch may use different adapters (or none): each row carries its slot index into
 the LoRA stacks (``engine.lora``), so the batch shares every base matmul — the heterogeneous
 batching of S-LoRA (arXiv 2311.03285) and Punica (arXiv 2310.18547), scheduled at iteration
-level as in Orca (OSDI 2022). Adapter loads (blockstore → verify → host cache) run on a thread
+level as in Orca (OSDI 2022). A composed request (``adapters.composition``) is keyed by its composition id and
+served like any adapter: its derived adapter (the parts, each loaded as usual, concatenated) takes one slot.
+Adapter loads (blockstore → verify → host cache) run on a thread
 pool, never on this loop; a request whose adapter is loading waits while the others decode,
 and a failed load fails only the requests for that adapter.
 
@@ -29,6 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from ..adapters.composition import Composition, compose, is_composition
 from ..adapters.peft_format import LoraAdapter
 from ..proof.topk import top_logprobs
 from .interface import EngineInfo, Failed, FinishReason, Finished, GenerationRequest, NonFiniteLogits, QueueFull, TextDelta
@@ -206,18 +209,22 @@ class TorchEngine:
         }
 
     def resident(self) -> list[str]:
-        """CIDs in device slots now."""
-        return self.slots.resident()
+        """CIDs in device slots now (derived adapters of compositions are not adapters of their own: left out)."""
+        return [cid for cid in self.slots.resident() if not is_composition(cid)]
 
     def warm(self, cid: str, adapter: LoraAdapter) -> None:
         """Put a verified, parsed adapter in the host tier (its first request skips the load)."""
         self.host.put(cid, adapter)
 
     def forget(self, cid: str) -> None:
-        """Drop ``cid`` from the host tier now and from its device slot once no running row holds it."""
-        self.host.drop(cid)
+        """Drop ``cid`` (and every composition that has it as a part) from the host tier now and from its device
+        slot once no running row holds it."""
+        held = self.host.keys() + self.slots.resident()
+        gone = {cid} | {c for c in held if is_composition(c) and cid in Composition.parse(c).cids}
+        for c in gone:
+            self.host.drop(c)
         with self._cv:
-            self._forgets.add(cid)
+            self._forgets |= gone
             self._cv.notify()
 
     # ----- engine thread -----
@@ -298,7 +305,7 @@ class TorchEngine:
 
     def _start_load(self, cid: str) -> None:
         self._on_cache("host", False)
-        fut = self._pool.submit(self._load_adapter, cid)
+        fut = self._pool.submit(self._load_composed if is_composition(cid) else self._load_adapter, cid)
         self._loads[cid] = fut
 
         def wake(_: Future) -> None:
@@ -307,6 +314,17 @@ class TorchEngine:
                 self._cv.notify()
 
         fut.add_done_callback(wake)
+
+    def _load_composed(self, key: str) -> LoraAdapter:
+        """The derived adapter of composition ``key`` (worker thread): each part from the host tier, else through
+        the node's loader (the verification pipeline), then concatenated (``adapters.composition.compose``).
+
+        Raises:
+            what the loader raises for a part; CompositionError (rank above the slots', a non-plain part).
+        """
+        comp = Composition.parse(key)
+        parts = [(self.host.get(cid) or self._load_adapter(cid), w) for cid, w in zip(comp.cids, comp.weights)]
+        return compose(parts, self.rm.max_rank, key)
 
     def _finish_loads(self) -> None:
         for cid, fut in list(self._loads.items()):

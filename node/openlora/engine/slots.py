@@ -194,6 +194,11 @@ class HostCache:
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= evicted.nbytes
 
+    def keys(self) -> list[str]:
+        """CIDs held now (least recently used first)."""
+        with self._lock:
+            return list(self._items)
+
     def drop(self, cid: str) -> None:
         """Forget ``cid`` (unload)."""
         with self._lock:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..adapters.composition import is_composition
 from ..adapters.peft_format import LoraAdapter
 from ..adapters.reasons import AdapterRejected
 from .base import BaseModelSource
@@ -438,6 +439,10 @@ class VllmEngine:
         t_prev = 0.0
         itl: list[float] = []
         try:
+            if is_composition(req.adapter):
+                # vLLM would serve the derived adapter from a PEFT folder, but each composition would be a new
+                # LoRA id in its cache (one load per weight choice): not served here until measured
+                raise EngineUnsupported("adapter composition (several adapters with weights in one call) is not served by the vllm engine")
             lora = await self._lora(req.adapter) if req.adapter else None
             prompt = self._TokensPrompt(prompt_token_ids=list(req.prompt_ids))
             async for out in self._llm.generate(prompt, self._sampling(req), req.request_id, lora_request=lora):

@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..adapters.composition import is_composition
 from ..v1 import node_pb2 as pb
 from .verify import CannotVerify, Verdict, verify_call
 
@@ -56,6 +57,10 @@ def verify_locally(call: pb.ServedCall, manifest: str, adapter_dir: Path | None,
         )
     cid = call.record.adapter
     max_rank = 64
+    if is_composition(cid):
+        raise LocalVerifyError(
+            f"the call composed several adapters ({cid}); verify it on a node that holds them, with --node"
+        )
     if cid:
         if adapter_dir is None or not manifest:
             raise LocalVerifyError(

@@ -2,7 +2,8 @@
 
     ServingRecord ─ node            the node's account (it signs; routing and evidence name it)
                   ├ base            the base fingerprint (sha256 over the weights, ``engine/base.py``)
-                  ├ adapter         the adapter CID ("" for the base model)
+                  ├ adapter         the adapter CID ("" for the base model), or a composed call's canonical
+                  │                 composition id "cidA*0.7+cidB*0.3" (every part and weight signed)
                   ├ prompt_hash     sha256 of the prompt token ids      (uint32 little-endian each)
                   ├ completion_hash sha256 of the completion token ids  (the final EOS included)
                   ├ prompt_tokens / completion_tokens
@@ -108,7 +109,7 @@ class ServingRecord:
     Attributes:
         node: checksummed address of the signing node.
         base_fingerprint: ``"sha256:<64 hex>"``.
-        adapter: adapter CID, ``""`` for the base model.
+        adapter: adapter CID, ``""`` for the base model, or a composition id (``adapters.composition``).
         prompt_hash / completion_hash: 32-byte sha256 of the token ids (:func:`ids_hash`).
         prompt_tokens / completion_tokens: token counts.
         sampling: the sampling parameters.

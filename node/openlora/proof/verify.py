@@ -32,6 +32,7 @@ from functools import partial
 
 import torch
 
+from ..adapters.composition import Composition, compose, is_composition
 from ..adapters.peft_format import LoraAdapter
 from ..engine.structured import Constraint, ConstraintError, allowed_tokens
 from ..v1 import node_pb2 as pb
@@ -114,6 +115,19 @@ AdapterSource = Callable[[str], LoraAdapter]
 """Returns the verified, parsed adapter of a CID (raises if it cannot be obtained)."""
 
 
+def _adapter_of(name: str, adapters: AdapterSource, max_rank: int) -> LoraAdapter:
+    """The record's adapter: one CID from ``adapters``, or a composition id (``adapters.composition``: the record
+    binds every part and weight) rebuilt from its parts' verified copies exactly as the serving engine built it.
+
+    Raises:
+        what ``adapters`` raises; CompositionError (a malformed id, or a rank above ``max_rank``).
+    """
+    if not is_composition(name):
+        return adapters(name)
+    comp = Composition.parse(name)
+    return compose([(adapters(cid), w) for cid, w in zip(comp.cids, comp.weights)], max_rank, name)
+
+
 def check_record(call: pb.ServedCall) -> Verdict | None:
     """The checks that need no model: the record's signature, then the token ids against its hashes.
 
@@ -172,7 +186,7 @@ def verify_call(call: pb.ServedCall, reference: Reference, adapters: AdapterSour
     adapter = None
     if r.adapter:
         try:
-            adapter = (r.adapter, adapters(r.adapter))
+            adapter = (r.adapter, _adapter_of(r.adapter, adapters, reference.max_rank))
         except Exception as e:  # the source raises its own kinds (not found, rejected, fetch failed)
             raise CannotVerify(f"adapter {r.adapter} cannot be obtained here: {e}") from None
     restrict = None

@@ -66,20 +66,22 @@ class SamplingParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("adapter", "prompt", "chat", "sampling", "voucher", "response_format")
+    __slots__ = ("adapter", "prompt", "chat", "sampling", "voucher", "response_format", "adapters")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     VOUCHER_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     prompt: str
     chat: ChatMessages
     sampling: SamplingParams
     voucher: Voucher
     response_format: ResponseFormat
-    def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., voucher: _Optional[_Union[Voucher, _Mapping]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ...) -> None: ...
+    adapters: _containers.RepeatedCompositeFieldContainer[AdapterPart]
+    def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., voucher: _Optional[_Union[Voucher, _Mapping]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[AdapterPart, _Mapping]]] = ...) -> None: ...
 
 class ResponseFormat(_message.Message):
     __slots__ = ("json_schema", "json_object", "regex")
@@ -90,6 +92,16 @@ class ResponseFormat(_message.Message):
     json_object: bool
     regex: str
     def __init__(self, json_schema: _Optional[str] = ..., json_object: _Optional[bool] = ..., regex: _Optional[str] = ...) -> None: ...
+
+class AdapterPart(_message.Message):
+    __slots__ = ("cid", "weight", "voucher")
+    CID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    VOUCHER_FIELD_NUMBER: _ClassVar[int]
+    cid: str
+    weight: float
+    voucher: Voucher
+    def __init__(self, cid: _Optional[str] = ..., weight: _Optional[float] = ..., voucher: _Optional[_Union[Voucher, _Mapping]] = ...) -> None: ...
 
 class Voucher(_message.Message):
     __slots__ = ("client", "node", "epoch", "cumulative_amount", "signature", "adapter_id", "price_per_1k_tokens", "adapter_amount")
@@ -250,7 +262,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateDone(_message.Message):
-    __slots__ = ("usage", "finish_reason", "adapter", "ttft_ms", "receipt", "record", "prompt_ids", "completion_ids")
+    __slots__ = ("usage", "finish_reason", "adapter", "ttft_ms", "receipt", "record", "prompt_ids", "completion_ids", "part_receipts")
     USAGE_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +271,7 @@ class GenerateDone(_message.Message):
     RECORD_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_IDS_FIELD_NUMBER: _ClassVar[int]
+    PART_RECEIPTS_FIELD_NUMBER: _ClassVar[int]
     usage: Usage
     finish_reason: FinishReason
     adapter: str
@@ -267,7 +280,8 @@ class GenerateDone(_message.Message):
     record: ServingRecord
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
     completion_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., adapter: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., record: _Optional[_Union[ServingRecord, _Mapping]] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., completion_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    part_receipts: _containers.RepeatedCompositeFieldContainer[Receipt]
+    def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., adapter: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., record: _Optional[_Union[ServingRecord, _Mapping]] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., completion_ids: _Optional[_Iterable[int]] = ..., part_receipts: _Optional[_Iterable[_Union[Receipt, _Mapping]]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "done")
@@ -510,7 +524,7 @@ class ChannelState(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., deposited: _Optional[str] = ..., redeemed: _Optional[str] = ..., withdraw_at: _Optional[int] = ..., latest_voucher: _Optional[_Union[Voucher, _Mapping]] = ..., charged_total: _Optional[str] = ..., committed: _Optional[str] = ..., adapter_voucher: _Optional[_Union[Voucher, _Mapping]] = ..., adapter_charged: _Optional[str] = ...) -> None: ...
 
 class Quote(_message.Message):
-    __slots__ = ("payment_required", "adapter", "prompt_tokens", "max_new_tokens", "price_per_1k_tokens", "publisher_price_per_1k", "node_fee_per_1k", "max_cost_wei", "publisher", "royalty_bps", "node_address", "chain_id", "channels", "channel")
+    __slots__ = ("payment_required", "adapter", "prompt_tokens", "max_new_tokens", "price_per_1k_tokens", "publisher_price_per_1k", "node_fee_per_1k", "max_cost_wei", "publisher", "royalty_bps", "node_address", "chain_id", "channels", "channel", "parts")
     PAYMENT_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -525,6 +539,7 @@ class Quote(_message.Message):
     CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
     payment_required: bool
     adapter: str
     prompt_tokens: int
@@ -539,7 +554,8 @@ class Quote(_message.Message):
     chain_id: int
     channels: str
     channel: ChannelState
-    def __init__(self, payment_required: _Optional[bool] = ..., adapter: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., price_per_1k_tokens: _Optional[str] = ..., publisher_price_per_1k: _Optional[str] = ..., node_fee_per_1k: _Optional[str] = ..., max_cost_wei: _Optional[str] = ..., publisher: _Optional[str] = ..., royalty_bps: _Optional[int] = ..., node_address: _Optional[str] = ..., chain_id: _Optional[int] = ..., channels: _Optional[str] = ..., channel: _Optional[_Union[ChannelState, _Mapping]] = ...) -> None: ...
+    parts: _containers.RepeatedCompositeFieldContainer[Quote]
+    def __init__(self, payment_required: _Optional[bool] = ..., adapter: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., price_per_1k_tokens: _Optional[str] = ..., publisher_price_per_1k: _Optional[str] = ..., node_fee_per_1k: _Optional[str] = ..., max_cost_wei: _Optional[str] = ..., publisher: _Optional[str] = ..., royalty_bps: _Optional[int] = ..., node_address: _Optional[str] = ..., chain_id: _Optional[int] = ..., channels: _Optional[str] = ..., channel: _Optional[_Union[ChannelState, _Mapping]] = ..., parts: _Optional[_Iterable[_Union[Quote, _Mapping]]] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
     __slots__ = ("adapter",)

@@ -21,6 +21,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...adapters.catalog import AdapterState
+from ...adapters.composition import is_composition
+from ...chain.payments import ComposedPrice
+from ...chain.pricing import Quote
 from ...content.cid import cid_text
 from ...content.errors import InvalidCID
 from ...engine.interface import TextDelta
@@ -93,9 +96,12 @@ def build_app(calls: Calls, metrics: NodeMetrics, base_name: str, limiter: RateL
         return None
 
     def adapter_ref(model: str) -> str:
-        """The adapter CID ``model`` names ("" for the base): a CID, a verified adapter's name, or ``base``."""
+        """The adapter CID ``model`` names ("" for the base): a CID, a verified adapter's name, or ``base``; or a
+        composition ``cidA*0.7+cidB*0.3``, passed on as is (``Calls.resolve_adapter`` checks it)."""
         if model == BASE_MODEL:
             return ""
+        if is_composition(model):
+            return model
         try:
             return cid_text(model)
         except InvalidCID:
@@ -233,10 +239,13 @@ def build_app(calls: Calls, metrics: NodeMetrics, base_name: str, limiter: RateL
             "payment_required": price.required, "max_cost_wei": str(price.max_cost), "node_address": info.node_address,
             "chain_id": info.chain_id, "channels": info.channels, "node_fee_per_1k": str(info.node_fee_per_1k),
         }  # fmt: skip
-        if price.quote is not None:
-            out["price_per_1k_tokens"] = str(price.quote.price_per_1k_tokens)
-            out["adapter_id"] = "0x" + price.quote.adapter_id.hex()  # what the voucher names
-            out["publisher"] = price.quote.publisher
+        if isinstance(price, ComposedPrice):  # per part: what each part's voucher names and covers
+            out["parts"] = [
+                {"model": p.cid, "max_tokens": p.max_tokens, "max_cost_wei": str(p.max_cost)} | _quote_terms(p.quote)
+                for p in price.parts
+            ]
+        else:
+            out |= _quote_terms(price.quote)
         return JSONResponse(out)
 
     @app.get("/metrics")
@@ -292,3 +301,10 @@ async def _sse(kind: str, head: dict, first, items: AsyncIterator) -> AsyncItera
             yield f"data: {json.dumps(body)}\n\n"
             return
     yield "data: [DONE]\n\n"
+
+
+def _quote_terms(quote: Quote | None) -> dict:
+    """The price, adapter id (what a voucher names) and publisher of a quote (nothing for a free call)."""
+    if quote is None:
+        return {}
+    return {"price_per_1k_tokens": str(quote.price_per_1k_tokens), "adapter_id": "0x" + quote.adapter_id.hex(), "publisher": quote.publisher}
