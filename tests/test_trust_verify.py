@@ -120,8 +120,8 @@ def test_an_honest_folder_publishes_and_loads(store, base):
         (dict(sig="other", base="other", config=dict(use_dora=True)), RejectReason.WRONG_SIGNER),
         # another base AND a pickle file: the base before the file list
         (dict(base="other", files="pickle"), RejectReason.BASE_MISMATCH),
-        # DoRA AND NaN weights: the config before any weight is read
-        (dict(config=dict(use_dora=True), weights="nan"), RejectReason.UNSUPPORTED_PEFT),
+        # trainable token embeddings (not served) AND NaN weights: the config before any weight is read
+        (dict(config=dict(trainable_token_indices=[0]), weights="nan"), RejectReason.UNSUPPORTED_PEFT),
         # rank over the limit AND a header bomb: the rank before the header is parsed
         (dict(config=dict(r=MAX_RANK + 1), weights="bomb"), RejectReason.RANK_LIMIT),
         # a header bomb AND a lying summary: the content before the summary
