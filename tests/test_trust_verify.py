@@ -226,3 +226,16 @@ def test_the_publisher_side_refuses_a_folder_it_cannot_describe(base):
         build_manifest(
             template_files(), base_name=base.name, base_fingerprint=base.fingerprint, publisher=PUBLISHER.address, royalty_bps=10_001
         )
+
+
+def test_the_store_reads_the_peft_features_an_adapter_needs_from_its_config(store, base):
+    """What a node's directory answers tell clients to route by (``AdapterStore.features``)."""
+    files = unique_good_files(7)
+    plain = store.publish(signed_manifest(files, base, name="plain"), files)
+    tensors = template_tensors()
+    tensors |= {k.replace(".weight", ".bias"): 0.01 * v[:, 0].float() for k, v in tensors.items() if ".lora_B." in k}
+    biased = {CONFIG_FILE: config_bytes(lora_bias=True), WEIGHTS_FILE: st_save(tensors)}
+    cid = store.publish(signed_manifest(biased, base, name="biased"), biased)
+    assert store.load(cid).features == ("lora_bias",)
+    assert store.features(plain) == () and store.features(cid) == ("lora_bias",)
+    assert store.features(manifest_cid(b"never published")) is None
