@@ -19,7 +19,9 @@ key, so the node passes every check before the one the case is meant to trip.
     rank_over_limit         r = node's max rank + 1 (q_proj of layer 0)           rank_limit
     missing_config          only adapter_model.safetensors                        missing_file
     unknown_target_module   target_modules also lists fc1 (not in this base)      unknown_module
-    dora                    use_dora = true                                       unsupported_peft
+    dora_no_magnitudes      use_dora = true without DoRA's magnitude vectors      missing_weights
+                            (DoRA is served: its lora_magnitude_vector tensors
+                            are required, one per adapted module)
     not_lora                peft_type IA3                                         bad_config
     missing_weights         the config also targets up_proj; no weights for it    missing_weights
     bad_signature           the signature's s replaced by n - s (a malleated      bad_signature
@@ -84,7 +86,7 @@ CASE_REASONS = {
     "rank_over_limit": RejectReason.RANK_LIMIT,
     "missing_config": RejectReason.MISSING_FILE,
     "unknown_target_module": RejectReason.UNKNOWN_MODULE,
-    "dora": RejectReason.UNSUPPORTED_PEFT,
+    "dora_no_magnitudes": RejectReason.MISSING_WEIGHTS,
     "not_lora": RejectReason.BAD_CONFIG,
     "missing_weights": RejectReason.MISSING_WEIGHTS,
     "bad_signature": RejectReason.BAD_SIGNATURE,
@@ -271,7 +273,7 @@ def upload_cases(base: BaseInfo, marker: Path) -> list[Case]:
         case("rank_over_limit", R.RANK_LIMIT, _rank_files(base.max_rank + 1)),
         case("missing_config", R.MISSING_FILE, {WEIGHTS_FILE: weights}),
         case("unknown_target_module", R.UNKNOWN_MODULE, {**good, CONFIG_FILE: config_bytes(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "fc1"])}),
-        case("dora", R.UNSUPPORTED_PEFT, {**good, CONFIG_FILE: config_bytes(use_dora=True)}),
+        case("dora_no_magnitudes", R.MISSING_WEIGHTS, {**good, CONFIG_FILE: config_bytes(use_dora=True)}),
         case("not_lora", R.BAD_CONFIG, {**good, CONFIG_FILE: config_bytes(peft_type="IA3")}),
         case("missing_weights", R.MISSING_WEIGHTS, {**good, CONFIG_FILE: config_bytes(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"])}),
         Case("bad_signature", R.BAD_SIGNATURE, _high_s(signed_manifest(good, base, name="bad_signature")), good),

@@ -19,6 +19,7 @@ from adapter_corpus import BaseInfo, signed_manifest, tamper_block, unique_good_
 from pay_fixtures import CLIENT, FINANCE, LEGAL, MEDICAL, PUBLISHER, QUESTION, channel_of
 
 from openlora.adapters.composition import Composition
+from openlora.adapters.peft_format import FEATURES
 from openlora.chain.pricing import cost_wei
 from openlora.client import NodeClient, PaidSession, publish_requests, register_adapter
 from openlora.local import NodeProcess
@@ -82,6 +83,8 @@ def test_node_info_names_the_engine(node, client):
     info = client.node_info()
     assert (info.engine, info.dtype) == (node[2], "float32")
     assert info.slots.capacity == 4 and info.slots.max_rank == 16
+    # the PEFT features beyond plain LoRA its engine serves (what its swarm status lists too)
+    assert list(info.features) == (list(FEATURES) if node[2] == "torch" else [])
 
 
 def test_adapter_changes_the_answer_and_the_base_stays_the_base(client, cids):

@@ -76,3 +76,19 @@ def test_pick_among_equals_prefers_the_freshest_then_is_deterministic() -> None:
 def test_no_node_for_the_base(table: list[PeerEntry]) -> None:
     with pytest.raises(NoNodeAvailable, match="no known node serves base"):
         pick_node(table, FP, CID)
+
+
+def test_pick_sends_an_adapter_needing_features_only_to_nodes_that_serve_them() -> None:
+    from openlora.p2p.messages import decode_status, encode
+
+    vllm_resident = entry("a", resident=[CID])  # a status without ``features``: plain LoRA only
+    torch_busy = entry("b", features=["dora", "lm_head"], load=Load(active=4, waiting=4, max_batch=4))
+    torch_dora = entry("c", features=["dora"])
+    table = [vllm_resident, torch_busy, torch_dora]
+    assert pick_node(table, FP, CID).peer_id == "a"
+    assert pick_node(table, FP, CID, features=["dora"]).peer_id == "c"
+    assert pick_node(table, FP, CID, features=["dora", "lm_head"]).peer_id == "b"
+    with pytest.raises(NoNodeAvailable, match="serves modules_to_save"):
+        pick_node(table, FP, CID, features=["modules_to_save"])
+    old = encode(status("a")).replace(b',"features":[]', b"")
+    assert b"features" not in old and decode_status(old).features == []

@@ -16,9 +16,11 @@ import threading
 import torch
 
 import pytest
+import torch
 from eth_account import Account
 
-from conftest import DOMAINS, ROOT
+from conftest import DEMO_ADAPTERS, DOMAINS, ROOT
+from openlora.adapters.peft_format import LoraAdapter, ModuleLoRA, load_adapter
 from openlora.engine.interface import Finished, GenerationRequest
 from openlora.engine.lora import adaptable_shapes
 from openlora.engine.model import load_resident
@@ -49,9 +51,31 @@ def demo(demo_adapters, base_source):
 
 
 @pytest.fixture(scope="module")
-def served(base_source, demo):
+def featured(base_source, demo) -> dict[str, LoraAdapter]:
+    """``medical`` with every PEFT feature the torch engine serves beyond plain LoRA, under the key ``featured``:
+    DoRA magnitudes (the norms of ``W + s·B·A`` moved by ±2 %) and ``lora_B`` biases on its modules, and LoRA on
+    ``embed_tokens`` and ``lm_head`` (seeded)."""
+    from safetensors import safe_open
+
+    g = torch.Generator().manual_seed(5)
+    modules = {}
+    with safe_open(str(base_source.path / "model.safetensors"), "pt") as f:
+        for name, m in demo["medical"].modules.items():
+            w = f.get_tensor(f"{name}.weight").float()
+            norm = torch.linalg.norm(w + m.scaling * (m.b.float() @ m.a.float()), dim=1)
+            magnitude = norm * (1 + 0.02 * torch.randn(norm.shape, generator=g))
+            modules[name] = ModuleLoRA(m.a, m.b, m.scaling, 0.01 * torch.randn(norm.shape, generator=g), magnitude)
+        vocab, hidden = f.get_tensor("model.embed_tokens.weight").shape
+    small = lambda *shape: 0.02 * torch.randn(*shape, generator=g)  # noqa: E731
+    modules["model.embed_tokens"] = ModuleLoRA(small(8, vocab), small(hidden, 8), 2.0)
+    modules["lm_head"] = ModuleLoRA(small(8, hidden), small(vocab, 8), 2.0)
+    return {"featured": LoraAdapter({**demo["medical"].config, "use_dora": True, "lora_bias": True}, modules)}
+
+
+@pytest.fixture(scope="module")
+def served(base_source, demo, featured):
     """The engine (bf16) and what it serves under each key: the honest adapters and the cheats."""
-    variants = dict(demo)
+    variants = dict(demo) | featured
     variants.update({f"{d}#half": half_scale(a) for d, a in demo.items()})
     variants.update({f"{d}#drop_v": drop_module(a) for d, a in demo.items()})
     variants.update({f"{d}#rank_half": truncate_rank(a) for d, a in demo.items()})
@@ -101,6 +125,17 @@ def test_verification_passes_honest_engines_and_fails_the_cheats(served, referen
         assert verdict.check == expected, (question, verdict)
         if expected:
             assert verdict.blames_node
+
+
+def test_a_call_with_every_served_peft_feature_verifies(served, reference, featured):
+    """DoRA, LoRA bias, embedding and head LoRA served in bf16 (the exact per-row path) pass the float32 reference;
+    claiming the plain adapter under them fails the commitment."""
+    adapter = featured["featured"]
+    assert adapter.features == ("dora", "embed_tokens", "lm_head", "lora_bias")
+    plain = {k: ModuleLoRA(m.a, m.b, m.scaling) for k, m in adapter.modules.items() if ".layers." in k}
+    lookup = {"featured": adapter, "plain": LoraAdapter(adapter.config, plain)}
+    assert verify_call(run(served, QUESTIONS[0], "featured", "featured"), reference, lookup.__getitem__).check == ""
+    assert verify_call(run(served, QUESTIONS[0], "plain", "featured"), reference, lookup.__getitem__).check == "commitment"
 
 
 def test_honest_commitments_but_other_tokens_fail_the_sampling_check(served, reference, demo):

@@ -120,8 +120,8 @@ def test_an_honest_folder_publishes_and_loads(store, base):
         (dict(sig="other", base="other", config=dict(use_dora=True)), RejectReason.WRONG_SIGNER),
         # another base AND a pickle file: the base before the file list
         (dict(base="other", files="pickle"), RejectReason.BASE_MISMATCH),
-        # DoRA AND NaN weights: the config before any weight is read
-        (dict(config=dict(use_dora=True), weights="nan"), RejectReason.UNSUPPORTED_PEFT),
+        # trainable token embeddings (not served) AND NaN weights: the config before any weight is read
+        (dict(config=dict(trainable_token_indices=[0]), weights="nan"), RejectReason.UNSUPPORTED_PEFT),
         # rank over the limit AND a header bomb: the rank before the header is parsed
         (dict(config=dict(r=MAX_RANK + 1), weights="bomb"), RejectReason.RANK_LIMIT),
         # a header bomb AND a lying summary: the content before the summary
@@ -226,3 +226,16 @@ def test_the_publisher_side_refuses_a_folder_it_cannot_describe(base):
         build_manifest(
             template_files(), base_name=base.name, base_fingerprint=base.fingerprint, publisher=PUBLISHER.address, royalty_bps=10_001
         )
+
+
+def test_the_store_reads_the_peft_features_an_adapter_needs_from_its_config(store, base):
+    """What a node's directory answers tell clients to route by (``AdapterStore.features``)."""
+    files = unique_good_files(7)
+    plain = store.publish(signed_manifest(files, base, name="plain"), files)
+    tensors = template_tensors()
+    tensors |= {k.replace(".weight", ".bias"): 0.01 * v[:, 0].float() for k, v in tensors.items() if ".lora_B." in k}
+    biased = {CONFIG_FILE: config_bytes(lora_bias=True), WEIGHTS_FILE: st_save(tensors)}
+    cid = store.publish(signed_manifest(biased, base, name="biased"), biased)
+    assert store.load(cid).features == ("lora_bias",)
+    assert store.features(plain) == () and store.features(cid) == ("lora_bias",)
+    assert store.features(manifest_cid(b"never published")) is None

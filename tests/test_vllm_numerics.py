@@ -1,5 +1,6 @@
 """Greedy float32 text from the vLLM engine equals PEFT's, for the demo adapters and every LoRA shape
-``test_lora_numerics.py`` pins for the torch engine.
+``test_lora_numerics.py`` pins for the torch engine; an adapter needing a PEFT feature vLLM does not serve is
+refused at load, with the feature and the engine named.
 
 The adapters go the node's whole way: signed manifests published into a real blockstore and catalog
 (``AdapterStore``), read back and verified by ``load_verified``, written to the engine's private
@@ -18,12 +19,12 @@ import pytest
 import torch
 from adapter_corpus import BaseInfo, signed_manifest
 from conftest import DEMO_ADAPTERS
-from lora_cases import CASES, save_case_adapters
+from lora_cases import CASES, FEATURE_CASES, save_case_adapters
 
 from openlora.adapters.catalog import Catalog
 from openlora.adapters.store import AdapterStore, BaseProfile
 from openlora.content.blockstore import BlockStore
-from openlora.engine.interface import Failed, Finished, GenerationRequest, TextDelta
+from openlora.engine.interface import EngineUnsupported, Failed, Finished, GenerationRequest, TextDelta
 from openlora.engine.lora import adaptable_shapes
 from openlora.engine.sampling import SamplingParams
 from openlora.engine.text import load_codec
@@ -33,6 +34,9 @@ NEW_TOKENS = 12
 NEAR_TIE = 1e-2
 PROMPTS = ["The three most important habits for good sleep are", "What should I do about a persistent cough?"]
 DEMO = ("medical", "legal", "finance")
+# feature case → the word its refusal names (the node's for dora / embed_tokens / lm_head / lora_bias; vLLM's own
+# for bias="all", which on this base trains nothing more than plain LoRA but vLLM refuses by the config)
+REFUSED = {"dora": "dora", "lora-bias": "lora_bias", "embed": "embed_tokens", "lm-head": "lm_head", "bias-all": "bias"}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +51,9 @@ def folders(base_fp32, tmp_path_factory) -> dict:
     # B spread ×4: every case's delta then changes some greedy text within NEW_TOKENS (checked below)
     out = save_case_adapters(base_fp32, tmp_path_factory.mktemp, b_scale=4.0)
     out.update({d: DEMO_ADAPTERS / d for d in DEMO})
+    # without the 113 MB embedding copies PEFT saves by default: these are only refused
+    features = {k: FEATURE_CASES[k] for k in REFUSED}
+    out.update(save_case_adapters(base_fp32, tmp_path_factory.mktemp, cases=features, save_embedding_layers=False))
     return out
 
 
@@ -120,6 +127,15 @@ def test_vllm_greedy_text_equals_peft(case, loop, engine, store_and_cids, folder
             _assert_near_tie(ref, tok, ids, want_ids, got)
         changed = changed or want != _generate(loop, engine, ids, None)
     assert changed, "the adapter changed no greedy text: the comparison proves nothing"
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_vllm_refuses_an_adapter_needing_a_feature_it_does_not_serve(case, loop, engine, store_and_cids):
+    _, cids, _ = store_and_cids
+    with pytest.raises(EngineUnsupported) as e:
+        _generate(loop, engine, engine.codec.encode_prompt(PROMPTS[0]), cids[case])
+    assert "vllm engine" in str(e.value) and REFUSED[case] in str(e.value), str(e.value)
+    assert _generate(loop, engine, engine.codec.encode_prompt(PROMPTS[0]), None)  # and the engine serves on
 
 
 def _prompts(codec) -> list[list[int]]:

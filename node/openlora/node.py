@@ -211,6 +211,7 @@ class Node:
                 waiting=stats["waiting"],
                 max_batch=engine.info.max_batch,
                 node_address=self.chain.info.node_address if self.chain is not None else "",
+                features=engine.info.features,
             )
 
         swarm = Swarm(
@@ -226,6 +227,7 @@ class Node:
             ),
             check_evidence=self._check_evidence,
             accused=self.proofs.accusations.addresses,
+            adapter_features=store.features,
         )
         swarm.start()
         return swarm

@@ -87,7 +87,7 @@ def peft_summary(config_raw: bytes, header: SafetensorsHeader) -> PeftSummary:
             the wrong type), MISSING_WEIGHTS (no LoRA tensors at all).
     """
     cfg = read_config(config_raw)
-    modules = sum(1 for n in header.tensors if n.endswith(LORA_A_SUFFIX))
+    modules = sum(1 for n in header.tensors if n.endswith((LORA_A_SUFFIX, ".lora_embedding_A")))
     if modules == 0:
         raise AdapterRejected(RejectReason.MISSING_WEIGHTS, f"{WEIGHTS_FILE} holds no *{LORA_A_SUFFIX} tensors")
     targets = cfg.get("target_modules")

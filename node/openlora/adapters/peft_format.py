@@ -9,8 +9,10 @@ The checks are strict because a permissionless node must never half-apply an ada
 set of modules the config targets must equal the set of modules that have weights (no module
 silently dropped, none silently extra), every entry of ``target_modules`` must match a module of
 this base, every shape must fit the base, and every feature that would change the arithmetic
-and that the engine does not implement (DoRA, LoRA bias, trained ``modules_to_save``,
-embedding / lm_head targets, …) is refused with a reason instead of ignored. Target matching,
+and that no engine implements (trainable token indices, aLoRA, …) is refused with a reason instead
+of ignored. DoRA magnitudes, ``lora_B`` biases, LoRA on ``embed_tokens`` / ``lm_head`` and
+``modules_to_save`` copies of them are parsed into the adapter (:attr:`LoraAdapter.features` names
+them); an engine that cannot serve one refuses the adapter at load. Target matching,
 ``rank_pattern``/``alpha_pattern`` resolution and ``layers_to_transform`` are PEFT's own
 helpers, so we agree with PEFT by construction; PEFT reads several of these fields as regexes with
 Python's ``re``, which has no timeout, so each such pattern is first checked for a shape that
@@ -44,10 +46,6 @@ _FLOAT_DTYPES = ("F16", "BF16", "F32")
 # does not implement. Initialisation-only fields (init_lora_weights, loftq/eva/corda configs)
 # are harmless: the weights are what they are.
 _UNSUPPORTED = {
-    "use_dora": (False, "DoRA (weight-decomposed LoRA)"),
-    "bias": ("none", "trained bias terms"),
-    "lora_bias": (False, "LoRA bias on lora_B"),
-    "modules_to_save": (None, "modules_to_save (fully trained copies of base modules)"),
     "trainable_token_indices": (None, "trainable token embeddings"),
     "fan_in_fan_out": (False, "fan_in_fan_out (Conv1D weight layout)"),
     "target_parameters": (None, "target_parameters (LoRA on raw parameters)"),
@@ -60,7 +58,14 @@ _UNSUPPORTED = {
     "monteclora_config": (None, "MonteCLoRA"),
     "velora_config": (None, "VeLoRA"),
     "megatron_config": (None, "Megatron parallel layers"),
+    "ensure_weight_tying": (False, "ensure_weight_tying (adapters tied across embed_tokens and lm_head)"),
 }
+# The input embedding and the output head, by PEFT's names (``peft.utils.constants.EMBEDDING_LAYER_NAMES``):
+# LoRA on them and ``modules_to_save`` copies of them are served; any other module is not.
+EMBEDDING = "embed_tokens"
+HEAD = "lm_head"
+# Feature names an engine lists as served (``EngineInfo.features``, the swarm status); plain LoRA needs none.
+FEATURES = ("dora", "embed_tokens", "lm_head", "lora_bias", "modules_to_save")
 
 
 MAX_PATTERN_CHARS = 256
@@ -142,15 +147,31 @@ class _MatchingFields(BaseModel):
 class ModuleLoRA:
     """One target module's adapter weights.
 
+    For an embedding (``embed_tokens``) ``in`` is the vocabulary and ``out`` the hidden size, so
+    PEFT's ``lora_embedding_A`` / ``lora_embedding_B`` have the shapes of ``a`` / ``b`` below.
+
     Attributes:
         a: LoRA A, ``[r, in_features]``.
         b: LoRA B, ``[out_features, r]``.
         scaling: ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with rsLoRA), as PEFT computes it.
+        bias: ``lora_B.bias`` ``[out_features]`` (``lora_bias=True``), else ``None``.
+        magnitude: DoRA's ``lora_magnitude_vector`` ``[out_features]`` (``use_dora=True``), else ``None``.
+        base_weight: the ``base_layer.weight`` PEFT saves beside LoRA on ``embed_tokens`` / ``lm_head``
+            (``[vocab, hidden]``; PEFT loads it over the base's), else ``None``. The engine serves the adapter
+            only where it equals its base's weight.
     """
 
     a: torch.Tensor
     b: torch.Tensor
     scaling: float
+    bias: torch.Tensor | None = None
+    magnitude: torch.Tensor | None = None
+    base_weight: torch.Tensor | None = None
+
+    @property
+    def exact_only(self) -> bool:
+        """Whether this module needs more than ``x·Aᵀ·Bᵀ·scaling`` (DoRA or a ``lora_B`` bias)."""
+        return self.bias is not None or self.magnitude is not None
 
 
 @dataclass(frozen=True)
@@ -160,20 +181,54 @@ class LoraAdapter:
     Attributes:
         config: the adapter_config.json object as published.
         modules: base module name (``model.layers.0.self_attn.q_proj``) → weights.
+        saved: ``modules_to_save``: base module name (``model.embed_tokens``, ``lm_head``) → the fully
+            trained weight that replaces the base's for this adapter, ``[vocab, hidden]``.
     """
 
     config: dict
     modules: dict[str, ModuleLoRA] = field(default_factory=dict)
+    saved: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the weight tensors."""
-        return sum(m.a.nbytes + m.b.nbytes for m in self.modules.values())
+        tensors = [t for m in self.modules.values() for t in (m.a, m.b, m.bias, m.magnitude, m.base_weight) if t is not None]
+        return sum(t.nbytes for t in [*tensors, *self.saved.values()])
 
     @property
     def max_rank(self) -> int:
         """Largest rank over modules."""
         return max((m.a.shape[0] for m in self.modules.values()), default=0)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The :data:`FEATURES` this adapter needs beyond plain LoRA on linear layers, sorted."""
+        have = {"modules_to_save"} if self.saved else set()
+        for name, m in self.modules.items():
+            have |= {"dora"} if m.magnitude is not None else set()
+            have |= {"lora_bias"} if m.bias is not None else set()
+            have |= {_role(name)} - {None}
+        return tuple(sorted(have))
+
+
+def config_features(cfg: dict) -> tuple[str, ...]:
+    """The :data:`FEATURES` an ``adapter_config.json`` object asks for, sorted (what routing needs to know before
+    the weights are fetched; for an adapter that passes :func:`load_adapter` it equals
+    :attr:`LoraAdapter.features`, except that a regex ``target_modules`` is read as naming neither the
+    embedding nor the head: such an adapter is routed by its base alone, and refused by an engine without them)."""
+    targets = cfg.get("target_modules")
+    named = [targets] if isinstance(targets, str) else list(targets or ())
+    have = {t for t in map(_role, (n for n in named if isinstance(n, str))) if t}
+    have |= {"dora"} if cfg.get("use_dora") else set()
+    have |= {"lora_bias"} if cfg.get("lora_bias") else set()
+    have |= {"modules_to_save"} if cfg.get("modules_to_save") else set()
+    return tuple(sorted(have))
+
+
+def _role(name: str) -> str | None:
+    """:data:`EMBEDDING` or :data:`HEAD` for the input embedding / output head, ``None`` for any other module."""
+    last = name.rsplit(".", 1)[-1]
+    return last if last in (EMBEDDING, HEAD) else None
 
 
 def parse_config(raw: bytes):
@@ -232,7 +287,7 @@ def _targets(lc, name: str) -> bool:
     from peft.tuners.tuners_utils import check_target_module_exists
 
     if isinstance(lc.target_modules, str) and lc.target_modules.lower() == "all-linear":
-        return True
+        return _role(name) is None  # PEFT's all-linear leaves out the output head (and embeddings are not linear)
     return bool(check_target_module_exists(lc, name))  # _ExcludedModule is falsy too
 
 
@@ -240,15 +295,11 @@ def _expected_modules(lc, base_modules: dict[str, tuple[int, int]]) -> dict[str,
     """Base modules this config targets, each with its resolved (rank, lora_alpha).
 
     Raises:
-        AdapterRejected: UNSUPPORTED_PEFT (embedding / lm_head target), UNKNOWN_MODULE (no
-            module matches, or one entry of a target list matches none of this base's modules).
+        AdapterRejected: UNKNOWN_MODULE (no module matches, or one entry of a target list matches
+            none of this base's modules).
     """
     from peft.utils.other import get_pattern_key
 
-    if isinstance(lc.target_modules, (list, set)):
-        for t in sorted(lc.target_modules):
-            if t in ("lm_head", "embed_tokens") or t.endswith((".lm_head", ".embed_tokens")):
-                raise AdapterRejected(RejectReason.UNSUPPORTED_PEFT, f"LoRA on {t} (embedding/output head) is not supported")
     kinds = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in base_modules}))
     out: dict[str, tuple[int, float]] = {}
     try:
@@ -286,8 +337,9 @@ def load_adapter(
     Args:
         config_raw: bytes of ``adapter_config.json``.
         weights_raw: bytes of ``adapter_model.safetensors``.
-        base_modules: base module name → ``(in_features, out_features)`` of every linear the
-            engine can adapt (``engine.lora.inject_lora`` names).
+        base_modules: base module name → ``(in_features, out_features)`` of every module the
+            engine can adapt (``engine.lora.inject_lora`` names): the decoder's linears, and the
+            input embedding (``in`` = vocabulary) and output head where the engine adapts them.
         max_rank: the node's largest servable rank.
 
     The tensors keep the dtype they were saved in (host memory stays the size of the file);
@@ -299,7 +351,8 @@ def load_adapter(
             (HEADER_TOO_LARGE, TRUNCATED_FILE, BAD_SAFETENSORS, BAD_DTYPE, BAD_OFFSETS),
             SCALING_LIMIT (a module's effective scaling above :data:`MAX_LORA_SCALING`),
             MISSING_WEIGHTS / BAD_DTYPE / SHAPE_MISMATCH / UNKNOWN_MODULE on the header's
-            tensors, NON_FINITE.
+            tensors (UNSUPPORTED_PEFT for a ``modules_to_save`` copy with a resized vocabulary or
+            trained base-layer biases), NON_FINITE.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
@@ -319,24 +372,50 @@ def load_adapter(
                 f"at most {MAX_LORA_SCALING:g} in magnitude is accepted: lower lora_alpha",
             )
 
+    saved_shapes = _saved_modules(lc, base_modules)
+    both = sorted(set(saved_shapes) & set(expected))
+    if both:
+        raise AdapterRejected(RejectReason.BAD_CONFIG, f"{both[0]} is both a LoRA target and in modules_to_save; choose one")
     header = parse_header(weights_raw, WEIGHTS_FILE)
     infos = header.tensors
+    wanted: dict[str, tuple[int, ...]] = {}  # key → shape: every tensor the file must hold
+    optional: dict[str, tuple[int, ...]] = {}  # key → shape: tensors PEFT may or may not save
     for name, (r, _) in sorted(expected.items()):
         in_f, out_f = base_modules[name]
-        ka, kb = f"{_KEY_PREFIX}{name}.lora_A.weight", f"{_KEY_PREFIX}{name}.lora_B.weight"
-        for key, want in ((ka, (r, in_f)), (kb, (out_f, r))):
-            t = infos.get(key)
-            if t is None:
-                raise AdapterRejected(RejectReason.MISSING_WEIGHTS, f"the config targets {name} but {WEIGHTS_FILE} lacks {key}")
-            if t.dtype not in _FLOAT_DTYPES:
-                raise AdapterRejected(RejectReason.BAD_DTYPE, f"{key} has dtype {t.dtype}; use F16, BF16 or F32")
-            if t.shape != want:
+        ka, kb = _lora_keys(name)
+        wanted |= {ka: (r, in_f), kb: (out_f, r)}
+        if lc.lora_bias:
+            if _role(name) == EMBEDDING:
+                raise AdapterRejected(RejectReason.BAD_CONFIG, f"lora_bias=True on {name}: PEFT has no LoRA bias for embeddings")
+            wanted[f"{_KEY_PREFIX}{name}.lora_B.bias"] = (out_f,)
+        if lc.use_dora:
+            wanted[f"{_KEY_PREFIX}{name}.lora_magnitude_vector"] = (out_f,)
+        if _role(name):  # PEFT saves the embedding / head it adapted beside the LoRA weights
+            optional[f"{_KEY_PREFIX}{name}.base_layer.weight"] = _full_shape(name, base_modules)
+    wanted |= {f"{_KEY_PREFIX}{name}.weight": shape for name, shape in saved_shapes.items()}
+    for key, want in sorted({**wanted, **{k: v for k, v in optional.items() if k in infos}}.items()):
+        t = infos.get(key)
+        if t is None:
+            raise AdapterRejected(RejectReason.MISSING_WEIGHTS, f"the config needs {key} but {WEIGHTS_FILE} lacks it")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise AdapterRejected(RejectReason.BAD_DTYPE, f"{key} has dtype {t.dtype}; use F16, BF16 or F32")
+        if t.shape != want:
+            if key.endswith(".weight") and key[len(_KEY_PREFIX) : -len(".weight")] in saved_shapes and t.shape[1:] == want[1:]:
                 raise AdapterRejected(
-                    RejectReason.SHAPE_MISMATCH,
-                    f"{key} has shape {list(t.shape)}, expected {list(want)} for this base and rank {r}",
+                    RejectReason.UNSUPPORTED_PEFT,
+                    f"{key} has {t.shape[0]} rows but this base's vocabulary is {want[0]}: a resized vocabulary is not served",
                 )
-    wanted = {f"{_KEY_PREFIX}{n}.lora_{ab}.weight" for n in expected for ab in "AB"}
-    extra = sorted(set(infos) - wanted)
+            raise AdapterRejected(
+                RejectReason.SHAPE_MISMATCH,
+                f"{key} has shape {list(t.shape)}, expected {list(want)} for this base and its rank",
+            )
+    extra = sorted(set(infos) - set(wanted) - set(optional))
+    biases = [k for k in extra if k.endswith(".bias")]
+    if biases:
+        raise AdapterRejected(
+            RejectReason.UNSUPPORTED_PEFT,
+            f"trained base-layer biases (bias={lc.bias!r}: {biases[0]}) are not served; this base's adapted layers have none",
+        )
     if extra:
         raise AdapterRejected(
             RejectReason.UNKNOWN_MODULE,
@@ -348,14 +427,56 @@ def load_adapter(
         tensors = st_load(weights_raw)
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:  # the header checks above make this unexpected
         raise AdapterRejected(RejectReason.BAD_SAFETENSORS, f"{WEIGHTS_FILE} cannot be read: {e}") from None
+    for key in sorted(tensors):
+        if not torch.isfinite(tensors[key]).all():
+            raise AdapterRejected(RejectReason.NON_FINITE, f"{key[len(_KEY_PREFIX):]} has NaN or Inf weights")
     modules: dict[str, ModuleLoRA] = {}
-    for name, (r, alpha) in sorted(expected.items()):
-        a = tensors[f"{_KEY_PREFIX}{name}.lora_A.weight"]
-        b = tensors[f"{_KEY_PREFIX}{name}.lora_B.weight"]
-        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            raise AdapterRejected(RejectReason.NON_FINITE, f"{name} has NaN or Inf weights")
-        modules[name] = ModuleLoRA(a.contiguous(), b.contiguous(), scalings[name])
-    return LoraAdapter(config=cfg, modules=modules)
+    for name in sorted(expected):
+        ka, kb = _lora_keys(name)
+        key = f"{_KEY_PREFIX}{name}"
+        extras = {
+            "bias": tensors.get(f"{key}.lora_B.bias"),
+            "magnitude": tensors.get(f"{key}.lora_magnitude_vector"),
+            "base_weight": tensors.get(f"{key}.base_layer.weight"),
+        }
+        extras = {k: v.contiguous() for k, v in extras.items() if v is not None}
+        modules[name] = ModuleLoRA(tensors[ka].contiguous(), tensors[kb].contiguous(), scalings[name], **extras)
+    saved = {name: tensors[f"{_KEY_PREFIX}{name}.weight"].contiguous() for name in sorted(saved_shapes)}
+    return LoraAdapter(config=cfg, modules=modules, saved=saved)
+
+
+def _lora_keys(name: str) -> tuple[str, str]:
+    """The safetensors keys of module ``name``'s LoRA A and B (PEFT names an embedding's differently)."""
+    if _role(name) == EMBEDDING:
+        return f"{_KEY_PREFIX}{name}.lora_embedding_A", f"{_KEY_PREFIX}{name}.lora_embedding_B"
+    return f"{_KEY_PREFIX}{name}.lora_A.weight", f"{_KEY_PREFIX}{name}.lora_B.weight"
+
+
+def _full_shape(name: str, base_modules: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """Shape of the embedding's / head's weight, ``[vocab, hidden]`` (an embedding's ``in`` is the vocabulary)."""
+    in_f, out_f = base_modules[name]
+    return (in_f, out_f) if _role(name) == EMBEDDING else (out_f, in_f)
+
+
+def _saved_modules(lc, base_modules: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """``modules_to_save`` resolved to base module names, each with the shape its weight must have.
+
+    Raises:
+        AdapterRejected: UNSUPPORTED_PEFT (a module other than the embedding or the output head),
+            UNKNOWN_MODULE (an entry this base has no module for).
+    """
+    out: dict[str, tuple[int, int]] = {}
+    for entry in sorted(lc.modules_to_save or ()):
+        if _role(entry) is None:
+            raise AdapterRejected(
+                RejectReason.UNSUPPORTED_PEFT,
+                f"modules_to_save {entry!r} is not supported: only {EMBEDDING} and {HEAD} copies are served",
+            )
+        names = [n for n in base_modules if n == entry or n.endswith(f".{entry}")]
+        if not names:
+            raise AdapterRejected(RejectReason.UNKNOWN_MODULE, f"modules_to_save {entry!r} matches no module of this base")
+        out |= {n: _full_shape(n, base_modules) for n in names}
+    return out
 
 
 def _scaling(alpha: float, r: int, rslora: bool) -> float:

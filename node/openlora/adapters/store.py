@@ -32,7 +32,8 @@ from ..content.cid import RAW, cid_text, make_cid
 from ..content.errors import BlockHashMismatch, BlockNotFound, InvalidDag, LimitExceeded, SizeMismatch
 from .catalog import AdapterState, Catalog, CatalogEntry
 from .manifest import FileRef, Manifest, parse_manifest
-from .peft_format import LoraAdapter
+from .package import CONFIG_FILE, read_config
+from .peft_format import LoraAdapter, config_features
 from .reasons import AdapterRejected, RejectReason
 from .verify import BaseProfile, Verifier
 
@@ -185,6 +186,16 @@ class AdapterStore:
         """The parsed manifest recorded in the catalog, or ``None`` if not verified yet."""
         e = self.catalog.get(cid)
         return parse_manifest(e.manifest) if e and e.manifest else None
+
+    def features(self, cid: str) -> tuple[str, ...] | None:
+        """The PEFT features beyond plain LoRA a verified adapter needs (``peft_format.config_features``), read
+        from its config alone; ``None`` when this node has not verified it or does not hold its config."""
+        manifest = self.manifest(cid)
+        ref = next((f for f in manifest.files if f.name == CONFIG_FILE), None) if manifest else None
+        try:
+            return config_features(read_config(self._read(ref))) if ref else None
+        except AdapterRejected:
+            return None
 
     def _read(self, ref: FileRef) -> bytes:
         try:

@@ -444,6 +444,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             dtype=eng.info.dtype,
             device=eng.info.device,
             engine=eng.info.name,
+            features=list(eng.info.features),
             slots=pb.SlotInfo(
                 capacity=eng.info.slot_capacity,
                 resident=eng.resident(),

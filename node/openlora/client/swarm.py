@@ -23,7 +23,8 @@ def route(
     swarm: str, adapter: str | None = None, base_fingerprint: str | None = None, accused: Collection[str] = ()
 ) -> PeerEntry:
     """Pick the node to call through the swarm: ask the node at ``swarm`` (a libp2p multiaddr)
-    which nodes it knows, keep those with the adapter's base and no evidence against them, prefer one
+    which nodes it knows, keep those with the adapter's base, no evidence against them and an engine that
+    serves the PEFT features the adapter needs (as that node read them from its config), prefer one
     with the adapter resident, then the least loaded (``p2p.peers.pick_node``), and use it only once the
     server at its gRPC address confirms it is that peer and not an accused account (:func:`pick_verified`).
 
@@ -48,7 +49,8 @@ def route(
     entries = directory.entries
     base = base_fingerprint or directory.adapter_base or (entries[0].base_fingerprint if entries else "")
     bad = frozenset(accused) | directory.accused
-    return pick_verified(entries, base, adapter, functools.partial(answers_as, accused=bad), bad)
+    verify = functools.partial(answers_as, accused=bad)
+    return pick_verified(entries, base, adapter, verify, bad, directory.adapter_features)
 
 
 def pick_verified(
@@ -57,6 +59,7 @@ def pick_verified(
     adapter: str | None,
     verify: Callable[[PeerEntry], bool],
     accused: Collection[str] = frozenset(),
+    features: Collection[str] = (),
 ) -> PeerEntry:
     """``p2p.peers.pick_node`` over the entries whose gRPC address ``verify`` confirms, best first.
 
@@ -67,7 +70,7 @@ def pick_verified(
     account are not considered at all.
 
     Raises:
-        openlora.p2p.peers.NoNodeAvailable: no entry with that base is confirmed.
+        openlora.p2p.peers.NoNodeAvailable: no entry with that base (serving ``features``) is confirmed.
     """
     from ..p2p.peers import NoNodeAvailable, pick_node
 
@@ -75,7 +78,7 @@ def pick_verified(
     refused: list[str] = []
     while True:
         try:
-            entry = pick_node(left, base, adapter, accused)
+            entry = pick_node(left, base, adapter, accused, features)
         except NoNodeAvailable as e:
             if refused:
                 raise NoNodeAvailable(

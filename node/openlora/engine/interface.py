@@ -137,6 +137,8 @@ class EngineInfo:
         slot_capacity: adapters resident on the device at once (``max_loras``).
         max_rank: largest adapter rank served.
         max_batch: rows decoded together at most.
+        features: the PEFT features beyond plain LoRA it serves (``adapters.peft_format.FEATURES``
+            names), sorted; an adapter needing another is refused at load with :class:`EngineUnsupported`.
     """
 
     name: str
@@ -145,6 +147,17 @@ class EngineInfo:
     slot_capacity: int
     max_rank: int
     max_batch: int
+    features: tuple[str, ...] = ()
+
+    def unserved(self, adapter: LoraAdapter) -> EngineUnsupported | None:
+        """The refusal for an adapter needing features this engine does not serve, or ``None``."""
+        missing = [f for f in adapter.features if f not in self.features]
+        if not missing:
+            return None
+        return EngineUnsupported(
+            f"the {self.name} engine does not serve {', '.join(missing)} (adapter features: {', '.join(adapter.features)}); "
+            "a node running the torch engine does"
+        )
 
 
 class Engine(Protocol):

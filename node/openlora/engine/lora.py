@@ -37,13 +37,28 @@ among its slots.
 
 Writing a slot copies into the existing tensors (no reallocation), so a swap costs one
 memcpy per target module and never disturbs the other slots.
+
+What the stacks cannot hold is applied per row, by PEFT's own operations in PEFT's order, only to the
+rows of the slots that need it (``BatchSlots.exact``: empty, and so free, when no such adapter is in the
+batch)::
+
+    DoRA        y + ((m/‖W + s·BA‖ − 1)·y + m/‖W + s·BA‖ · (x·Aᵀ·Bᵀ) · s)   (the norm per output row is
+                                                                            computed once, at install)
+    lora_bias   y + (x·Aᵀ·Bᵀ + b) · s
+    lm_head     LoRA on the output head (its vocabulary-wide B would not fit a stack slot per adapter)
+    embed_tokens  y + embed(ids, Aᵀ)·Bᵀ · s  (:class:`LoRAEmbedding`)
+    modules_to_save  the adapter's own copy of the embedding / head replaces the base's for its rows
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..adapters.peft_format import ModuleLoRA
 from .cpu_kernels import bgmv
 from .slot_layout import SlotLayout
 
@@ -65,6 +80,10 @@ class BatchSlots:
             batch did not change gathers nothing (in steady decoding that is most steps).
         slot_rank: largest rank held by each slot, kept by the slot manager.
         grouped: the layers take the grouped path (see the module docstring); set at load.
+        slot_exact: whether each slot holds an adapter with modules on the exact per-row path
+            (:class:`ExactLoRA`), kept by the slot manager.
+        exact: for this forward, slot → ``int64 [n]`` batch rows of every present slot in ``slot_exact``;
+            empty when there is none (the layers then do nothing more than for plain LoRA).
     """
 
     def __init__(self, layout: SlotLayout, device: torch.device | str = "cpu") -> None:
@@ -79,6 +98,8 @@ class BatchSlots:
         self._groups = layout.groups()
         self._capacity = torch.tensor(layout.capacity(), dtype=torch.long, device=self.device)
         self._offset = torch.tensor(layout.offset(), dtype=torch.long, device=self.device)
+        self.slot_exact = [False] * (layout.n_adapters + 1)
+        self.exact: dict[int, torch.Tensor] = {}
         self._key: tuple | None = None
         self._tokens: dict[int, list[tuple]] = {}
         self._index: torch.Tensor | None = None
@@ -99,6 +120,11 @@ class BatchSlots:
             self.rank = rank
             self._tokens = {}
             self._index = None
+            self.exact = {
+                s: torch.tensor([i for i, t in enumerate(slot_ids) if t == s], dtype=torch.long, device=self.device)
+                for s in sorted(present)
+                if self.slot_exact[s]
+            }
 
     def token_groups(self, tokens: int) -> list[tuple]:
         """The adapter rows of an input ``[B, tokens, in]`` flattened to ``[B·tokens, in]``, per rank bucket.
@@ -140,11 +166,75 @@ class BatchSlots:
         self._key = None
         self._tokens = {}
         self._index = None
+        self.exact = {}
 
     def weights_changed(self) -> None:
         """A slot was written: every layer must gather again."""
         self.version += 1
         self._key = None
+
+
+@dataclass(frozen=True)
+class ExactLoRA:
+    """One slot's module on the exact per-row path (the module docstring), float32 as PEFT's default
+    ``autocast_adapter_dtype=True`` holds adapters.
+
+    Attributes:
+        a: ``[r, in]`` LoRA A (an embedding's: ``[r, vocab]``).
+        b: ``[out, r]`` LoRA B.
+        scaling: PEFT's scaling (a Python float, as PEFT multiplies by it).
+        bias: ``[out]`` ``lora_B.bias``, or ``None``.
+        dora: ``[out]`` DoRA's ``m / ‖W + s·B·A‖`` per output row, or ``None``.
+        weight: a ``modules_to_save`` copy in the base's dtype (``[vocab, hidden]``) replacing the base's;
+            ``a``/``b`` are then unused.
+    """
+
+    a: torch.Tensor | None
+    b: torch.Tensor | None
+    scaling: float = 0.0
+    bias: torch.Tensor | None = None
+    dora: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+
+
+def _same_weight(saved: torch.Tensor, held: torch.Tensor) -> bool:
+    """Whether ``saved`` is the weight the node holds as ``held``, at the precision the node holds it: PEFT loads a
+    saved ``base_layer.weight`` over the base's, rounding it to the base's dtype, so equal there it changes nothing
+    (a half-precision base computing in float32, ``engine.cpu_compute``, holds half values upcast)."""
+    return any(torch.equal(saved.to(d).to(held.dtype), held) for d in {held.dtype, torch.bfloat16, torch.float16})
+
+
+def _exact_module(m: ModuleLoRA | None, saved: torch.Tensor | None, base_w: torch.Tensor, embedding: bool) -> ExactLoRA:
+    """Build a slot's :class:`ExactLoRA` from the parsed adapter's module ``m`` or its ``modules_to_save``
+    copy ``saved``; ``base_w`` is the base's weight (``[out, in]``; an embedding's ``[vocab, hidden]``).
+
+    DoRA's norm is PEFT's ``DoraLinearLayer.get_weight_norm`` (``DoraEmbeddingLayer`` for an embedding),
+    operation for operation, so the float32 factor is the one PEFT recomputes every forward.
+
+    Raises:
+        ValueError: a ``base_layer.weight`` saved beside the LoRA weights that is not this base's (PEFT would
+            load it over the base: another model), or a copy whose shape is not the base's.
+    """
+    f32 = dict(dtype=torch.float32, device=base_w.device)
+    if saved is not None:
+        if saved.shape != base_w.shape:
+            raise ValueError(f"modules_to_save weight {tuple(saved.shape)} does not fit the base's {tuple(base_w.shape)}")
+        return ExactLoRA(None, None, weight=saved.to(dtype=base_w.dtype, device=base_w.device))
+    if m.base_weight is not None and not _same_weight(m.base_weight.to(base_w.device), base_w):
+        raise ValueError("the adapter's base_layer.weight differs from this base's weights: it was saved from another model")
+    a, b = m.a.to(**f32), m.b.to(**f32)
+    bias = None if m.bias is None else m.bias.to(**f32)
+    dora = None
+    if m.magnitude is not None:
+        if embedding:  # DoraEmbeddingLayer: lora_weight = (Aᵀ·Bᵀ)ᵀ, the base weight transposed (fan_in_fan_out)
+            lora_w = (a.T @ b.T).T
+            norm = torch.linalg.norm(base_w.float().T + m.scaling * lora_w, dim=1)
+        else:  # DoraLinearLayer: lora_weight = B(A(I))ᵀ, bias included as PEFT computes it
+            eye = torch.eye(a.shape[1], **f32)
+            lora_w = F.linear(F.linear(eye, a), b, bias).T
+            norm = torch.linalg.norm(base_w.float() + m.scaling * lora_w, dim=1)
+        dora = m.magnitude.to(**f32) / norm.to(torch.float32)
+    return ExactLoRA(a, b, m.scaling, bias, dora)
 
 
 class LoRALinear(nn.Module):
@@ -153,11 +243,13 @@ class LoRALinear(nn.Module):
     Args:
         base: the base layer (weight ``[out, in]``, optional bias); kept, not copied.
         routing: the model-wide :class:`BatchSlots`, whose layout sizes this layer's pools.
+        stacked: ``False`` for a layer whose adapters all take the exact path (the output head: its
+            vocabulary-wide Bᵀ rows would cost far more than the adapters that use it): no pools.
 
     Input ``x``: ``[B, T, in]`` in the base's dtype; output ``[B, T, out]``.
     """
 
-    def __init__(self, base: nn.Linear, routing: BatchSlots) -> None:
+    def __init__(self, base: nn.Linear, routing: BatchSlots, stacked: bool = True) -> None:
         super().__init__()
         self.base = base
         self.routing = routing
@@ -165,26 +257,29 @@ class LoRALinear(nn.Module):
         out_f, in_f = w.shape
         self.in_features, self.out_features = in_f, out_f
         layout = routing.layout
+        rows = layout.rows if stacked else 1  # the padding row only
         # float32 whatever the base dtype: this is PEFT's default (autocast_adapter_dtype=True
         # upcasts adapters and computes the delta in float32), and on CPU small float32 bmm is
         # ~10x faster than bfloat16 bmm. B is stored transposed (a rank row is one row of
         # lora_Bt) so the second product reads it contiguously.
         f32 = dict(dtype=torch.float32, device=w.device)
-        self.register_buffer("lora_A", torch.zeros(layout.rows, in_f, **f32))
-        self.register_buffer("lora_Bt", torch.zeros(layout.rows, out_f, **f32))
+        self.register_buffer("lora_A", torch.zeros(rows, in_f, **f32))
+        self.register_buffer("lora_Bt", torch.zeros(rows, out_f, **f32))
         self.register_buffer("scaling", torch.zeros(layout.n_adapters + 1, **f32))
-        self._capacity = layout.capacity()
-        self._offset = layout.offset()
+        self._capacity = layout.capacity() if stacked else [0] * (layout.n_adapters + 1)
+        self._offset = layout.offset() if stacked else [0] * (layout.n_adapters + 1)
         # slot → rows holding non-zero weights for this module; an adapter that does not
         # target this module leaves its slot absent here and the layer skips the LoRA path
         self._slot_rank: dict[int, int] = {}
         # per-row gathered weights for routing.version (see BatchSlots.version)
         self._gathered: tuple | None = None
+        # slot → this module of an adapter the stacks cannot hold (the module docstring's exact path)
+        self._exact: dict[int, ExactLoRA] = {}
 
     @property
     def r_max(self) -> int:
-        """Largest rank a slot holds."""
-        return self.routing.layout.r_max
+        """Largest rank a slot of this layer holds (0: no pools)."""
+        return max(self._capacity)
 
     def write_slot(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None, scaling: float) -> None:
         """Copy one adapter's weights for this module into ``slot`` (or clear it).
@@ -226,11 +321,42 @@ class LoRALinear(nn.Module):
         self.scaling[slot] = scaling
         self._slot_rank[slot] = r
 
+    def write_adapter(self, slot: int, m: ModuleLoRA | None, saved: torch.Tensor | None = None) -> None:
+        """Put one adapter's module ``m`` (or its ``modules_to_save`` copy ``saved``) in ``slot``: in the stacks
+        when it is plain LoRA that fits them, else on the exact path; ``None`` for both clears the slot.
+
+        Raises:
+            ValueError: as :meth:`write_slot`, or :func:`_exact_module`.
+        """
+        exact = saved is not None or (m is not None and (m.exact_only or self.r_max == 0))
+        if exact:
+            # built before anything is cleared: a refused adapter leaves the slot as it was
+            built = _exact_module(m, saved, self._base_weight(), False)
+        plain = None if exact else m
+        self.write_slot(slot, plain.a if plain else None, plain.b if plain else None, plain.scaling if plain else 0.0)
+        if exact:
+            self._exact[slot] = built
+        else:
+            self._exact.pop(slot, None)
+
+    def _base_weight(self) -> torch.Tensor:
+        """The base weight ``[out, in]``; a prepacked layer's (``engine.cpu_compute.PackedLinear``) is read back
+        by multiplying the identity (exact: one non-zero product per sum), bias removed."""
+        w = getattr(self.base, "weight", None)
+        if isinstance(w, torch.Tensor):
+            return w
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=self.lora_A.device)
+        y = self.base(eye)
+        bias = getattr(self.base, "bias", None)
+        return (y if bias is None else y - bias).T
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         route = self.routing
         if route.slot_ids is None:
             return y
+        if route.exact and not self._exact.keys().isdisjoint(route.exact):
+            y = self._exact_rows(x, y)
         if self._slot_rank.keys().isdisjoint(route.present):  # no adapter of this batch touches this module
             return y
         if route.grouped:
@@ -252,6 +378,28 @@ class LoRALinear(nn.Module):
         # ``result + lora_B(lora_A(x)) * scaling`` followed by ``.to(result.dtype)``
         return y.add_(delta)
 
+    def _exact_rows(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The exact path for the rows whose slot holds this module there: PEFT's ``lora.Linear`` (DoRA:
+        ``DoraLinearVariant``) forward for those rows, written over ``y``'s (the stacks hold zeros for them)."""
+        bias = getattr(self.base, "bias", None)
+        for slot, rows in self.routing.exact.items():
+            e = self._exact.get(slot)
+            if e is None:
+                continue
+            xs = x.index_select(0, rows)
+            if e.weight is not None:  # ModulesToSaveWrapper: the adapter's copy of the layer
+                y.index_copy_(0, rows, F.linear(xs.to(e.weight.dtype), e.weight, bias).to(y.dtype))
+                continue
+            ys = y.index_select(0, rows)
+            lora = F.linear(F.linear(xs.to(torch.float32), e.a), e.b, e.bias)
+            if e.dora is None:
+                out = ys + lora * e.scaling
+            else:  # DoraLinearLayer.forward with base_result = y (minus the base's bias)
+                base = ys if bias is None else ys - bias
+                out = ys + ((e.dora - 1) * base + e.dora * lora * e.scaling)
+            y.index_copy_(0, rows, out.to(y.dtype))
+        return y
+
     def _gather(self) -> tuple:
         route = self.routing
         index = route.row_index()  # [B, r]; base rows and rows past a slot's rank read the zero padding row
@@ -265,25 +413,106 @@ class LoRALinear(nn.Module):
         )
 
 
-def inject_lora(model: nn.Module, layout: SlotLayout) -> tuple[BatchSlots, dict[str, LoRALinear]]:
-    """Wrap every ``nn.Linear`` inside the decoder layers with a :class:`LoRALinear` whose slots ``layout`` sizes.
+class LoRAEmbedding(nn.Module):
+    """The input embedding with per-slot LoRA (PEFT's ``lora.Embedding``) or a ``modules_to_save`` copy, always
+    on the exact per-row path (a ``[vocab, r]`` A per slot is too big to stack).
 
-    The output head and embeddings are left alone (adapters that target them are refused at
-    load). Module names are the base model's own (``model.layers.0.self_attn.q_proj``), the
-    names PEFT uses in ``adapter_model.safetensors`` after its ``base_model.model.`` prefix.
+    Args:
+        base: the base ``nn.Embedding`` (weight ``[vocab, hidden]``); kept, not copied (a tied output head
+            still shares its weight).
+        routing: the model-wide :class:`BatchSlots`.
+
+    Input ``ids``: int64 ``[B, T]``; output ``[B, T, hidden]`` in the base's dtype.
+    """
+
+    def __init__(self, base: nn.Embedding, routing: BatchSlots) -> None:
+        super().__init__()
+        self.base = base
+        self.routing = routing
+        self.in_features, self.out_features = base.weight.shape  # the vocabulary is this module's "in"
+        self.r_max = 0
+        self._exact: dict[int, ExactLoRA] = {}
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base embedding weight (what ``get_input_embeddings().weight`` readers expect)."""
+        return self.base.weight
+
+    def write_adapter(self, slot: int, m: ModuleLoRA | None, saved: torch.Tensor | None = None) -> None:
+        """Put one adapter's embedding LoRA ``m`` or its ``modules_to_save`` copy ``saved`` in ``slot``
+        (``None`` for both clears it).
+
+        Raises:
+            ValueError: as :func:`_exact_module`.
+        """
+        self.routing.weights_changed()
+        if m is None and saved is None:
+            self._exact.pop(slot, None)
+            return
+        self._exact[slot] = _exact_module(m, saved, self.base.weight, True)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        y = self.base(ids)
+        route = self.routing
+        if not route.exact or self._exact.keys().isdisjoint(route.exact):
+            return y
+        kw = dict(padding_idx=self.base.padding_idx, max_norm=self.base.max_norm, norm_type=self.base.norm_type)
+        for slot, rows in route.exact.items():
+            e = self._exact.get(slot)
+            if e is None:
+                continue
+            ids_s = ids.index_select(0, rows)
+            if e.weight is not None:  # ModulesToSaveWrapper: the adapter's copy of the embedding
+                y.index_copy_(0, rows, F.embedding(ids_s, e.weight, **kw))
+                continue
+            ys = y.index_select(0, rows)
+            lora = F.embedding(ids_s, e.a.T, **kw) @ e.b.T  # lora.Embedding: embed(x, Aᵀ) @ Bᵀ
+            if e.dora is None:
+                out = ys + lora * e.scaling
+            else:  # DoraEmbeddingVariant: m/‖·‖ · y + m/‖·‖ · lora · s
+                out = e.dora * ys + e.dora * lora * e.scaling
+            y.index_copy_(0, rows, out.to(y.dtype))
+        return y
+
+
+def inject_lora(model: nn.Module, layout: SlotLayout) -> tuple[BatchSlots, dict[str, LoRALinear | LoRAEmbedding]]:
+    """Wrap every ``nn.Linear`` inside the decoder layers with a :class:`LoRALinear` whose slots ``layout`` sizes, the output head with a
+    :class:`LoRALinear` without stacks (its adapters take the exact path) and the input embedding with a
+    :class:`LoRAEmbedding`.
+
+    Module names are the base model's own (``model.layers.0.self_attn.q_proj``, ``model.embed_tokens``,
+    ``lm_head``), the names PEFT uses in ``adapter_model.safetensors`` after its ``base_model.model.`` prefix.
 
     Returns:
-        The shared routing object and ``{module name: LoRALinear}``.
+        The shared routing object and ``{module name: layer}``, the decoder's linears first.
     """
     routing = BatchSlots(layout, next(model.parameters()).device)
-    layers: dict[str, LoRALinear] = {}
+    layers: dict[str, LoRALinear | LoRAEmbedding] = {}
     for name, mod in adaptable_linears(model):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         wrapped = LoRALinear(mod, routing)
         setattr(parent, child, wrapped)
         layers[name] = wrapped
+    for name, mod, wrap in _embedding_and_head(model):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        wrapped = LoRAEmbedding(mod, routing) if wrap == "embedding" else LoRALinear(mod, routing, stacked=False)
+        setattr(parent, child, wrapped)
+        layers[name] = wrapped
     return routing, layers
+
+
+def _embedding_and_head(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """``(name, module, "embedding" | "head")`` of the input embedding and the output head, where the model
+    has them as a plain ``nn.Embedding`` / ``nn.Linear``."""
+    found = []
+    for name, mod in model.named_modules():
+        if mod is model.get_input_embeddings() and type(mod) is nn.Embedding:
+            found.append((name, mod, "embedding"))
+        elif mod is model.get_output_embeddings() and isinstance(mod, nn.Linear):
+            found.append((name, mod, "head"))
+    return found
 
 
 def adaptable_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -297,11 +526,15 @@ def adaptable_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
 
 def adaptable_shapes(path) -> dict[str, tuple[int, int]]:
     """Adaptable module name → ``(in_features, out_features)`` of the HF model folder ``path``,
-    read from its config alone (the model is built on the meta device: no weights, no memory).
+    read from its config alone (the model is built on the meta device: no weights, no memory); the input
+    embedding is ``(vocab, hidden)`` and the output head ``(hidden, vocab)``, as :func:`inject_lora` names them.
     What the verifier checks adapters against when the weights live in another engine (vLLM)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)))
-    return {name: (mod.in_features, mod.out_features) for name, mod in adaptable_linears(model)}
+    shapes = {name: (mod.in_features, mod.out_features) for name, mod in adaptable_linears(model)}
+    for name, mod, _ in _embedding_and_head(model):
+        shapes[name] = tuple(mod.weight.shape) if isinstance(mod, nn.Embedding) else (mod.in_features, mod.out_features)
+    return shapes

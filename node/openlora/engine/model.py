@@ -9,7 +9,7 @@ import torch
 
 from .base import BaseModelSource
 from .cpu_compute import HALF, can_pack, compute_in_float32, pack_linears, use_cpu_attention, wants_float32
-from .lora import BatchSlots, LoRALinear, inject_lora
+from .lora import BatchSlots, LoRAEmbedding, LoRALinear, inject_lora
 from .slot_layout import SlotLayout
 from .cpu_kernels import available as kernels_available
 from .text import TextCodec, load_codec
@@ -28,7 +28,8 @@ class ResidentModel:
         model: the HF causal LM in eval mode with :class:`LoRALinear` in its decoder layers.
         codec: its tokenizer, chat template, EOS ids and context limit.
         routing: per-forward slot routing shared by the LoRA layers.
-        lora_layers: base module name → LoRA layer.
+        lora_layers: base module name → LoRA layer (the decoder's linears, then the output head and the
+            input embedding, whose adapters take the exact path).
         dtype: the base's dtype (weights' values, activations).
         kv_dtype: what the KV cache stores: float32 where the base computes in float32 (``engine.cpu_compute``),
             else ``dtype``.
@@ -38,7 +39,7 @@ class ResidentModel:
     model: torch.nn.Module
     codec: TextCodec
     routing: BatchSlots
-    lora_layers: dict[str, LoRALinear]
+    lora_layers: dict[str, LoRALinear | LoRAEmbedding]
     dtype: torch.dtype
     kv_dtype: torch.dtype
 

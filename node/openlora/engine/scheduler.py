@@ -32,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from ..adapters.composition import Composition, compose, is_composition
-from ..adapters.peft_format import LoraAdapter
+from ..adapters.peft_format import FEATURES, LoraAdapter
 from ..proof.topk import top_logprobs
 from .interface import EngineInfo, Failed, FinishReason, Finished, GenerationRequest, NonFiniteLogits, QueueFull, TextDelta
 from .kv import KVBatch, left_padded, new_cache
@@ -109,7 +109,7 @@ class TorchEngine:
         self._fresh: set[str] = set()  # loaded to the host tier and not installed since (their miss is counted)
         self.codec = rm.codec
         self.info = EngineInfo(
-            "torch", str(rm.dtype).removeprefix("torch."), rm.device.type, slots.capacity, rm.max_rank, max_batch
+            "torch", str(rm.dtype).removeprefix("torch."), rm.device.type, slots.capacity, rm.max_rank, max_batch, FEATURES
         )
         self._cv = threading.Condition()
         self._inbox: list[GenerationRequest] = []

@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 from ..adapters.peft_format import LoraAdapter
 from .interface import NoFreeSlot
-from .lora import BatchSlots, LoRALinear
+from .lora import BatchSlots, LoRAEmbedding, LoRALinear
 
 
 class SlotManager:
@@ -33,7 +33,7 @@ class SlotManager:
         n_adapters: device slots for adapters, the layout's first ``n_adapters`` (``--max-loras``).
     """
 
-    def __init__(self, layers: dict[str, LoRALinear], routing: BatchSlots, n_adapters: int) -> None:
+    def __init__(self, layers: dict[str, LoRALinear | LoRAEmbedding], routing: BatchSlots, n_adapters: int) -> None:
         self._layers = layers
         self._routing = routing
         self._lock = threading.Lock()
@@ -90,7 +90,8 @@ class SlotManager:
 
         Raises:
             NoFreeSlot: every slot that can hold the adapter's rank is referenced or pinned.
-            ValueError: the adapter's rank is above every slot's.
+            ValueError: the adapter's rank is above every slot's, or it does not fit this base's layers
+                (``LoRALinear.write_adapter``); the slot is left empty.
         """
         with self._lock:
             slot = self._find(cid)
@@ -99,10 +100,16 @@ class SlotManager:
                 # mark the slot empty while writing: a failed copy must not leave a half adapter named
                 self._cid[slot] = None
                 self._routing.slot_rank[slot] = 0
-                for name, layer in self._layers.items():
-                    m = adapter.modules.get(name)
-                    layer.write_slot(slot, m.a if m else None, m.b if m else None, m.scaling if m else 0.0)
+                self._routing.slot_exact[slot] = False
+                try:
+                    for name, layer in self._layers.items():
+                        layer.write_adapter(slot, adapter.modules.get(name), adapter.saved.get(name))
+                except ValueError:  # refused (a saved base weight that is not this base's): leave the slot empty
+                    for layer in self._layers.values():
+                        layer.write_adapter(slot, None)
+                    raise
                 self._routing.slot_rank[slot] = adapter.max_rank
+                self._routing.slot_exact[slot] = bool(adapter.features)
                 self._cid[slot] = cid
             self._refs[slot] += 1
             self._used[slot] = time.monotonic()
@@ -130,8 +137,9 @@ class SlotManager:
             if slot is None or self._refs[slot] > 0:
                 return False
             for layer in self._layers.values():
-                layer.write_slot(slot, None, None, 0.0)
+                layer.write_adapter(slot, None)
             self._routing.slot_rank[slot] = 0
+            self._routing.slot_exact[slot] = False
             self._cid[slot] = None
             self._pinned.discard(cid)
             return True

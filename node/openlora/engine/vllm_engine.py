@@ -57,6 +57,11 @@ LORA_OPS_ENV = "OPENLORA_VLLM_LORA_OPS"
 LORA_OPS = ("grouped", "vllm")
 #: ``max_lora_rank`` values vLLM accepts (``vllm.config.lora.MaxLoRARanks``).
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+#: PEFT features beyond plain LoRA this engine serves: none. vLLM 0.32 refuses DoRA, ``lora_bias``, ``bias``
+#: and ``modules_to_save`` itself (``vllm/lora/peft_helper.py``); it has layers for LoRA on ``embed_tokens`` /
+#: ``lm_head``, but their output is not pinned against PEFT here (a tied head, vocabulary padding), so the
+#: node refuses those before vLLM sees them rather than serve text it has not checked.
+SERVED_FEATURES: tuple[str, ...] = ()
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.CANCELLED}
 
 
@@ -204,7 +209,9 @@ class VllmEngine:
         self._llm = llm
         self.codec = codec
         self.options = options
-        self.info = EngineInfo("vllm", options.dtype, device, options.max_loras, options.max_lora_rank, options.max_batch)
+        self.info = EngineInfo(
+            "vllm", options.dtype, device, options.max_loras, options.max_lora_rank, options.max_batch, SERVED_FEATURES
+        )
         self._load_verified = load_verified
         self._folders = folders
         self._ids: dict[str, int] = {}  # CID → LoRARequest id, stable for the engine's life
@@ -385,7 +392,10 @@ class VllmEngine:
         return await asyncio.shield(fut)
 
     async def _add(self, cid: str):
-        _, files = await asyncio.to_thread(self._load_verified, cid)
+        adapter, files = await asyncio.to_thread(self._load_verified, cid)
+        refusal = self.info.unserved(adapter)
+        if refusal is not None:
+            raise refusal
         folder = await asyncio.to_thread(self._folders.write, cid, files)
         lora_id = self._ids.setdefault(cid, len(self._ids) + 1)
         lora = self._LoRARequest(lora_name=cid, lora_int_id=lora_id, lora_path=str(folder))

@@ -1,13 +1,16 @@
 """``/openlora/nodes/1.0.0``: a client that knows one multiaddr asks that node which nodes it knows.
 
     client (ephemeral libp2p host) ──dial MULTIADDR──► node
-        NodesRequest{v, adapter?} ──► NodesResponse{v, nodes: [NodeStatus…], adapter_base?, accused}
+        NodesRequest{v, adapter?} ──► NodesResponse{v, nodes: [NodeStatus…], adapter_base?, accused,
+                                                     adapter_features?}
                                       (the node's own fresh status first, then its peer table
                                        without the nodes it holds evidence against;
                                        adapter_base: the base fingerprint of ``adapter`` in the
                                        node's verified catalog, when it knows the adapter;
-                                       accused: the account addresses of those nodes)
-    client: pick_node(nodes, base, adapter, accused) ──► gRPC address
+                                       accused: the account addresses of those nodes;
+                                       adapter_features: the PEFT features the adapter needs, when
+                                       the node holds its config)
+    client: pick_node(nodes, base, adapter, accused, adapter_features) ──► gRPC address
 
 The client trusts the node it chose to dial (the connection is authenticated by Noise); every
 status is schema-checked again on arrival. Routing stays the client's decision.
@@ -29,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import MessageRejected, SwarmError
 from .host import build_host, listen_multiaddr, parse_peer_multiaddr
-from .messages import MAX_STATUS_BYTES, NodeStatus, encode
+from .messages import MAX_FEATURES, MAX_STATUS_BYTES, NodeStatus, encode
 from .peers import PeerEntry
 from .validate import check_status
 
@@ -53,13 +56,15 @@ class NodesRequest(BaseModel):
 
 class NodesResponse(BaseModel):
     """The answering node's own status first, then the statuses of its peer table; ``accused``: the accounts
-    of nodes it holds evidence against (left out of ``nodes``)."""
+    of nodes it holds evidence against (left out of ``nodes``); ``adapter_features``: the PEFT features the
+    adapter asked about needs (``None``: unknown to this node)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     v: Literal[1]
     nodes: Annotated[list[NodeStatus], Field(max_length=MAX_NODES)]
     adapter_base: Annotated[str, Field(max_length=80)] | None = None
     accused: Annotated[list[Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]], Field(max_length=MAX_ACCUSED)] = []
+    adapter_features: Annotated[list[Annotated[str, Field(min_length=1, max_length=32)]], Field(max_length=MAX_FEATURES)] | None = None
 
 
 class Directory(NamedTuple):
@@ -69,11 +74,14 @@ class Directory(NamedTuple):
         entries: the nodes it knows, its own first.
         adapter_base: the base fingerprint of the adapter asked about, if it knows the adapter.
         accused: accounts of nodes it holds evidence against: a client routes to none of them.
+        adapter_features: the PEFT features the adapter needs, as that node read them from its config
+            (empty when it does not know: routing then asks for the base alone).
     """
 
     entries: list[PeerEntry]
     adapter_base: str | None
     accused: frozenset[str]
+    adapter_features: tuple[str, ...] = ()
 
 
 class NodesCodec:
@@ -111,6 +119,7 @@ def serve_directory(
     timeout_s: float,
     find_base: Callable[[str], Awaitable[object]] | None = None,
     accused: Callable[[], Collection[str]] = frozenset,
+    adapter_features: Callable[[str], tuple[str, ...] | None] = lambda cid: None,
 ) -> None:
     """Answer ``/openlora/nodes/1.0.0`` on ``rr``.
 
@@ -123,6 +132,7 @@ def serve_directory(
         find_base: looks the nodes of a base up (the DHT) into the peer table, for requests
             that name a ``base``; ``None``: answer from the table as it is.
         accused: account addresses of the nodes this node holds evidence against (left out, and listed).
+        adapter_features: PEFT features an adapter needs, from its config in this node's store, or ``None``.
     """
     config = RequestResponseConfig(timeout=timeout_s, max_request_size=512, max_response_size=_MAX_RESPONSE_BYTES)
 
@@ -134,9 +144,13 @@ def serve_directory(
         own = await trio.to_thread.run_sync(own_status)
         nodes = ([own] if own is not None else []) + [s for s in peers() if own is None or s.peer_id != own.peer_id]
         base = await trio.to_thread.run_sync(adapter_base, request.adapter) if request.adapter else None
+        features = await trio.to_thread.run_sync(adapter_features, request.adapter) if request.adapter else None
         bad = accused()
         nodes = [s for s in nodes if s.node_address not in bad]
-        return NodesResponse(v=1, nodes=nodes[:MAX_NODES], adapter_base=base, accused=sorted(bad)[:MAX_ACCUSED])
+        return NodesResponse(
+            v=1, nodes=nodes[:MAX_NODES], adapter_base=base, accused=sorted(bad)[:MAX_ACCUSED],
+            adapter_features=None if features is None else list(features),
+        )  # fmt: skip
 
     rr.set_handler(NODES_PROTOCOL, answer, CODEC, config)
 
@@ -170,7 +184,8 @@ def query_nodes(
 
     Returns:
         The :class:`Directory`: the node's own entry first; ``adapter_base`` is the base fingerprint of
-        ``adapter`` if the node knows that adapter; ``accused`` the accounts it holds evidence against.
+        ``adapter`` if the node knows that adapter; ``accused`` the accounts it holds evidence against;
+        ``adapter_features`` the PEFT features that adapter needs, if the node holds its config.
 
     Raises:
         InvalidMultiaddr: ``multiaddr`` is not ``/ip4/…/tcp/N/p2p/PEERID``.
@@ -195,4 +210,7 @@ def query_nodes(
     except Exception as e:  # libp2p raises many transport/negotiation types when a dial fails
         raise SwarmError(f"could not reach {multiaddr}: {type(e).__name__}: {e}") from None
     now = time.time()
-    return Directory([PeerEntry.from_status(s, now) for s in response.nodes], response.adapter_base, frozenset(response.accused))
+    return Directory(
+        [PeerEntry.from_status(s, now) for s in response.nodes], response.adapter_base, frozenset(response.accused),
+        tuple(response.adapter_features or ()),
+    )  # fmt: skip

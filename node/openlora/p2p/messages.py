@@ -5,7 +5,8 @@
                            CID == sha2-256(manifest) and the manifest itself without a fetch
     /openlora/1/nodes      NodeStatus {"v":1, "peer_id", "addrs", "grpc_address", "base_name",
                            "base_fingerprint", "resident", "node_fee_per_1k_wei", "load", "ts_ms",
-                           "node_address"}   (the account that signs the node's receipts and records)
+                           "node_address",   (the account that signs the node's receipts and records)
+                           "features"}       (PEFT features its engine serves; absent: plain LoRA only)
     /openlora/1/evidence   an ``openlora.v1.Evidence`` message, serialized (≤ MAX_EVIDENCE_BYTES): a served
                            call that fails verification, signed by its verifier (``proof.evidence``)
     /openlora/catalog/1.0.0  CatalogRequest {"v":1, "limit":N} ──► CatalogResponse {"v":1,
@@ -42,6 +43,7 @@ MAX_STATUS_BYTES = 32 * 1024
 MAX_EVIDENCE_BYTES = 512 * 1024  # a record, up to ~5k prompt + completion token ids, and signatures
 MAX_RESIDENT = 256  # adapter CIDs listed in one status
 MAX_ADDRS = 8  # multiaddrs listed in one status
+MAX_FEATURES = 16  # PEFT feature names listed in one status (adapters.peft_format.FEATURES has 5)
 MAX_CATALOG_ENTRIES = 4096  # adapters in one catalog-sync answer
 MAX_CATALOG_BYTES = 16 * 1024 * 1024  # one catalog-sync answer
 _FINGERPRINT = r"^sha256:[0-9a-f]{64}$"
@@ -141,6 +143,8 @@ class NodeStatus(_Strict):
         relay_service: whether it relays for nodes behind NAT.
         node_address: the account that signs its receipts and serving records ("" if it names none): what
             evidence accuses, so a node and a client stop routing to it.
+        features: the PEFT features beyond plain LoRA its engine serves (``adapters.peft_format.FEATURES``
+            names, sorted); a status without it (an older node) serves plain LoRA only.
     """
 
     v: Literal[1]
@@ -157,6 +161,7 @@ class NodeStatus(_Strict):
     dht: Literal["server", "client", "off"] = "off"
     relay_service: bool = False
     node_address: Annotated[str, Field(pattern=_ADDRESS)] = ""
+    features: Annotated[list[Annotated[str, Field(min_length=1, max_length=32)]], Field(max_length=MAX_FEATURES)] = []
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,7 @@ class LocalStatus:
         node_fee_per_1k_wei: node fee per 1000 tokens, wei.
         active / waiting / max_batch: scheduler load (requests).
         node_address: the node's account (signs receipts and serving records).
+        features: PEFT features beyond plain LoRA its engine serves (``EngineInfo.features``).
     """
 
     grpc_address: str
@@ -181,6 +187,7 @@ class LocalStatus:
     waiting: int = 0
     max_batch: int = 1
     node_address: str = ""
+    features: tuple[str, ...] = ()
 
 
 def status_message(
@@ -213,6 +220,7 @@ def status_message(
         dht=dht,
         relay_service=relay_service,
         node_address=local.node_address,
+        features=sorted(local.features),
     )
 
 

@@ -44,6 +44,7 @@ class PeerEntry:
         dht: its DHT mode (``server``, ``client`` or ``off``).
         relay_service: whether it relays for nodes behind NAT.
         node_address: the account that signs its receipts and serving records ("" if it names none).
+        features: PEFT features beyond plain LoRA its engine serves (empty: plain LoRA only).
     """
 
     peer_id: str
@@ -62,6 +63,7 @@ class PeerEntry:
     dht: str = "off"
     relay_service: bool = False
     node_address: str = ""
+    features: tuple[str, ...] = ()
 
     @classmethod
     def from_status(cls, status: NodeStatus, last_seen: float) -> PeerEntry:
@@ -83,6 +85,7 @@ class PeerEntry:
             dht=status.dht,
             relay_service=status.relay_service,
             node_address=status.node_address,
+            features=tuple(status.features),
         )
 
     @property
@@ -151,11 +154,12 @@ def pick_node(
     base_fingerprint: str,
     adapter_cid: str | None = None,
     accused: Collection[str] = frozenset(),
+    features: Collection[str] = (),
 ) -> PeerEntry:
     """Choose the node a client should call for ``adapter_cid`` on ``base_fingerprint``.
 
     Order: nodes with the same base only, none whose account is ``accused`` (evidence against it stood:
-    ``proof.accusations``); among them those with the adapter resident first, then the lowest load, the
+    ``proof.accusations``), only those whose engine serves every one of ``features``; among them those with the adapter resident first, then the lowest load, the
     lowest fee, the most recent status, and the peer ID (so the choice is deterministic).
 
     Args:
@@ -163,9 +167,11 @@ def pick_node(
         base_fingerprint: ``"sha256:<64 hex>"`` the adapter was made for.
         adapter_cid: the adapter to run; ``None`` picks for the base alone.
         accused: node account addresses not to route to.
+        features: the PEFT features the adapter needs (``adapters.peft_format.config_features``).
 
     Raises:
-        NoNodeAvailable: no entry has that base fingerprint (and is not accused).
+        NoNodeAvailable: no entry has that base fingerprint (and is not accused), or none of those serves
+            ``features``.
     """
     entries = list(table)
     same_base = [e for e in entries if e.base_fingerprint == base_fingerprint and e.node_address not in accused]
@@ -177,6 +183,13 @@ def pick_node(
             + (f"({excluded} node(s) excluded by evidence against them) " if excluded else "")
             + "(connect to more peers or wait for their status)"
         )
+    serving = [e for e in same_base if set(features) <= set(e.features)]
+    if not serving:
+        raise NoNodeAvailable(
+            f"no known node with base {base_fingerprint} serves {', '.join(sorted(features))} "
+            f"({len(same_base)} node(s) serve that base with plain LoRA only; a node on the torch engine serves them)"
+        )
+    same_base = serving
     return min(
         same_base,
         key=lambda e: (adapter_cid not in e.resident, e.load, e.node_fee_per_1k_wei, -e.ts_ms, e.peer_id),

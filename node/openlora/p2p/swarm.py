@@ -364,6 +364,8 @@ class Swarm:
             is not relayed by this node.
         accused: the account addresses of nodes this node holds evidence against (left out of its
             directory answers and of :meth:`pick`).
+        adapter_features: the PEFT features an adapter needs, from its config in this node's store
+            (``AdapterStore.features``), or ``None``: what directory answers tell clients to route by.
 
     Raises:
         IdentityError: the identity key file is unreadable.
@@ -382,6 +384,7 @@ class Swarm:
         config: SwarmConfig = SwarmConfig(),
         check_evidence: EvidenceCheck | None = None,
         accused: Callable[[], Collection[str]] = frozenset,
+        adapter_features: Callable[[str], tuple[str, ...] | None] = lambda cid: None,
     ) -> None:
         data_dir = Path(data_dir)
         self.config = config
@@ -392,6 +395,7 @@ class Swarm:
         self._on_adapter = on_adapter
         self._check_evidence = check_evidence
         self._accused = accused
+        self._adapter_features = adapter_features
         self._key_pair = load_or_create_identity(data_dir)
         self.peer_id = ID.from_pubkey(self._key_pair.public_key).to_base58()
         self.catalog = SwarmCatalog(data_dir / CATALOG_FILE)
@@ -495,6 +499,7 @@ class Swarm:
             serve_directory(
                 rr, self._own_status, self.peers.statuses, self._adapter_base, guard.is_banned,
                 cfg.request_timeout_s, self._find_nodes if dht is not None else None, self._accused,
+                self._adapter_features,
             )  # fmt: skip
             if cfg.relays:
                 await self._reserve_relays(running)
@@ -928,9 +933,11 @@ class Swarm:
         return self.peers.entries()
 
     def pick(self, base_fingerprint: str, adapter_cid: str | None = None) -> PeerEntry:
-        """``pick_node`` over this node's peer table, without the nodes it holds evidence against.
+        """``pick_node`` over this node's peer table, without the nodes it holds evidence against and, for an
+        adapter whose config this node holds, only among nodes whose engine serves the features it needs.
 
         Raises:
-            NoNodeAvailable: no known node serves ``base_fingerprint``.
+            NoNodeAvailable: no known node serves ``base_fingerprint`` (and those features).
         """
-        return pick_node(self.peer_table(), base_fingerprint, adapter_cid, self._accused())
+        features = (self._adapter_features(adapter_cid) or ()) if adapter_cid else ()
+        return pick_node(self.peer_table(), base_fingerprint, adapter_cid, self._accused(), features)
