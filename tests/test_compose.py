@@ -212,19 +212,14 @@ def test_text_form_is_canonical_and_round_trips():
         Composition.parse(f"{CID['alpha']}*0.5+notacid*0.5")
 
 
-def test_a_part_with_more_than_plain_lora_is_refused():
-    """A part carrying anything beyond A, B and scaling (a DoRA magnitude, a bias, …) has an output that is not a
-    low-rank delta: composing it would silently drop that, so it is refused with the field named."""
-    import dataclasses
-
+@pytest.mark.parametrize("extra", ["magnitude", "bias"])
+def test_a_part_with_more_than_plain_lora_is_refused(extra):
+    """A part carrying anything beyond A, B and scaling (a DoRA magnitude, a ``lora_B`` bias, …) has an output that
+    is not a low-rank delta: composing it would silently drop that, so it is refused with the field named."""
     from openlora.adapters.peft_format import LoraAdapter, ModuleLoRA
 
-    @dataclasses.dataclass(frozen=True)
-    class WithMagnitude(ModuleLoRA):
-        magnitude: torch.Tensor | None = None
-
     plain = LoraAdapter({}, {"m": ModuleLoRA(torch.ones(2, 3), torch.ones(4, 2), 0.5)})
-    dora = LoraAdapter({}, {"m": WithMagnitude(torch.ones(2, 3), torch.ones(4, 2), 0.5, torch.ones(4))})
+    featured = LoraAdapter({}, {"m": ModuleLoRA(torch.ones(2, 3), torch.ones(4, 2), 0.5, **{extra: torch.ones(4)})})
     assert compose([(plain, 0.5), (plain, 0.25)], 4).modules["m"].a.shape == (4, 3)
-    with pytest.raises(CompositionError, match="part 2 of the composition uses magnitude"):
-        compose([(plain, 0.5), (dora, 0.5)], 4)
+    with pytest.raises(CompositionError, match=f"part 2 of the composition uses {extra}"):
+        compose([(plain, 0.5), (featured, 0.5)], 4)
