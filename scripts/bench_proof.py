@@ -172,11 +172,10 @@ class VllmRunner:
             max_waiting=4096, max_model_len=max_len, kv_cache_gib=2, enforce_eager=eager,
         )  # fmt: skip
 
-        def files(cid):  # the benchmark's own adapters: read, not verified (the node verifies)
-            return None, {n: (folders[cid] / n).read_bytes() for n in ("adapter_config.json", "adapter_model.safetensors")}
+        from bench_serving import folder_loader
 
         self.engine = self.loop.run_until_complete(
-            VllmEngine.open(source, load_codec(source.path), options, files, AdapterFolders(Path(self._tmp.name)))
+            VllmEngine.open(source, load_codec(source.path), options, folder_loader(folders, source, 8), AdapterFolders(Path(self._tmp.name)))
         )
         self.batch = batch
 

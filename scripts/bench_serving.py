@@ -136,6 +136,22 @@ def zipf_choices(k: int, alpha: float, n: int, rng: random.Random) -> list[int]:
     return rng.choices(range(k), weights=weights, k=n)
 
 
+def folder_loader(folders: dict[str, Path], source, max_rank: int):
+    """The vLLM engine's adapter loader over a benchmark's own PEFT folders (``cid → folder``): ``cid → (parsed
+    adapter, files)``, parsed against ``source``'s modules so the engine reads its features; not signed or
+    verified (the node verifies)."""
+    from openlora.adapters.peft_format import load_adapter
+    from openlora.engine.lora import adaptable_shapes
+
+    shapes = adaptable_shapes(source.path)
+
+    def load(cid: str):
+        raw = {n: (folders[cid] / n).read_bytes() for n in ("adapter_config.json", "adapter_model.safetensors")}
+        return load_adapter(raw["adapter_config.json"], raw["adapter_model.safetensors"], shapes, max_rank), raw
+
+    return load
+
+
 def make_adapters(source, k: int, rank: int, folder: Path, targets: tuple[str, ...] | None = ("q_proj", "k_proj", "v_proj", "o_proj")) -> list[Path]:
     """K random rank-``rank`` LoRAs on ``targets`` (module suffixes; ``None``: every adaptable linear) in PEFT's
     format (one folder each), written from the base's module shapes alone (no copy of the base: an 8B one would
@@ -145,7 +161,7 @@ def make_adapters(source, k: int, rank: int, folder: Path, targets: tuple[str, .
     from openlora.engine.lora import adaptable_shapes
 
     template = json.loads((ROOT / "tests" / "fixtures" / "adapters" / "medical" / "adapter_config.json").read_text())
-    shapes = adaptable_shapes(source.path)
+    shapes = {n: s for n, s in adaptable_shapes(source.path).items() if ".layers." in n}  # the decoder's linears
     targets = targets or tuple(sorted({n.rsplit(".", 1)[-1] for n in shapes}))
     config = {**template, "r": rank, "lora_alpha": 2 * rank, "target_modules": list(targets), "base_model_name_or_path": source.name}
     modules = {n: s for n, s in shapes.items() if n.rsplit(".", 1)[-1] in targets}
@@ -265,8 +281,7 @@ class VllmHost:
 
         paths = {f"a{i}": p for i, p in enumerate(adapters)}
 
-        def files(cid):  # the benchmark's adapters are its own: read, not verified (the node verifies)
-            return None, {n: (paths[cid] / n).read_bytes() for n in ("adapter_config.json", "adapter_model.safetensors")}
+        files = folder_loader(paths, source, args.rank)
 
         options = VllmOptions(
             dtype=args.dtype, max_loras=args.adapters, max_cpu_loras=args.adapters, max_lora_rank=args.rank,

@@ -28,9 +28,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
+def stacked(rm) -> list:
+    """The LoRA layers with slot pools (the decoder's linears; the embedding and the head take the exact path)."""
+    from openlora.engine.lora import LoRALinear
+
+    return [layer for layer in rm.lora_layers.values() if isinstance(layer, LoRALinear) and layer.r_max > 0]
+
+
 def pool_bytes(rm) -> int:
     """Bytes of every LoRA layer's slot buffers (A and Bᵀ rows, scalings)."""
-    return sum(t.nbytes for layer in rm.lora_layers.values() for t in (layer.lora_A, layer.lora_Bt, layer.scaling))
+    return sum(t.nbytes for layer in stacked(rm) for t in (layer.lora_A, layer.lora_Bt, layer.scaling))
 
 
 def main(argv=None) -> int:
@@ -76,7 +83,7 @@ def main(argv=None) -> int:
                 adapter = load_adapter(*files, rm.base_modules, rm.max_rank)
                 row_slots.append(slots.install(f"a{i}", adapter))
                 own[rank], slot_of_rank[rank] = adapter.nbytes, row_slots[-1]
-            per_row = sum(layer.lora_A.shape[1] + layer.lora_Bt.shape[1] for layer in rm.lora_layers.values()) * 4
+            per_row = sum(layer.lora_A.shape[1] + layer.lora_Bt.shape[1] for layer in stacked(rm)) * 4
             capacity = layout.capacity()
             with torch.inference_mode():
                 step_ms = median_step_ms(decoder(rm, prompts, row_slots), args.steps)
