@@ -212,6 +212,13 @@ def test_text_form_is_canonical_and_round_trips():
         Composition.parse(f"{CID['alpha']}*0.5+notacid*0.5")
 
 
+
+def test_a_hostile_text_form_is_refused_by_its_part_count_before_any_part_is_read():
+    # a million parts of garbage: neither split nor parsed part by part (the CID check would name part 1 otherwise)
+    with pytest.raises(CompositionError, match="got more than 4"):
+        Composition.parse("x*" + "+x*" * 1_000_000)
+
+
 @pytest.mark.parametrize("extra", ["magnitude", "bias"])
 def test_a_part_with_more_than_plain_lora_is_refused(extra):
     """A part carrying anything beyond A, B and scaling (a DoRA magnitude, a ``lora_B`` bias, …) has an output that

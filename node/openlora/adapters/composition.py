@@ -114,10 +114,14 @@ class Composition:
         """The text form ``cidA*0.7+cidB*0.3`` (HTTP ``model``, and :attr:`id`).
 
         Raises:
-            CompositionError: a part without ``*weight``, or as :meth:`of`.
+            CompositionError: more than ``MAX_PARTS`` parts (refused before any part is read), a part without
+                ``*weight``, or as :meth:`of`.
         """
+        items = text.split(_PART_SEP, MAX_PARTS)  # a stranger's text: never split past what can be served
+        if len(items) > MAX_PARTS:
+            raise CompositionError(f"a composition names {MIN_PARTS} to {MAX_PARTS} adapters; got more than {MAX_PARTS}")
         pairs = []
-        for item in text.split(_PART_SEP):
+        for item in items:
             cid, sep, weight = item.rpartition(_WEIGHT_SEP)
             if not sep or not cid.strip():
                 raise CompositionError(f"composition part {item!r} is not CID*WEIGHT (e.g. bafy...*0.5)")
