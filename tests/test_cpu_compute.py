@@ -19,7 +19,7 @@ from torch import nn
 from transformers.cache_utils import DynamicLayer
 
 import openlora.engine.model as model_mod
-from openlora.engine.cpu_compute import ATTENTION_FLOAT32, Float32Linear, _attention
+from openlora.engine.cpu_compute import ATTENTION_FLOAT32, Float32Linear, PackedLinear, _attention, can_pack
 from openlora.engine.kv import HEADROOM, HeadroomLayer
 from openlora.engine.model import load_resident
 
@@ -136,3 +136,21 @@ def test_headroom_layer_equals_concatenation_across_growth_and_rebuilds(store):
     ref.keys, ref.values = ref.keys[1:], ref.values[1:]
     for k, v in _appends(2, 2, 3, prefill=0):
         _update_both(ours, ref, k, v, store)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_packed_linear_computes_as_f_linear_and_gives_its_weight_back(bias):
+    """The prepacked bf16 linear equals ``F.linear`` on the same weights, and ``dense_weight`` reads back exactly the
+    weight that was packed (what DoRA's norms and the saved-base-weight check read at install)."""
+    if not can_pack(torch.bfloat16, torch.device("cpu")):
+        pytest.fail("oneDNN has no native bf16 kernels on this CPU: PackedLinear is not used here, nothing to check")
+    g = torch.Generator().manual_seed(3)
+    linear = nn.Linear(48, 40, bias=bias).to(torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(40, 48, generator=g))
+        if bias:
+            linear.bias.copy_(torch.randn(40, generator=g))
+    packed = PackedLinear(linear)
+    x = torch.randn(5, 48, generator=g).to(torch.bfloat16)
+    assert torch.equal(packed(x), torch.nn.functional.linear(x, linear.weight, linear.bias))
+    assert torch.equal(packed.dense_weight(), linear.weight)

@@ -68,6 +68,13 @@ class PackedLinear(nn.Module):
         y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), self.packed, self.bias, "none", [], "")
         return y.view(*x.shape[:-1], self.out_features)
 
+    def dense_weight(self) -> torch.Tensor:
+        """The weight ``[out, in]`` bf16 back from oneDNN's packing, by multiplying the identity (exact: one non-zero
+        product per sum; without the bias, which a subtraction after a bf16 rounding would not give back exactly);
+        for install-time work (DoRA's norms, checking a saved base weight), not per step."""
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16)
+        return torch.ops.mkldnn._linear_pointwise(eye, self.packed, None, "none", [], "").T
+
 
 def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether a ``dtype`` base on ``device`` runs its linears as :class:`PackedLinear` (bf16 on a CPU whose

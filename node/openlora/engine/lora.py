@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adapters.peft_format import ModuleLoRA
+from .cpu_compute import PackedLinear
 from .cpu_kernels import bgmv
 from .slot_layout import SlotLayout
 
@@ -340,15 +341,8 @@ class LoRALinear(nn.Module):
             self._exact.pop(slot, None)
 
     def _base_weight(self) -> torch.Tensor:
-        """The base weight ``[out, in]``; a prepacked layer's (``engine.cpu_compute.PackedLinear``) is read back
-        by multiplying the identity (exact: one non-zero product per sum), bias removed."""
-        w = getattr(self.base, "weight", None)
-        if isinstance(w, torch.Tensor):
-            return w
-        eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=self.lora_A.device)
-        y = self.base(eye)
-        bias = getattr(self.base, "bias", None)
-        return (y if bias is None else y - bias).T
+        """The base weight ``[out, in]`` (a prepacked layer's read back: ``cpu_compute.PackedLinear.dense_weight``)."""
+        return self.base.dense_weight() if isinstance(self.base, PackedLinear) else self.base.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
