@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 from chain_fixtures import World, base_world, make_cid, world  # noqa: F401
 
+from openlora.adapters.composition import Composition, part_token_bounds
 from openlora.chain.audit import audit_channel
 from openlora.chain.contracts import AdapterRegistry, Deployment, PaymentChannels, adapter_id, deploy
 from openlora.chain.errors import InvalidReceipt, UntrustedContracts, UntrustedQuote
@@ -18,7 +19,7 @@ from openlora.chain.payments import NodePayments
 from openlora.chain.pinning import check_contracts
 from openlora.chain.pricing import cost_wei
 from openlora.client.builders import generate_request
-from openlora.client.quotes import TEMPLATE_TOKENS, check_quote
+from openlora.client.quotes import TEMPLATE_TOKENS, check_composed_quote, check_quote
 from openlora.v1 import node_pb2 as pb
 
 NODE_FEE, PRICE, ROYALTY = 500, 1000, 2500
@@ -130,6 +131,52 @@ def test_a_revoked_or_squatted_adapter_is_refused(world):  # noqa: F811
     world.registry.revoke(world.publisher, cid)
     with pytest.raises(UntrustedQuote, match="revoked"):
         checked(world, honest_quote(world, cid, request), request)
+
+
+def honest_composed_quote(w: World, paid: str, free: str, request: pb.GenerateRequest) -> pb.Quote:
+    """What an honest node quotes for ``request``, ``paid*0.6+free*0.4``: each part a call of its share of the
+    token bound (``part_token_bounds``) to its adapter, the free part not payable."""
+    comp = Composition.parse(f"{paid}*0.6+{free}*0.4")
+    bounds = dict(zip(comp.cids, part_token_bounds(12 + MAX_NEW, [ppm for _, ppm in comp.parts])))
+    quote = honest_quote(w, comp.id, request)
+    quote.ClearField("publisher")
+    for cid in comp.cids:
+        part = honest_quote(w, cid, request, prompt_tokens=bounds[cid])
+        part.max_new_tokens = 0
+        part.max_cost_wei = str(cost_wei(bounds[cid], PRICE + NODE_FEE))
+        if cid == free:
+            part.payment_required, part.max_cost_wei = False, "0"
+        quote.parts.append(part)
+    quote.max_cost_wei = str(sum(int(p.max_cost_wei) for p in quote.parts))
+    return quote
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (None, None),
+        (lambda q, paid: setattr(q.parts[paid], "prompt_tokens", q.parts[paid].prompt_tokens + 1), "its share"),
+        (lambda q, paid: setattr(q.parts[paid], "max_cost_wei", "999999"), "max cost"),
+        (lambda q, paid: setattr(q, "max_cost_wei", str(int(q.max_cost_wei) + 1)), "its parts cost"),
+        (lambda q, paid: setattr(q.parts[paid], "publisher", "0x" + "33" * 20), "manifest names"),
+        (lambda q, paid: q.parts.pop(), "prices parts"),
+        (lambda q, paid: setattr(q, "adapter", q.adapter.replace("0.6", "0.7")), "the request is for"),
+    ],
+    ids=["honest", "part-bound", "part-cost", "total", "part-publisher", "part-missing", "weights"],
+)
+def test_a_composed_quote_is_priced_part_by_part_from_the_registry(world, tamper, message):  # noqa: F811
+    paid, free = world.register("priced", PRICE, ROYALTY), make_cid("free")
+    request = generate_request("hello", adapter=f"{paid}*0.6+{free}*0.4", max_new_tokens=MAX_NEW)
+    quote = honest_composed_quote(world, paid, free, request)
+    index = [p.adapter for p in quote.parts].index(paid)
+    terms = dict(registry=world.registry, channels=world.channels, node=world.node.address, max_node_fee_per_1k=NODE_FEE)
+    if tamper is None:
+        prices = dict(zip([p.adapter for p in quote.parts], check_composed_quote(quote, request, publishers={paid: world.publisher.address}, **terms)))
+        assert prices[free] is None and prices[paid].max_cost == int(quote.max_cost_wei) > 0
+        return
+    tamper(quote, index)
+    with pytest.raises(UntrustedQuote, match=message):
+        check_composed_quote(quote, request, publishers={paid: world.publisher.address}, **terms)
 
 
 # -- item 5: what was charged, provably ---------------------------------------------------------------------

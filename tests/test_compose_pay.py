@@ -17,6 +17,10 @@ from openlora.chain.pricing import AdapterTerms
 from openlora.chain.records import Voucher
 from openlora.chain.settlement import Settler
 from openlora.chain.vouchers import sign_voucher
+from openlora.chain.wire import receipt_to_pb
+from openlora.client.builders import generate_request
+from openlora.client.streams import _Booking
+from openlora.v1 import node_pb2 as pb
 
 NODE_FEE = 500  # wei per 1k tokens, added to each part's price
 
@@ -118,3 +122,29 @@ def test_a_refused_part_voids_the_parts_before_it_and_charges_nothing(composed):
         payments.open_composed({c: v for c, v in vouchers.items() if c != missing}, price)
     totals, _ = ledger.channel(w.client.address, 0)
     assert totals.committed == totals.charged == 0
+
+
+@pytest.mark.parametrize("overbilled", [0, 1], ids=["exact", "one-token-over"])
+def test_the_client_books_each_parts_receipt_only_at_its_exact_share(composed, overbilled):
+    """The SDK's side (``client.streams._Booking``): one payment per paid part, each receipt booked against its own
+    part's payment; a node that bills a part even one token over its share of the call is caught."""
+    w, comp, terms, ledger, payments = composed
+    price = payments.price_composed([(cid, terms[cid], ppm) for cid, ppm in comp.parts], 40, 10)
+    payer = Payer(w.channels, w.client, w.node.address)
+    paid = {
+        p.cid: payer.pay(p.max_cost, adapter=p.quote.adapter_id, price_per_1k_tokens=p.quote.price_per_1k_tokens, max_tokens=p.max_tokens)
+        for p in price.parts
+    }  # fmt: skip
+    authorizations = payments.open_composed({cid: p.voucher for cid, p in paid.items()}, price)
+    shares = part_tokens(45, [p.weight_ppm for p in price.parts])
+    receipts = [payments.close_call(a, t + (overbilled if i == 0 else 0)) for i, (a, t) in enumerate(zip(authorizations, shares))]
+    done = pb.GenerateDone(usage=pb.Usage(prompt_tokens=40, completion_tokens=5), part_receipts=map(receipt_to_pb, receipts))
+    booking = _Booking(payer, paid, generate_request("q", adapter=comp.id))
+    problem = booking._misbilled(done, list(done.part_receipts))
+    if overbilled:
+        assert "shares of 45 tokens" in problem
+        return
+    assert problem is None
+    booking.close(list(done.part_receipts))
+    assert [r.tokens for r in booking.receipts] == shares and booking.receipt is None
+    assert payer.reserved == 0 and payer.charged == max(r.receipt.charged_total for r in receipts)

@@ -35,6 +35,7 @@ from pay_fixtures import (
     wait_usage,
 )
 
+from openlora.adapters.composition import Composition, part_tokens
 from openlora.chain.attribution import usage_events
 from openlora.chain.backends import rpc_chain
 from openlora.chain.contracts import Deployment, PaymentChannels, adapter_id
@@ -143,6 +144,27 @@ def test_client_in_another_process_pays_per_call_and_sees_usage_on_chain(node, c
     ]
     out = cli("openlora", "usage", "--node", node.address)
     assert f"{priced}  calls={row.calls} tokens={row.tokens}" in out.stdout
+
+
+def test_cli_pays_each_part_of_a_composition_and_each_publisher_earns_its_share(node, client, keys, priced, funded):  # noqa: F811
+    """`openlora generate --adapter "medical*0.6+legal*0.4"` (names resolved per part) signs one voucher per paid
+    part; each part is billed its share of the call's tokens at its own price, and settles as its own call."""
+    legal = publish(node, keys, LEGAL, 3 * PRICE, ROYALTY)
+    before = {cid: wait_usage(client, cid, 0) for cid in (priced, legal)}
+    out = cli(
+        "openlora", "generate", "--node", node.address, "--adapter", f"medical*0.6+{legal}*0.4", "--max-tokens", "6",
+        "--temperature", "0", "--usage", "--key", str(keys["client"]), QUESTION,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    usage = dict(re.findall(r"(\w+)=(\d+)", out.stderr))
+    comp = Composition.of([(priced, 0.6), (legal, 0.4)])
+    shares = dict(zip(comp.cids, part_tokens(int(usage["prompt_tokens"]) + int(usage["completion_tokens"]), [w for _, w in comp.parts])))
+    costs = {priced: cost_wei(shares[priced], PRICE), legal: cost_wei(shares[legal], 3 * PRICE)}
+    assert int(usage["cost_wei"]) == sum(costs.values()) and all(shares.values())
+    for cid in (priced, legal):  # settled one by one (--settle-every-calls 1): each an ordinary call to its adapter
+        row = wait_usage(client, cid, before[cid].calls + 1)
+        assert (row.calls - before[cid].calls, row.tokens - before[cid].tokens) == (1, shares[cid])
+        assert int(row.amount_wei) - int(before[cid].amount_wei) == costs[cid]
 
 
 def test_free_calls_need_no_voucher(client, node, keys):  # noqa: F811

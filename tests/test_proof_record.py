@@ -153,12 +153,12 @@ def test_a_paid_client_refuses_a_receipt_that_does_not_bind_the_calls_record() -
     digest = record_from_pb(call.record).record.digest()
     receipt = pb.Receipt(node=NODE.address, serving=digest)
     done = pb.GenerateDone(record=call.record, receipt=receipt, finish_reason=pb.FINISH_REASON_STOP)
-    assert _unbound(done) is None
+    assert _unbound(done, done.receipt) is None
     done.receipt.serving = bytes(32)
-    assert "does not bind" in _unbound(done)
+    assert "does not bind" in _unbound(done, done.receipt)
     done.receipt.serving, done.receipt.node = digest, VERIFIER.address  # the record is another node's
-    assert "does not bind" in _unbound(done)
+    assert "does not bind" in _unbound(done, done.receipt)
     cut = pb.GenerateDone(receipt=pb.Receipt(node=NODE.address, serving=bytes(32)), finish_reason=pb.FINISH_REASON_CANCELLED)
-    assert _unbound(cut) is None  # a call the node cut short has no record and binds none
+    assert _unbound(cut, cut.receipt) is None  # a call the node cut short has no record and binds none
     cut.finish_reason = pb.FINISH_REASON_STOP
-    assert "without a serving record" in _unbound(cut)
+    assert "without a serving record" in _unbound(cut, cut.receipt)

@@ -231,7 +231,7 @@ def test_random_publish_streams_end_in_clean_statuses(stub, parts) -> None:
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    prompt=st.text(min_size=1, max_size=100),
+    prompt=st.text(min_size=1, max_size=100).map(lambda t: "Q" + t),  # one kept token: see the test below
     temperature=st.just(0.0) | st.floats(2.0**-90, 10, width=32),
     top_p=st.floats(0, 1, exclude_min=True, width=32),
     top_k=UINT32,
@@ -246,6 +246,18 @@ def test_paid_calls_with_any_valid_sampling_run_to_the_end(session, priced, prom
     stream.text()
     assert stream.done.usage.completion_tokens <= MAX_NEW_TOKENS
     assert stream.done.receipt.signature  # paid, and receipted
+
+
+@pytest.mark.parametrize("rpc", ["Generate", "GetQuote"])
+def test_a_prompt_the_tokenizer_drops_whole_is_invalid_argument(stub, rpc: str) -> None:
+    """Hypothesis found "\x16": one character, no token; the quote priced 0 prompt tokens and failed UNKNOWN."""
+    if rpc == "Generate":
+        call = lambda: list(stub.Generate(pb.GenerateRequest(prompt="\x16", sampling=pb.SamplingParams(max_new_tokens=1)), timeout=CALL_TIMEOUT_S))  # noqa: E731
+    else:
+        call = lambda: stub.GetQuote(pb.GetQuoteRequest(prompt="\x16"), timeout=CALL_TIMEOUT_S)  # noqa: E731
+    with pytest.raises(grpc.RpcError) as e:
+        call()
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "empty once tokenized" in e.value.details()
 
 
 @pytest.mark.parametrize("cid", ["b", "z", "0"])

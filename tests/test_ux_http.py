@@ -25,7 +25,6 @@ from openlora.api.calls import CallError
 from openlora.api.http.wire import http_status
 from openlora.chain.contracts import adapter_id
 from openlora.chain.pricing import cost_wei
-from openlora.chain.wire import voucher_to_pb
 from openlora.client import NodeClient, PaidSession, generate_request, register_adapter
 from openlora.v1 import node_pb2 as pb
 
@@ -185,12 +184,7 @@ def test_paid_call_with_voucher_header(oai, http_url, grpc_client, cids, funded)
     assert e.value.status_code == 402 and e.value.body["code"] == "PaymentRequired"
 
     def header(signed) -> dict:
-        v = signed.voucher
-        return {"X-OpenLoRA-Voucher": json.dumps({
-            "client": v.client, "node": v.node, "epoch": v.epoch, "cumulative_amount": str(v.cumulative_amount),
-            "adapter_id": "0x" + v.adapter.hex(), "price_per_1k_tokens": str(v.price_per_1k_tokens),
-            "adapter_amount": str(v.adapter_amount), "signature": "0x" + signed.signature.hex(),
-        })}  # fmt: skip
+        return {"X-OpenLoRA-Voucher": json.dumps(_voucher_json(signed))}
 
     forged = voucher(info, CLIENT, DEPOSIT // 2, signer=PUBLISHER, cid=cids["medical"], price=PRICE)
     with pytest.raises(openai.PermissionDeniedError):
@@ -221,6 +215,16 @@ def test_paid_call_with_voucher_header(oai, http_url, grpc_client, cids, funded)
     assert m[("openlora_payment_refusals_total", frozenset({"reason": "InvalidVoucher"}.items()))] == 1
 
 
+def _voucher_json(signed) -> dict:
+    """A signed voucher as the HTTP headers carry it."""
+    v = signed.voucher
+    return {
+        "client": v.client, "node": v.node, "epoch": v.epoch, "cumulative_amount": str(v.cumulative_amount),
+        "adapter_id": "0x" + v.adapter.hex(), "price_per_1k_tokens": str(v.price_per_1k_tokens),
+        "adapter_amount": str(v.adapter_amount), "signature": "0x" + signed.signature.hex(),
+    }  # fmt: skip
+
+
 def _samples(http_url) -> dict[tuple[str, frozenset], float]:
     text = httpx.get(f"{http_url}/metrics").text
     return {
@@ -232,7 +236,8 @@ def _samples(http_url) -> dict[tuple[str, frozenset], float]:
 
 def test_composition_free_over_http_and_grpc_paid_per_part(oai, http_url, grpc_client, cids, node, funded):
     """A composition of free adapters is served over HTTP (``model`` text form) as over gRPC; a bad one is a 400;
-    a paid one (gRPC ``adapters``) needs its priced part's own voucher and is billed that part's weighted share."""
+    a paid one needs its priced part's own voucher (gRPC ``AdapterPart.voucher``, HTTP ``X-OpenLoRA-Part-Vouchers``),
+    which ``PaidSession`` signs, and is billed that part's weighted share on that part's receipt."""
     legal, finance, medical = cids["legal"], cids["finance"], cids["medical"]
     free = f"{legal}*0.5+{finance}*0.5"
     chat = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8, "temperature": 0}
@@ -245,28 +250,50 @@ def test_composition_free_over_http_and_grpc_paid_per_part(oai, http_url, grpc_c
     with pytest.raises(openai.BadRequestError, match="appears twice"):
         oai.chat.completions.create(model=f"{legal}*0.5+{legal}*0.5", **chat)
 
-    info = grpc_client.node_info()
-    request = generate_request(QUESTION, max_new_tokens=8, temperature=0)
-    request.adapters.extend([pb.AdapterPart(cid=medical, weight=0.6), pb.AdapterPart(cid=legal, weight=0.4)])
+    paid = f"{medical}*0.6+{legal}*0.4"
+    comp = Composition.parse(paid)
+
+    def share(usage_tokens: int) -> int:
+        return dict(zip(comp.cids, part_tokens(usage_tokens, [w for _, w in comp.parts])))[medical]
+
     channel, stub = raw_stub(node.address)
     with channel:
         with pytest.raises(grpc.RpcError) as e:
-            list(stub.Generate(request, timeout=60))
-        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and f"part {medical}" in e.value.details()
-        quote = grpc_client.quote(generate_request(QUESTION, adapter=f"{medical}*0.6+{legal}*0.4", max_new_tokens=8))
-        parts = {p.adapter: p for p in quote.parts}
-        assert quote.payment_required and parts[medical].payment_required and not parts[legal].payment_required
-        params = {"model": f"{medical}*0.6+{legal}*0.4", "prompt_tokens": quote.prompt_tokens, "max_tokens": 8}
-        over_http = {p["model"]: p for p in httpx.get(f"{http_url}/v1/quote", params=params).json()["parts"]}
-        assert over_http[medical]["max_cost_wei"] == parts[medical].max_cost_wei and "adapter_id" not in over_http[legal]
-        request.adapters[0].voucher.CopyFrom(voucher_to_pb(voucher(info, CLIENT, DEPOSIT + 1, cid=medical, price=PRICE)))
-        (done,) = [r.done for r in stub.Generate(request, timeout=60) if r.HasField("done")]
-    (receipt,) = done.part_receipts  # the free part is billed nothing
-    comp = Composition.of([(medical, 0.6), (legal, 0.4)])
-    billed = done.usage.prompt_tokens + done.usage.completion_tokens
-    tokens = dict(zip(comp.cids, part_tokens(billed, [w for _, w in comp.parts])))[medical]
-    assert receipt.tokens == tokens and int(receipt.cost) == cost_wei(tokens, PRICE) > 0
-    assert receipt.adapter_id == adapter_id(medical, PUBLISHER.address) and receipt.publisher == PUBLISHER.address
+            list(stub.Generate(generate_request(QUESTION, adapter=paid, max_new_tokens=8, temperature=0), timeout=60))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and f"part {medical}" in e.value.details()
+    quote = grpc_client.quote(generate_request(QUESTION, adapter=paid, max_new_tokens=8))
+    parts = {p.adapter: p for p in quote.parts}
+    assert quote.payment_required and parts[medical].payment_required and not parts[legal].payment_required
+    params = {"model": paid, "prompt_tokens": quote.prompt_tokens, "max_tokens": 8}
+    over_http = {p["model"]: p for p in httpx.get(f"{http_url}/v1/quote", params=params).json()["parts"]}
+    assert over_http[medical]["max_cost_wei"] == parts[medical].max_cost_wei and "adapter_id" not in over_http[legal]
+
+    # the SDK: PaidSession signs the paid part's voucher, and checks its receipt bills exactly that part's share
+    session = PaidSession(grpc_client, CLIENT)
+    stream = session.generate(QUESTION, adapter=paid, max_new_tokens=8, temperature=0)
+    text = stream.text()
+    (receipt,) = stream.receipts  # the free part is billed nothing
+    billed = stream.done.usage.prompt_tokens + stream.done.usage.completion_tokens
+    assert stream.receipt is None and receipt.tokens == share(billed) and receipt.cost == cost_wei(receipt.tokens, PRICE) > 0
+    assert receipt.adapter == adapter_id(medical, PUBLISHER.address) and receipt.publisher == PUBLISHER.address
+
+    # HTTP: the part's voucher in X-OpenLoRA-Part-Vouchers, its receipt in X-OpenLoRA-Part-Receipts
+    with pytest.raises(openai.APIStatusError) as e:
+        oai.chat.completions.create(model=paid, **chat)
+    assert e.value.status_code == 402 and "X-OpenLoRA-Part-Vouchers" in e.value.message
+    with pytest.raises(openai.PermissionDeniedError, match="X-OpenLoRA-Part-Vouchers must be"):
+        oai.chat.completions.create(model=paid, **chat, extra_headers={"X-OpenLoRA-Part-Vouchers": "[]"})
+    info = grpc_client.node_info()
+    amount = session.payer().signed_amount + 10**9  # above every voucher this client signed so far
+    signed = voucher(info, CLIENT, amount, cid=medical, price=PRICE)
+    raw = oai.chat.completions.with_raw_response.create(
+        model=paid, **chat, extra_headers={"X-OpenLoRA-Part-Vouchers": json.dumps({medical: _voucher_json(signed)})}
+    )
+    assert raw.parse().choices[0].message.content == text  # greedy: the same composition, the same text
+    (got,) = json.loads(raw.headers["X-OpenLoRA-Part-Receipts"])
+    assert "X-OpenLoRA-Receipt" not in raw.headers and got["tokens"] == share(raw.parse().usage.total_tokens)
+    assert got["adapter_id"] == "0x" + receipt.adapter.hex() and int(got["cost"]) == cost_wei(got["tokens"], PRICE)
+    assert got["sequence"] > receipt.sequence
 
 
 def test_metrics_have_per_adapter_series(oai, http_url, cids):

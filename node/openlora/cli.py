@@ -35,7 +35,11 @@ SwarmOpt = Annotated[
     typer.Option("--swarm", help="Let the swarm pick the node: any node's multiaddr /ip4/…/tcp/N/p2p/ID (instead of --node)."),
 ]
 AdapterOpt = Annotated[
-    Optional[str], typer.Option(help="Adapter CID, or the name of one adapter on the node (default: the base model).")
+    Optional[str],
+    typer.Option(
+        help="Adapter CID, or the name of one adapter on the node (default: the base model); A*0.7+B*0.3 composes 2-4 "
+        "adapters (CIDs or names) with those weights, each paid part billed its share."
+    ),
 ]
 
 
@@ -125,15 +129,20 @@ def _next_step(e) -> str | None:
 
 
 def _adapter_cid(c, ref: str | None) -> str | None:
-    """The CID of ``ref`` (a CID or a unique adapter name on the node ``c`` is connected to), or exit 2 saying
-    what a CID looks like and how to list the adapters; ``None`` for the base model."""
+    """The CID of ``ref`` (a CID or a unique adapter name on the node ``c`` is connected to), or of each part of a
+    composition ``A*0.7+B*0.3`` (its canonical id), or exit 2 saying what a CID looks like and how to list the
+    adapters (or what is wrong with the composition); ``None`` for the base model."""
+    from .adapters.composition import Composition, CompositionError, is_composition, split_text
     from .client.names import AdapterNameError, adapter_cid, looks_like_cid
 
     if not ref:
         return None
     try:
-        return adapter_cid(ref, () if looks_like_cid(ref) else _rpc_call(c.list_adapters), c.address)
-    except AdapterNameError as e:
+        refs = split_text(ref) if is_composition(ref) else [(ref, "")]
+        named = () if all(looks_like_cid(r) for r, _ in refs) else _rpc_call(c.list_adapters)
+        cids = [(adapter_cid(r, named, c.address), w) for r, w in refs]
+        return Composition.of(cids).id if is_composition(ref) else cids[0][0]
+    except (AdapterNameError, CompositionError) as e:
         _fail(str(e), 2)
 
 
@@ -598,7 +607,12 @@ def generate(
             _spot_check(c, stream.served, verifier, spot_check)
     if usage and stream.done is not None:
         u = stream.done.usage
-        paid = f" cost_wei={stream.receipt.cost} charged_total_wei={stream.receipt.charged_total}" if getattr(stream, "receipt", None) else ""
+        receipts = getattr(stream, "receipts", ())
+        paid = ""
+        if receipts:  # a composed call: one receipt per part billed
+            paid = f" cost_wei={sum(r.cost for r in receipts)} charged_total_wei={max(r.charged_total for r in receipts)}"
+            if len(receipts) > 1:
+                paid += " parts=" + ",".join(f"{r.tokens}tokens/{r.cost}wei" for r in receipts)
         typer.echo(
             f"prompt_tokens={u.prompt_tokens} completion_tokens={u.completion_tokens} ttft_ms={stream.done.ttft_ms:.0f}{paid}",
             err=True,
@@ -611,7 +625,10 @@ def _save_served(c, served, adapter: str | None, path: Path) -> None:
 
     if served is None:
         _fail("the node sent no serving record for this call (it was cut short): there is nothing to save")
-    manifest = _rpc_call(c.get_adapter, adapter).manifest_json if adapter else ""
+    from .adapters.composition import is_composition
+
+    # a composed call's record names its parts; a verifier node rebuilds them (a local check needs one adapter)
+    manifest = _rpc_call(c.get_adapter, adapter).manifest_json if adapter and not is_composition(adapter) else ""
     path.write_text(dump_served_call(served, manifest))
     typer.echo(f"serving record saved to {path} (check it with `openlora verify {path} --node VERIFIER`)", err=True)
 

@@ -26,13 +26,10 @@ They need not sum to 1 (PEFT does not require it either); the price scales with 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING
-
-from ..content.cid import cid_text
-from ..content.errors import InvalidCID
 
 if TYPE_CHECKING:  # torch only where a derived adapter is built: payments use this module's arithmetic alone
     from .peft_format import LoraAdapter
@@ -93,6 +90,11 @@ class Composition:
             CompositionError: fewer than 2 or more than 4 parts, a bad CID, the same adapter twice, a bad weight
                 (see :func:`weight_ppm`); the message names the part.
         """
+        # here, not at module level: the client SDK imports this module at start, and the CID codec's package
+        # loads libp2p's protobufs (half a second)
+        from ..content.cid import cid_text
+        from ..content.errors import InvalidCID
+
         if not MIN_PARTS <= len(parts) <= MAX_PARTS:
             raise CompositionError(f"a composition names {MIN_PARTS} to {MAX_PARTS} adapters; got {len(parts)}")
         out: dict[str, int] = {}
@@ -117,21 +119,12 @@ class Composition:
             CompositionError: more than ``MAX_PARTS`` parts (refused before any part is read), a part without
                 ``*weight``, or as :meth:`of`.
         """
-        items = text.split(_PART_SEP, MAX_PARTS)  # a stranger's text: never split past what can be served
-        if len(items) > MAX_PARTS:
-            raise CompositionError(f"a composition names {MIN_PARTS} to {MAX_PARTS} adapters; got more than {MAX_PARTS}")
-        pairs = []
-        for item in items:
-            cid, sep, weight = item.rpartition(_WEIGHT_SEP)
-            if not sep or not cid.strip():
-                raise CompositionError(f"composition part {item!r} is not CID*WEIGHT (e.g. bafy...*0.5)")
-            pairs.append((cid.strip(), weight))
-        return cls.of(pairs)
+        return cls.of(split_text(text))
 
     @property
     def id(self) -> str:
         """Canonical text (sorted parts, shortest weights): the derived adapter's key in the engine."""
-        return _PART_SEP.join(f"{cid}{_WEIGHT_SEP}{_weight_text(w)}" for cid, w in self.parts)
+        return join_text((cid, _weight_text(w)) for cid, w in self.parts)
 
     @property
     def cids(self) -> tuple[str, ...]:
@@ -142,6 +135,32 @@ class Composition:
     def weights(self) -> tuple[float, ...]:
         """The parts' weights as the engine multiplies by them (``ppm / 10**6``)."""
         return tuple(w / PPM for _, w in self.parts)
+
+
+def split_text(text: str) -> list[tuple[str, str]]:
+    """The ``(adapter, weight text)`` pairs of the text form ``refA*0.7+refB*0.3``, in the order written; neither
+    the references nor the weights are checked (:meth:`Composition.of` does), so a client can resolve names first.
+
+    Raises:
+        CompositionError: more than ``MAX_PARTS`` parts (refused before any part is read), or a part that is not
+            ``REF*WEIGHT``.
+    """
+    items = text.split(_PART_SEP, MAX_PARTS)  # a stranger's text: never split past what can be served
+    if len(items) > MAX_PARTS:
+        raise CompositionError(f"a composition names {MIN_PARTS} to {MAX_PARTS} adapters; got more than {MAX_PARTS}")
+    pairs = []
+    for item in items:
+        ref, sep, weight = item.rpartition(_WEIGHT_SEP)
+        if not sep or not ref.strip():
+            raise CompositionError(f"composition part {item!r} is not CID*WEIGHT (e.g. bafy...*0.5)")
+        pairs.append((ref.strip(), weight))
+    return pairs
+
+
+def join_text(pairs: Iterable[tuple[str, float | str]]) -> str:
+    """The text form of ``(adapter, weight)`` pairs, in the order given; a float weight is written as its shortest
+    decimal text (``repr``), which :func:`weight_ppm` reads back as the same value."""
+    return _PART_SEP.join(f"{ref}{_WEIGHT_SEP}{w!r}" if isinstance(w, float) else f"{ref}{_WEIGHT_SEP}{w}" for ref, w in pairs)
 
 
 def is_composition(adapter: str | None) -> bool:

@@ -334,6 +334,8 @@ class Calls:
                     f"each message counts {CHAT_MESSAGE_OVERHEAD_CHARS} for its template markers)"
                 )
             ids = codec.encode_chat([{"role": role, "content": content} for role, content in call.chat])
+        if not ids:  # text the tokenizer drops whole (e.g. lone control characters): nothing to price or run
+            raise ValueError("prompt is empty once tokenized: it holds no text the tokenizer keeps")
         if len(ids) > self.limits.max_prompt_tokens:
             raise ValueError(
                 f"prompt is {len(ids)} tokens; this node accepts up to {self.limits.max_prompt_tokens} "

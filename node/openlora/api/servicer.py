@@ -39,6 +39,7 @@ from eth_utils import is_checksum_address
 
 from .. import __version__
 from ..adapters.catalog import AdapterState, CatalogEntry
+from ..adapters.composition import join_text
 from ..adapters.manifest import parse_manifest
 from ..adapters.reasons import AdapterRejected, RejectReason
 from ..adapters.store import manifest_cid
@@ -519,4 +520,4 @@ def _adapter_ref(request: pb.GenerateRequest) -> str:
         return request.adapter
     if request.adapter:
         raise CallError(grpc.StatusCode.INVALID_ARGUMENT, "set either adapter or adapters (a composition), not both")
-    return "+".join(f"{part.cid}*{part.weight!r}" for part in request.adapters)
+    return join_text((part.cid, part.weight) for part in request.adapters)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..adapters.composition import Composition, is_composition, join_text
 from ..v1 import node_pb2 as pb
 
 if TYPE_CHECKING:
@@ -49,11 +50,15 @@ def generate_request(
         prompt: user text; sent as one chat turn unless ``raw``.
         messages: explicit chat messages (instead of ``prompt``).
         raw: send ``prompt`` as a raw prompt, without the chat template.
-        adapter: adapter CID, ``None`` for the base model.
+        adapter: adapter CID, ``None`` for the base model, or a composition ``cidA*0.7+cidB*0.3`` (README
+            "Composition"), sent as ``adapters`` parts in canonical order (each paid part carries its own voucher).
         max_new_tokens: tokens to generate at most; 0 for the node default.
         temperature / top_p / top_k / seed / stop: sampling (``None`` / 0: node default); ``stop`` is one
             stop string or several.
         response_format: structured output (a JSON schema, any JSON object or a regex), ``None`` for free text.
+
+    Raises:
+        openlora.adapters.composition.CompositionError: a malformed composition (the message says what to fix).
     """
     stops = [stop] if isinstance(stop, str) else list(stop)  # a lone string is one stop, not its characters
     sampling = pb.SamplingParams(max_new_tokens=max_new_tokens, top_k=top_k, stop=stops)
@@ -63,7 +68,12 @@ def generate_request(
         sampling.top_p = top_p
     if seed is not None:
         sampling.seed = seed
-    req = pb.GenerateRequest(adapter=adapter or "", sampling=sampling, response_format=response_format)
+    req = pb.GenerateRequest(sampling=sampling, response_format=response_format)
+    if is_composition(adapter):
+        comp = Composition.parse(adapter)
+        req.adapters.extend(pb.AdapterPart(cid=cid, weight=w) for cid, w in zip(comp.cids, comp.weights))
+    else:
+        req.adapter = adapter or ""
     if messages is not None:
         req.chat.CopyFrom(messages)
     elif raw:
@@ -73,10 +83,15 @@ def generate_request(
     return req
 
 
+def call_adapter(request: pb.GenerateRequest) -> str:
+    """What ``request`` calls: its ``adapter`` (a CID, "" for the base) or its ``adapters`` composition as text."""
+    return join_text((p.cid, p.weight) for p in request.adapters) if request.adapters else request.adapter
+
+
 def quote_request(request: pb.GenerateRequest, client: LocalAccount | None = None) -> pb.GetQuoteRequest:
     """The ``GetQuote`` request pricing ``request`` (same adapter, input and max new tokens); with ``client``, signed
     by it so the node also shows that client's channel (``chain/quote_auth.py``)."""
-    quote = pb.GetQuoteRequest(adapter=request.adapter, max_new_tokens=request.sampling.max_new_tokens)
+    quote = pb.GetQuoteRequest(adapter=call_adapter(request), max_new_tokens=request.sampling.max_new_tokens)
     if client is not None:
         from ..chain.quote_auth import sign_quote_auth  # eth-account only when a client signs
 

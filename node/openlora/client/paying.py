@@ -6,6 +6,9 @@
                disagrees is refused) ─► Payer signs a voucher for what was charged + the calls in flight, naming
                the adapter and price ─► Generate(voucher) ─► text ─► receipt checked (signed by the node, cost ==
                its tokens at the voucher's price) ─► its charged total is the base of the next voucher
+    composed:  each paid part of "A*0.7+B*0.3" as above on its own adapter lane (its share of the token bound,
+               client.quotes), vouchers signed in the parts' CID order, one receipt per part billed (its exact
+               share of the call's tokens, client.streams)
 
 A paid ``Generate`` is sent again only when (1) the node refused the voucher as stale or short (concurrent
 calls of this client reached it out of order; a fresh voucher fixes it) or (2) the request never left this
@@ -146,34 +149,68 @@ def _connect(
     return _Paying(Payer(channels, account, info.node_address), registry, cap)
 
 
-def _pay(paying: _Paying, request: pb.GenerateRequest, quote: pb.Quote, manifest: pb.AdapterInfo | None) -> PendingPayment:
+def _pay(
+    paying: _Paying, request: pb.GenerateRequest, quote: pb.Quote, manifests: dict[str, pb.AdapterInfo]
+) -> dict[str, PendingPayment]:
     """Checks ``quote`` against the chain (``client.quotes``), catches the payer up with the node's account of
     the channel (a new process, or another one paying with the same key), reserves the call's max cost and puts
-    the signed voucher into ``request``.
+    the signed voucher into ``request``: one for a plain call; for a composed call one per paid part, in its
+    ``AdapterPart``, signed in canonical (CID) order, the order the node checks them in (each voucher's amount
+    above the one before).
 
-    ``manifest``: the node's ``GetAdapter`` answer for the adapter, needed the first time it is paid (its
-    publisher is then remembered).
+    ``manifests``: the node's ``GetAdapter`` answer for each adapter paid for the first time (by CID); its
+    publisher is then remembered.
+
+    Returns:
+        the payments by adapter CID: one per paid part of a composition (canonical CIDs), one for a plain call.
 
     Raises:
-        UntrustedQuote: the quote disagrees with the chain, the signed manifest or the request (nothing is
-            signed).
+        UntrustedQuote: the quote disagrees with the chain, a signed manifest or the request (nothing is signed).
     """
-    from ..chain.wire import voucher_from_pb, voucher_to_pb, wei
-    from .quotes import check_quote, manifest_publisher
+    from ..chain.wire import voucher_to_pb
+    from ..content.cid import cid_text
+    from .quotes import check_composed_quote, check_quote, manifest_publisher
 
     payer = paying.payer
-    if request.adapter not in paying.publishers:
-        paying.publishers[request.adapter] = manifest_publisher(request.adapter, manifest)
-    price = check_quote(
-        quote,
-        request,
-        registry=paying.registry,
-        channels=payer.channels,
-        node=payer.node,
-        publisher=paying.publishers[request.adapter],
-        max_node_fee_per_1k=paying.max_node_fee_per_1k,
-    )
-    channel = quote.channel
+    for cid, manifest in manifests.items():
+        paying.publishers[cid] = manifest_publisher(cid, manifest)
+    terms = dict(registry=paying.registry, channels=payer.channels, node=payer.node, max_node_fee_per_1k=paying.max_node_fee_per_1k)
+    if request.adapters:
+        prices = check_composed_quote(quote, request, publishers=paying.publishers, **terms)
+        parts = {cid_text(p.cid): p for p in request.adapters}
+        lanes = [(q.adapter, price, q, parts[q.adapter].voucher) for price, q in zip(prices, quote.parts) if price]
+    else:
+        price = check_quote(quote, request, publisher=paying.publishers[request.adapter], **terms)
+        lanes = [(request.adapter, price, quote, request.voucher)]
+    for _, _, quoted, _ in lanes:
+        _catch_up(payer, quoted.channel)
+    payments: dict[str, PendingPayment] = {}
+    try:
+        for cid, price, _, voucher in lanes:  # canonical order: check_composed_quote checked the quote's
+            payment = payer.pay(
+                price.max_cost, adapter=price.adapter, price_per_1k_tokens=price.price_per_1k_tokens, max_tokens=price.max_tokens
+            )
+            payments[cid] = payment
+            voucher.CopyFrom(voucher_to_pb(payment.voucher))
+    except BaseException:
+        for payment in payments.values():
+            payer.refused(payment)
+        raise
+    return payments
+
+
+def _paid_cids(request: pb.GenerateRequest, quote: pb.Quote) -> list[str]:
+    """The adapters ``request`` pays for (``quote`` says which parts of a composition cost something)."""
+    if not request.adapters:
+        return [request.adapter]
+    return [part.adapter for part in quote.parts if part.payment_required]
+
+
+def _catch_up(payer: Payer, channel: pb.ChannelState) -> None:
+    """Resumes ``payer`` from the node's account of the channel in a quote (its latest voucher, charged totals and
+    the quoted adapter's lane), when the quote is for the payer's epoch (a new epoch is read from the chain)."""
+    from ..chain.wire import voucher_from_pb, wei
+
     if channel.epoch != payer.epoch:
         payer.refresh()
     if channel.epoch == payer.epoch and channel.HasField("latest_voucher"):
@@ -181,11 +218,6 @@ def _pay(paying: _Paying, request: pb.GenerateRequest, quote: pb.Quote, manifest
         if channel.HasField("adapter_voucher"):
             lane = (voucher_from_pb(channel.adapter_voucher), wei(channel.adapter_charged, "adapter_charged"))
         payer.resume(voucher_from_pb(channel.latest_voucher), wei(channel.charged_total, "charged_total"), lane)
-    payment = payer.pay(
-        price.max_cost, adapter=price.adapter, price_per_1k_tokens=price.price_per_1k_tokens, max_tokens=price.max_tokens
-    )
-    request.voucher.CopyFrom(voucher_to_pb(payment.voucher))
-    return payment
 
 
 class _Refusals:
@@ -312,20 +344,20 @@ class PaidSession:
                 return self.client._stream(request)
             paying = self._connected()
             payer = paying.payer
-            known = request.adapter in paying.publishers
-            manifest = None if known else self.client.get_adapter(request.adapter)
-            payment = _pay(paying, request, quote, manifest)
+            unknown = [cid for cid in _paid_cids(request, quote) if cid not in paying.publishers]
+            payments = _pay(paying, request, quote, {cid: self.client.get_adapter(cid) for cid in unknown})
             responses = self.client._stub.Generate(request, timeout=self.client.timeout)
             try:
                 first = next(responses)
             except grpc.RpcError as e:
-                payer.refused(payment)
+                for payment in payments.values():
+                    payer.refused(payment)
                 delay = refusals.delay(e)
                 if delay is None:
                     raise
                 time.sleep(delay)
                 continue
-            return PaidStream(responses, first, _Booking(payer, payment), quote)
+            return PaidStream(responses, first, _Booking(payer, payments, request), quote)
 
 
 class AsyncPaidSession:
@@ -388,17 +420,18 @@ class AsyncPaidSession:
                 return self.client._stream(request)
             paying = await self._connected()
             payer = paying.payer
-            known = request.adapter in paying.publishers
-            manifest = None if known else await self.client.get_adapter(request.adapter)
-            payment = await asyncio.to_thread(_pay, paying, request, quote, manifest)
+            unknown = [cid for cid in _paid_cids(request, quote) if cid not in paying.publishers]
+            manifests = {cid: await self.client.get_adapter(cid) for cid in unknown}
+            payments = await asyncio.to_thread(_pay, paying, request, quote, manifests)
             call = self.client._stub.Generate(request, timeout=self.client.timeout)
             try:
                 first = await call.read()
             except grpc.RpcError as e:
-                payer.refused(payment)
+                for payment in payments.values():
+                    payer.refused(payment)
                 delay = refusals.delay(e)
                 if delay is None:
                     raise
                 await asyncio.sleep(delay)
                 continue
-            return AsyncPaidStream(call, first, _Booking(payer, payment), quote)
+            return AsyncPaidStream(call, first, _Booking(payer, payments, request), quote)

@@ -4,6 +4,7 @@
        ✗ before anything arrived: retried (retry.py)      ✗ after: raised
     paid: done.receipt (or the receipt in the error's trailers) ─► _Booking ─► Payer.accept / refused
           (a receipt must bind the call's serving record: its ``serving`` is the record's digest)
+    composed: done.part_receipts, one per paid part billed, each its exact share of the tokens (part_tokens)
 
 ``_Booking`` is the one place that turns how a paid call ended into the payer's books; the sync and the async
 stream only drive it.
@@ -148,72 +149,111 @@ class AsyncGenerationStream(_Served):
 
 
 class _Booking:
-    """How one paid call ended, booked with the payer exactly once: a checked receipt, or a refusal (the next
-    quote's channel state then says what the node billed)."""
+    """How one paid call ended, booked with the payer exactly once: checked receipts, or a refusal (the next
+    quote's channel state then says what the node billed).
 
-    def __init__(self, payer: Payer, payment: PendingPayment) -> None:
-        self.receipt: Receipt | None = None
+    A composed call has one payment per paid part (``payments`` by CID) and one receipt per part billed; each
+    receipt must bill its part's exact share of the call's tokens (``part_tokens``, the node's own rule) and a part
+    whose share is 0 tokens gets none (its payment is released)."""
+
+    def __init__(self, payer: Payer, payments: dict[str, PendingPayment], request: pb.GenerateRequest) -> None:
+        self.receipts: tuple[Receipt, ...] = ()
         self.open = True
         self._payer = payer
-        self._payment = payment
+        self._payments = payments
+        self._parts = [(p.cid, p.weight) for p in request.adapters]
         self._lock = threading.Lock()
+
+    @property
+    def receipt(self) -> Receipt | None:
+        """The receipt of a plain call (``None`` for a composed one: see ``receipts``)."""
+        return self.receipts[0] if self.receipts and not self._parts else None
 
     def done(self, done: pb.GenerateDone) -> None:
         """The final message arrived.
 
         Raises:
             InvalidReceipt: no receipt although the call was not cut short, a receipt that does not bind the
-                call's serving record, or one that fails the payer's checks.
+                call's serving record, a composed call's receipts that do not bill each part its share, or one
+                that fails the payer's checks.
         """
-        if done.HasField("receipt"):
-            problem = _unbound(done)
-            if problem is not None:
-                self.close(None)
-                raise InvalidReceipt(problem)
-            self.close(done.receipt)
-            return
-        self.close(None)
-        # Only a call the node cut short before any text (it was stopping) is free of charge.
-        if done.finish_reason != pb.FINISH_REASON_CANCELLED:
+        receipts = [done.receipt] if done.HasField("receipt") else list(done.part_receipts)
+        problem = next((p for p in (_unbound(done, r) for r in receipts) if p is not None), None)
+        if problem is None and self._parts:
+            problem = self._misbilled(done, receipts)
+        if problem is not None:
+            self.close(())
+            raise InvalidReceipt(problem)
+        self.close(receipts)
+        # Only a call the node cut short before any text (it was stopping) is free of charge; a composed call's
+        # paid parts may all have a share of 0 tokens (tiny weights).
+        if not receipts and not self._parts and done.finish_reason != pb.FINISH_REASON_CANCELLED:
             raise InvalidReceipt("the node ended a paid call without a receipt")
 
+    def _misbilled(self, done: pb.GenerateDone, receipts: list[pb.Receipt]) -> str | None:
+        """Why a composed call's receipts are not each paid part's share of the billed tokens (``None``: they are)."""
+        from ..adapters.composition import Composition, part_tokens
+        from ..chain.wire import receipt_from_pb
+
+        comp = Composition.of(self._parts)
+        billed = done.usage.prompt_tokens + done.usage.completion_tokens if done.usage.completion_tokens else 0
+        shares = dict(zip(comp.cids, part_tokens(billed, [w for _, w in comp.parts])))
+        by_adapter = {payment.adapter: cid for cid, payment in self._payments.items()}
+        billed_parts = {by_adapter.get(receipt_from_pb(r).receipt.adapter): r.tokens for r in receipts}
+        owed = {cid: shares[cid] for cid in self._payments if shares[cid]}
+        if billed_parts != owed:
+            return f"the node billed the parts {billed_parts} tokens; by weight their shares of {billed} tokens are {owed}"
+        return None
+
     def failed(self, error: grpc.RpcError) -> None:
-        """The call failed: the node puts the receipt of the text it delivered before in the trailers."""
+        """The call failed: the node puts the receipts of the text it delivered before in the trailers."""
         from ..chain.wire import RECEIPT_KEY
 
-        raw = dict(error.trailing_metadata() or ()).get(RECEIPT_KEY)
-        self.close(pb.Receipt.FromString(raw) if raw else None)
+        self.close([pb.Receipt.FromString(v) for k, v in error.trailing_metadata() or () if k == RECEIPT_KEY])
 
-    def close(self, receipt: pb.Receipt | None) -> None:
-        """Book ``receipt`` (``None``: refused / lost) unless the call is already booked.
+    def close(self, receipts: list[pb.Receipt] | tuple[()]) -> None:
+        """Book ``receipts`` (none: refused / lost), each against the payment for its adapter, unless the call is
+        already booked; a payment without a receipt is released.
 
         Raises:
-            InvalidReceipt: the receipt fails the payer's checks (the call is then booked as refused).
+            InvalidReceipt: a receipt fails the payer's checks or names an adapter this call did not pay (the
+                payment is then booked as refused).
         """
         with self._lock:
             if not self.open:
                 return
             self.open = False
-        if receipt is None:
-            self._payer.refused(self._payment)
-            return
         from ..chain.wire import receipt_from_pb
 
-        try:
-            self.receipt = self._payer.accept(self._payment, receipt_from_pb(receipt))
-        except InvalidReceipt:
-            self._payer.refused(self._payment)
-            raise
+        unbooked = {payment.adapter: payment for payment in self._payments.values()}
+        accepted: list[Receipt] = []
+        problem = None
+        for raw in receipts:
+            signed = receipt_from_pb(raw)
+            payment = unbooked.pop(signed.receipt.adapter, None)
+            if payment is None:
+                problem = problem or f"a receipt for adapter 0x{signed.receipt.adapter.hex()}, which this call did not pay"
+                continue
+            try:
+                accepted.append(self._payer.accept(payment, signed))
+            except InvalidReceipt as e:
+                self._payer.refused(payment)
+                problem = problem or str(e)
+        for payment in unbooked.values():
+            self._payer.refused(payment)
+        self.receipts = tuple(accepted)
+        if problem is not None:
+            raise InvalidReceipt(problem)
 
 
-def _unbound(done: pb.GenerateDone) -> str | None:
+def _unbound(done: pb.GenerateDone, receipt: pb.Receipt) -> str | None:
     """Why a paid call's receipt does not bind its serving record (``None``: it does). A finished call must come
     with a record signed by the receipt's node whose digest is the receipt's ``serving``; a call the node cut
     short has none, and its receipt's ``serving`` is zeros."""
     from ..proof.record import RecordError
     from ..proof.wire import record_from_pb
 
-    serving = bytes(done.receipt.serving)
+    serving = bytes(receipt.serving)
     if not done.HasField("record"):
         if done.finish_reason == pb.FINISH_REASON_CANCELLED and serving == bytes(32):
             return None
@@ -224,7 +264,7 @@ def _unbound(done: pb.GenerateDone) -> str | None:
         digest = signed.record.digest()
     except RecordError as e:
         return f"the call's serving record is not valid: {e}"
-    if signed.record.node != done.receipt.node or digest != serving:
+    if signed.record.node != receipt.node or digest != serving:
         return "the receipt does not bind the call's serving record (its serving digest or node differ)"
     return None
 
@@ -235,7 +275,9 @@ class PaidStream(GenerationStream):
     Attributes:
         quote: the quote the call was paid by.
         receipt: the node-signed receipt (``chain.records.Receipt``) once the call ended, ``None`` before (and
-            for a call cut off before it delivered anything).
+            for a call cut off before it delivered anything, and for a composed call).
+        receipts: every receipt booked: one per part billed for a composed call (each its share of the tokens at
+            its adapter's price), the one receipt of a plain call.
 
     Iteration raises ``chain.errors.InvalidReceipt`` when the receipt is not signed by the node, charges more than
     the quote's max cost, or is missing (only a call the stopping node cut short before any text has none);
@@ -253,6 +295,10 @@ class PaidStream(GenerationStream):
     def receipt(self) -> Receipt | None:
         return self._booking.receipt
 
+    @property
+    def receipts(self) -> tuple[Receipt, ...]:
+        return self._booking.receipts
+
     def __iter__(self) -> Iterator[str]:
         try:
             for resp in itertools.chain([self._first], self._responses):
@@ -267,12 +313,12 @@ class PaidStream(GenerationStream):
         finally:
             if self._booking.open:  # the consumer stopped early: end the call, its receipt is lost to this client
                 self._responses.cancel()
-                self._booking.close(None)
+                self._booking.close(())
 
     def cancel(self) -> None:
         """Stop the call; the node bills the text it delivered (the next quote reports it)."""
         self._responses.cancel()
-        self._booking.close(None)
+        self._booking.close(())
 
 
 class AsyncPaidStream(AsyncGenerationStream):
@@ -287,6 +333,10 @@ class AsyncPaidStream(AsyncGenerationStream):
     @property
     def receipt(self) -> Receipt | None:
         return self._booking.receipt
+
+    @property
+    def receipts(self) -> tuple[Receipt, ...]:
+        return self._booking.receipts
 
     async def __aiter__(self) -> AsyncIterator[str]:
         resp = self._first
@@ -304,9 +354,9 @@ class AsyncPaidStream(AsyncGenerationStream):
         finally:
             if self._booking.open:
                 self._call.cancel()
-                self._booking.close(None)
+                self._booking.close(())
 
     def cancel(self) -> None:
         """Stop the call; the node bills the text it delivered (the next quote reports it)."""
         self._call.cancel()
-        self._booking.close(None)
+        self._booking.close(())

@@ -18,7 +18,9 @@ Payment: the client sends its voucher in ``X-OpenLoRA-Voucher`` as JSON with the
 (``client``, ``node``, ``epoch``, ``cumulative_amount``, ``price_per_1k_tokens`` and ``adapter_amount`` as
 decimal strings, ``adapter_id`` and ``signature`` as 0x-hex);
 the node-signed receipt comes back in ``X-OpenLoRA-Receipt`` (same JSON shape as the gRPC Receipt, bytes as
-0x-hex) or, when streaming, as ``openlora_receipt`` in the last chunk. Every finished call's signed serving
+0x-hex) or, when streaming, as ``openlora_receipt`` in the last chunk. A composed call's paid parts send theirs in
+``X-OpenLoRA-Part-Vouchers`` (``{"<part CID>": voucher}``) and get ``X-OpenLoRA-Part-Receipts`` (a list) or
+``openlora_part_receipts``. Every finished call's signed serving
 record and token ids come as ``openlora_served`` in the body (the last chunk when streaming): the gRPC
 ``ServedCall`` in protobuf's JSON mapping, what ``openlora verify`` checks. Wire formats follow OpenAI's
 API reference (https://platform.openai.com/docs/api-reference/chat) and the SSE spec (WHATWG HTML §9.2).

@@ -34,7 +34,7 @@ from .limits import BodyLimit
 from .wire import (
     BASE_MODEL,
     FINISH,
-    RECEIPT_HEADER,
+    PART_VOUCHERS_HEADER,
     VOUCHER_HEADER,
     ChatBody,
     CompletionBody,
@@ -42,8 +42,10 @@ from .wire import (
     error_body,
     error_response,
     http_status,
+    parse_part_vouchers,
     parse_voucher,
-    receipt_json,
+    receipt_fields,
+    receipt_headers,
     served_json,
     usage,
 )
@@ -125,8 +127,9 @@ def build_app(calls: Calls, metrics: NodeMetrics, base_name: str, limiter: RateL
             return refused
         try:
             ref = adapter_ref(body.model)
-            header = request.headers.get(VOUCHER_HEADER)
-            call = body.call(ref, parse_voucher(header) if header else None, **prompt)
+            header, parts = request.headers.get(VOUCHER_HEADER), request.headers.get(PART_VOUCHERS_HEADER)
+            voucher = parse_voucher(header) if header else None
+            call = body.call(ref, voucher, parse_part_vouchers(parts) if parts else (), **prompt)
         except CallError as e:
             return error_response(e)
         model = ref or BASE_MODEL
@@ -176,7 +179,7 @@ def build_app(calls: Calls, metrics: NodeMetrics, base_name: str, limiter: RateL
         else:
             choice["text"] = "".join(text)
             obj = "text_completion"
-        headers = {RECEIPT_HEADER: json.dumps(receipt_json(done.receipt))} if done.receipt is not None else None
+        headers = receipt_headers(done.receipt, done.part_receipts)
         body = {**head, "object": obj, "choices": [choice], "usage": usage(done)}
         if (served := served_json(done)) is not None:
             body["openlora_served"] = served
@@ -274,8 +277,7 @@ async def _sse(kind: str, head: dict, first, items: AsyncIterator) -> AsyncItera
         else:
             choice = {"index": 0, "finish_reason": FINISH[item.finished.reason]}
             out = {"usage": usage(item)}
-            if item.receipt is not None:
-                out["openlora_receipt"] = receipt_json(item.receipt)
+            out |= receipt_fields(item.receipt, item.part_receipts)
             if (served := served_json(item)) is not None:
                 out["openlora_served"] = served
         text = item.text if isinstance(item, TextDelta) else ""
@@ -296,8 +298,7 @@ async def _sse(kind: str, head: dict, first, items: AsyncIterator) -> AsyncItera
                 yield chunk(item)
         except CallError as e:
             body = error_body(http_status(e), str(e), e.payment_error or e.code.name.lower())
-            if e.receipt is not None:
-                body["openlora_receipt"] = receipt_json(e.receipt)
+            body |= receipt_fields(e.receipt, e.part_receipts)
             yield f"data: {json.dumps(body)}\n\n"
             return
     yield "data: [DONE]\n\n"

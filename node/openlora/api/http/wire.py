@@ -3,8 +3,9 @@
     CallError (gRPC code, payment error) ──http_status──► 400 402 403 404 422 429 500 503 + {"error": {…}}
     X-OpenLoRA-Voucher: {"client", "node", "epoch", "cumulative_amount", "adapter_id": "0x…",
                          "price_per_1k_tokens", "adapter_amount", "signature": "0x…"} ──► pb.Voucher
+    X-OpenLoRA-Part-Vouchers: {"<part CID>": {voucher as above}, …}  (a composed call's paid parts) ──► part vouchers
     SignedReceipt ──► {"node", "client", …, "cost", "charged_total", "signature": "0x…", "serving": "0x…"}
-                      (X-OpenLoRA-Receipt)
+                      (X-OpenLoRA-Receipt; a composed call: X-OpenLoRA-Part-Receipts, a list, one per part billed)
     CallDone.served ──► "openlora_served": the gRPC ServedCall as protobuf JSON (record + token ids)
 
 Fields follow OpenAI's API reference (https://platform.openai.com/docs/api-reference/chat); this node
@@ -23,6 +24,7 @@ import grpc
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...adapters.composition import MAX_PARTS
 from ...chain.records import SignedReceipt
 from ...engine.interface import FinishReason
 from ...engine.structured import Constraint, ConstraintError
@@ -31,6 +33,8 @@ from ..calls import MAX_CHAT_MESSAGES, CallDone, CallError, CallInput
 
 VOUCHER_HEADER = "X-OpenLoRA-Voucher"
 RECEIPT_HEADER = "X-OpenLoRA-Receipt"
+PART_VOUCHERS_HEADER = "X-OpenLoRA-Part-Vouchers"
+PART_RECEIPTS_HEADER = "X-OpenLoRA-Part-Receipts"
 BASE_MODEL = "base"
 FINISH = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length", FinishReason.CANCELLED: "cancelled"}
 _HTTP = {
@@ -119,7 +123,9 @@ class RequestBody(BaseModel):
     logprobs: bool | int | None = None
     response_format: ResponseFormat | None = None
 
-    def call(self, adapter: str, voucher: pb.Voucher | None, **prompt) -> CallInput:
+    def call(
+        self, adapter: str, voucher: pb.Voucher | None, part_vouchers: tuple[tuple[str, pb.Voucher], ...] = (), **prompt
+    ) -> CallInput:
         """The core's input; raises :class:`CallError` for fields this node does not implement."""
         if self.n != 1:
             raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"n must be 1 (one choice per request), got {self.n}")
@@ -136,6 +142,7 @@ class RequestBody(BaseModel):
             seed=self.seed,
             stop=stop,
             voucher=voucher,
+            part_vouchers=part_vouchers,
             constraint=self.response_format.constraint() if self.response_format is not None else None,
             **prompt,
         )
@@ -211,32 +218,74 @@ def parse_voucher(text: str) -> pb.Voucher:
         CallError: PERMISSION_DENIED (``InvalidVoucher``): not a JSON object with the eight fields of the right types.
     """
     try:
-        data = json.loads(text)
-        sig = data["signature"]
-        if not isinstance(sig, str) or not sig.startswith("0x"):
-            raise ValueError("signature must be 0x-hex")
-        adapter = data["adapter_id"]
-        if not isinstance(adapter, str) or not adapter.startswith("0x"):
-            raise ValueError("adapter_id must be 0x-hex")
-        return pb.Voucher(
-            client=str(data["client"]), node=str(data["node"]), epoch=int(data["epoch"]),
-            cumulative_amount=str(data["cumulative_amount"]), signature=bytes.fromhex(sig[2:]),
-            adapter_id=bytes.fromhex(adapter[2:]), price_per_1k_tokens=str(data["price_per_1k_tokens"]),
-            adapter_amount=str(data["adapter_amount"]),
-        )  # fmt: skip
+        return _voucher(json.loads(text))
     except (ValueError, TypeError, KeyError) as e:
-        raise CallError(
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"{VOUCHER_HEADER} must be a JSON object with client, node, epoch, cumulative_amount, adapter_id (0x-hex), "
-            f"price_per_1k_tokens, adapter_amount (decimal wei) and signature (0x-hex): {type(e).__name__}: {e}",
-            payment_error="InvalidVoucher",
-        ) from None
+        raise _bad_voucher(VOUCHER_HEADER, "a JSON object with", e) from None
+
+
+def parse_part_vouchers(text: str) -> tuple[tuple[str, pb.Voucher], ...]:
+    """The ``X-OpenLoRA-Part-Vouchers`` header of a composed call, ``{"<part CID>": {voucher}, …}`` (each voucher as
+    in ``X-OpenLoRA-Voucher``), as the core's ``(part CID, voucher)`` pairs (their checks run in the core).
+
+    Raises:
+        CallError: PERMISSION_DENIED (``InvalidVoucher``): not a JSON object of at most ``MAX_PARTS`` such vouchers.
+    """
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or len(data) > MAX_PARTS:
+            raise ValueError(f"expected an object of at most {MAX_PARTS} vouchers by part CID")
+        return tuple((str(cid), _voucher(v)) for cid, v in data.items())
+    except (ValueError, TypeError, KeyError) as e:
+        raise _bad_voucher(PART_VOUCHERS_HEADER, 'an object {"<part CID>": voucher, …}, each voucher with', e) from None
+
+
+def _voucher(data: dict) -> pb.Voucher:
+    sig = data["signature"]
+    if not isinstance(sig, str) or not sig.startswith("0x"):
+        raise ValueError("signature must be 0x-hex")
+    adapter = data["adapter_id"]
+    if not isinstance(adapter, str) or not adapter.startswith("0x"):
+        raise ValueError("adapter_id must be 0x-hex")
+    return pb.Voucher(
+        client=str(data["client"]), node=str(data["node"]), epoch=int(data["epoch"]),
+        cumulative_amount=str(data["cumulative_amount"]), signature=bytes.fromhex(sig[2:]),
+        adapter_id=bytes.fromhex(adapter[2:]), price_per_1k_tokens=str(data["price_per_1k_tokens"]),
+        adapter_amount=str(data["adapter_amount"]),
+    )  # fmt: skip
+
+
+def _bad_voucher(header: str, shape: str, e: Exception) -> CallError:
+    return CallError(
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"{header} must be {shape} client, node, epoch, cumulative_amount, adapter_id (0x-hex), "
+        f"price_per_1k_tokens, adapter_amount (decimal wei) and signature (0x-hex): {type(e).__name__}: {e}",
+        payment_error="InvalidVoucher",
+    )
+
+
+def receipt_headers(receipt: SignedReceipt | None, part_receipts: tuple[SignedReceipt, ...]) -> dict | None:
+    """The response headers carrying a paid call's receipt (``X-OpenLoRA-Receipt``) or a composed call's receipts
+    (``X-OpenLoRA-Part-Receipts``, a JSON list, one per part billed); ``None`` when there is none."""
+    if receipt is not None:
+        return {RECEIPT_HEADER: json.dumps(receipt_json(receipt))}
+    if part_receipts:
+        return {PART_RECEIPTS_HEADER: json.dumps([receipt_json(r) for r in part_receipts])}
+    return None
+
+
+def receipt_fields(receipt: SignedReceipt | None, part_receipts: tuple[SignedReceipt, ...]) -> dict:
+    """The same receipts as body fields (``openlora_receipt`` / ``openlora_part_receipts``), for the last SSE event."""
+    if receipt is not None:
+        return {"openlora_receipt": receipt_json(receipt)}
+    if part_receipts:
+        return {"openlora_part_receipts": [receipt_json(r) for r in part_receipts]}
+    return {}
 
 
 def error_response(error: CallError) -> JSONResponse:
     """The OpenAI error response of ``error`` (with the receipt header when a paid call was cut off)."""
     status = http_status(error)
-    headers = {RECEIPT_HEADER: json.dumps(receipt_json(error.receipt))} if error.receipt is not None else None
+    headers = receipt_headers(error.receipt, error.part_receipts)
     message = str(error) + (PAY_OVER_HTTP if error.payment_error == "PaymentRequired" else "")
     return JSONResponse(error_body(status, message, error.payment_error or error.code.name.lower()), status, headers)
 
@@ -245,8 +294,9 @@ def error_response(error: CallError) -> JSONResponse:
 PAY_OVER_HTTP = (
     f"; over HTTP: GET /v1/quote?model=…&prompt_tokens=…&max_tokens=… for the max cost, then send the voucher as JSON "
     f'in the {VOUCHER_HEADER} header: {{"client", "node", "epoch", "cumulative_amount" (decimal string), "signature" '
-    "(0x-hex EIP-712, openlora.chain.vouchers.sign_voucher)}; deposit first with `openlora channel open --node "
-    "GRPC_ADDR --key KEY --amount WEI`"
+    "(0x-hex EIP-712, openlora.chain.vouchers.sign_voucher)} (a composed call: each paid part's voucher, for the part's "
+    f'max cost in the quote\'s "parts", in the {PART_VOUCHERS_HEADER} header as {{"<part CID>": voucher, …}}); deposit '
+    "first with `openlora channel open --node GRPC_ADDR --key KEY --amount WEI`"
 )
 
 
