@@ -5,8 +5,8 @@ sparse topology; gossip reach, DHT lookups, a fan-out fetch and churn, printed a
     ─────────────────────                           ──────────────────────────────────────────
     start peer 0, then each peer i bootstraps  ───► Swarm(data dir, BlockStore, base FP, …) on
       to --degree random earlier peers              127.0.0.1:0; answers JSON lines on stdin:
-                                                    make / announce / seen / lookup / fetch /
-                                                    stats / quit
+                                                    make / announce / seen (waits for it) /
+                                                    lookup / fetch / stats / quit
     (a) reach: --announcements peers each announce a fresh adapter; every peer notes when the
         announcement reached it (its catalog callback): delay after the publisher's clock,
         p50/p99 over every (announcement, peer); /openlora/1/adapters messages each peer
@@ -54,6 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+LOW_WATER, HIGH_WATER = 32, 96  # openlora.p2p.host's (not imported here: the driver loads no libp2p)
 FP = "sha256:" + "5e" * 32
 MB = 1_000_000
 MIB = 2**20
@@ -83,8 +84,9 @@ class _WalkRounds(logging.Handler):
             self.rounds += int(m.group(1))
 
 
-def run_peer(work: Path, bootstrap: list[str]) -> None:
-    """A peer: a Swarm answering one JSON command per stdin line with one JSON line."""
+def run_peer(work: Path, water: tuple[int, int], bootstrap: list[str]) -> None:
+    """A peer: a Swarm keeping between ``water`` connections, answering one JSON command per stdin line with one
+    JSON line."""
     import psutil
 
     from openlora.adapters.manifest import parse_manifest
@@ -106,12 +108,18 @@ def run_peer(work: Path, bootstrap: list[str]) -> None:
         return manifest
 
     seen: dict[str, float] = {}
+    arrived = threading.Condition()
+
+    def on_adapter(record) -> None:  # type: ignore[no-untyped-def]
+        with arrived:
+            seen.setdefault(record.cid, time.time())
+            arrived.notify_all()
     store = BlockStore(work / "blocks")
     swarm = Swarm(
         work, store, FP, validate,
         status=lambda: LocalStatus(grpc_address="127.0.0.1:1", base_name="sim", base_fingerprint=FP),
-        on_adapter=lambda record: seen.setdefault(record.cid, time.time()),
-        config=SwarmConfig(bootstrap=tuple(bootstrap), **SWARM),  # type: ignore[arg-type]
+        on_adapter=on_adapter,
+        config=SwarmConfig(bootstrap=tuple(bootstrap), low_water=water[0], high_water=water[1], **SWARM),  # type: ignore[arg-type]
     )  # fmt: skip
     swarm.start()
     me = psutil.Process()
@@ -127,8 +135,10 @@ def run_peer(work: Path, bootstrap: list[str]) -> None:
             started = time.time()
             swarm.announce(cmd["cid"]).result(60)
             return {"t0": started}
-        if op == "seen":
-            return {"at": seen.get(cmd["cid"])}
+        if op == "seen":  # waits up to wait_s for it: one question per peer, not a poll loop loading 40 processes
+            with arrived:
+                arrived.wait_for(lambda: cmd["cid"] in seen, timeout=cmd.get("wait_s", 0))
+                return {"at": seen.get(cmd["cid"])}
         if op == "lookup":
             walk.rounds = 0
             lookup = swarm.find_providers(cmd["cid"]).result(60)
@@ -202,7 +212,7 @@ def _say(obj: dict) -> None:
 class Peer:
     """One peer process, driven by JSON lines; ``ask`` is safe from one thread at a time."""
 
-    def __init__(self, index: int, work: Path, bootstrap: list[Peer]) -> None:
+    def __init__(self, index: int, work: Path, bootstrap: list[Peer], water: tuple[int, int]) -> None:
         self.index = index
         self.bootstrap = {p.index for p in bootstrap}
         env = {**os.environ, "PYTHONPATH": str(ROOT / "node")}
@@ -210,7 +220,7 @@ class Peer:
         self.log = work / "peer.log"  # its warnings and errors: the driver shows the tail when it fails
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, __file__, "--peer", str(work), *[p.multiaddr for p in bootstrap]],
+                [sys.executable, __file__, "--peer", str(work), *map(str, water), *[p.multiaddr for p in bootstrap]],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
             )  # fmt: skip
         self._lock = threading.Lock()
@@ -289,7 +299,7 @@ class Sim:
         self.peers: list[Peer] = []
         self.pool = ThreadPoolExecutor(max_workers=max(args.peers, args.fetchers) + 4)
         self.provided: dict[str, Peer] = {}  # CID → its provider
-        self.out: dict = {"peers": args.peers, "degree": args.degree, "seed": args.seed, "cores": os.cpu_count()}
+        self.out: dict = {"peers": args.peers, "degree": args.degree, "water": [args.low_water, args.high_water], "seed": args.seed, "cores": os.cpu_count()}
         self.failures: list[str] = []
         self.everyone: list[Peer] = []  # every peer started, killed ones included
         self._started = 0
@@ -300,7 +310,7 @@ class Sim:
         with self._spawn_lock:
             index = self._started
             self._started += 1
-        peer = Peer(index, self.work / f"peer{index}", bootstrap)
+        peer = Peer(index, self.work / f"peer{index}", bootstrap, (self.args.low_water, self.args.high_water))
         self.everyone.append(peer)
         return peer
 
@@ -331,13 +341,9 @@ class Sim:
             cid = publisher.call(op="make", size=4096, seed=1000 + k)["cid"]
             t0 = publisher.call(op="announce", cid=cid)["t0"]
             self.provided[cid] = publisher
-            deadline = time.time() + self.args.reach_timeout
+            wait_s = max(0.0, t0 + self.args.reach_timeout - time.time())
             others = [p for p in self.peers if p is not publisher]
-            while True:
-                seen = list(self.pool.map(lambda p: p.ask(op="seen", cid=cid)["at"], others))
-                if all(seen) or time.time() > deadline:
-                    break
-                time.sleep(0.2)
+            seen = list(self.pool.map(lambda p: p.ask(op="seen", cid=cid, wait_s=wait_s)["at"], others))
             delays += [at - t0 for at in seen if at]
             missed += sum(1 for at in seen if not at)
         after = self.stats(self.peers)
@@ -449,6 +455,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", type=int, default=40)
     parser.add_argument("--degree", type=int, default=3, help="bootstrap peers of each new peer")
+    parser.add_argument(
+        "--low-water", type=int, default=LOW_WATER,
+        help="connections each peer dials up to midway to --high-water (the node's SwarmConfig.low_water; at 40 peers "
+        "the default 32 connects everyone to everyone, fewer gives a sparse swarm)",
+    )  # fmt: skip
+    parser.add_argument("--high-water", type=int, default=HIGH_WATER, help="connections above which a peer prunes")
     parser.add_argument("--announcements", type=int, default=5)
     parser.add_argument("--lookups", type=int, default=40)
     parser.add_argument("--fetch-mb", type=float, default=3.7)
@@ -462,7 +474,7 @@ def main() -> int:
     parser.add_argument("--peer", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
-        run_peer(Path(args.peer[0]), args.peer[1:])
+        run_peer(Path(args.peer[0]), (int(args.peer[1]), int(args.peer[2])), args.peer[3:])
         return 0
     if args.peers < 4 or args.fetchers + 2 > args.peers:
         parser.error("need --peers >= 4 and --fetchers <= peers - 2")

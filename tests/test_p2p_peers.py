@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from openlora.p2p import NoNodeAvailable, PeerEntry, PeerTable, pick_node
-from openlora.p2p.messages import Load, NodeStatus
+from openlora.p2p.messages import MAX_REFRESH_S, Load, NodeStatus
+from pydantic import ValidationError
 
 FP = "sha256:" + "ab" * 32
 OTHER_FP = "sha256:" + "cd" * 32
@@ -48,6 +49,16 @@ def test_entries_expire_after_ttl() -> None:
     assert [e.peer_id for e in table.entries(now=129)] == ["new", "old"]
     assert [e.peer_id for e in table.entries(now=131)] == ["new"]
     assert table.get("old") is None
+
+
+def test_an_entry_lives_three_of_the_periods_its_node_announced_when_longer_than_the_ttl() -> None:
+    table = PeerTable(ttl_s=30)
+    table.update(status("slow", refresh_s=40), now=100)  # a node in a big swarm: a status every 40 s
+    table.update(status("short", refresh_s=5), now=100)  # 3 × 5 s < the table's own 30 s
+    assert [e.peer_id for e in table.entries(now=131)] == ["slow"]
+    assert [e.peer_id for e in table.entries(now=219)] == ["slow"] and table.entries(now=221) == []
+    with pytest.raises(ValidationError, match="refresh_s"):
+        status("greedy", refresh_s=MAX_REFRESH_S + 1)  # nobody keeps its entry alive for hours
 
 
 def test_ttl_must_be_positive() -> None:

@@ -8,6 +8,7 @@ and bare hosts (``RawPeer``) that publish without validating or speak only bitsw
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import socket
@@ -48,6 +49,7 @@ from openlora.p2p import (
 )
 from openlora.p2p.host import parse_peer_multiaddr
 from openlora.p2p.identity import IDENTITY_FILE
+from openlora.p2p.peers import PeerEntry
 from openlora.p2p.messages import (
     MAX_ANNOUNCEMENT_BYTES,
     Announcement,
@@ -510,6 +512,28 @@ def test_our_bitswap_server_serves_a_stock_py_libp2p_client(spawn, raw_peers) ->
 
 
 # ── node status and routing ─────────────────────────────────────────────────────────────────
+
+
+def test_a_status_goes_out_when_routing_changes_and_otherwise_once_per_period(spawn) -> None:
+    """The status period grows with the swarm (``swarm_status_per_s``): here 1 status per 100 s swarm-wide, so
+    each node's period is ≥ 100 s. A load change waits for it; a new resident adapter goes out at the next check."""
+    cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+    local = {"a": LocalStatus("127.0.0.1:5001", "base", FP, max_batch=4)}
+    a = spawn("a", status=lambda: local["a"], swarm_status_per_s=0.01)
+    c = spawn("c", bootstrap=(a,), swarm_status_per_s=0.01)
+
+    def seen() -> PeerEntry | None:
+        return {e.peer_id: e for e in c.peer_table()}.get(a.peer_id)
+
+    wait_until(lambda: seen() is not None, "C holds A's status")
+    first = seen()
+    assert first.refresh_s >= 100
+    local["a"] = dataclasses.replace(local["a"], active=3)
+    time.sleep(1.0)  # three checks (status_interval_s 0.3): the load alone is not worth a status
+    assert seen().ts_ms == first.ts_ms
+    local["a"] = dataclasses.replace(local["a"], resident=(cid,))
+    wait_until(lambda: seen().resident == (cid,), "the new resident adapter reaches C at A's next check")
+    assert seen().active == 3
 
 
 def test_node_status_fills_the_peer_table_and_pick_node_prefers_resident(spawn) -> None:

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from openlora.p2p.host import HIGH_WATER, LOW_WATER
+
 ROOT = Path(__file__).resolve().parent.parent
 PEER_RSS_LIMIT_MIB = 1024  # a p2p-only peer sits near 150 MiB; a leak over the run would show
 
@@ -35,3 +37,4 @@ def test_a_12_peer_swarm_reaches_everyone_finds_every_provider_and_survives_chur
     assert result["after_churn"]["failed"] == 0 and result["after_churn"]["lookups"] == 12
     assert result["churn"]["rss_max_mib"] < PEER_RSS_LIMIT_MIB
     assert "gossip reach p50 / p99" in proc.stdout  # the table is printed
+    assert result["water"] == [LOW_WATER, HIGH_WATER]  # the driver's copy of the node's connection defaults

@@ -241,21 +241,34 @@ class Gossip:
                 await trio.sleep(0.05)
         await self.pubsub.publish(topic, data)
 
-    async def publish_statuses(self, status: Callable[[], NodeStatus], interval_s: float) -> None:
-        """Publish this node's status every ``interval_s`` seconds until cancelled.
+    async def publish_statuses(
+        self, status: Callable[[], NodeStatus | None], check_s: float, period: Callable[[], float]
+    ) -> None:
+        """Publish this node's status until cancelled: every ``period()`` seconds (it grows with the swarm), and at
+        the next check (every ``check_s`` seconds) after what peers route by changed (resident adapters,
+        addresses, fee, features, …; not the load, which changes all the time).
 
         ``status`` builds the whole document (in a worker thread); a status it cannot build
         (e.g. a node behind NAT before its first relay reservation has no address to give), or
-        that fails the schema, is logged and skipped (the next period tries again).
+        that fails the schema, is logged and skipped (the next check tries again).
         """
+        published: dict | None = None
+        due = 0.0
         while True:
             try:
                 message = await trio.to_thread.run_sync(status)
             except Exception as e:
-                log.warning("cannot build this node's status (%s); skipping one period", e)
+                log.warning("cannot build this node's status (%s); skipping one check", e)
             else:
-                await self.publish(TOPIC_NODES, encode(message))
-            await trio.sleep(interval_s)
+                routed = message.model_dump(exclude=_UNROUTED) if message is not None else None
+                if message is not None and (routed != published or trio.current_time() >= due):
+                    await self.publish(TOPIC_NODES, encode(message))
+                    published, due = routed, trio.current_time() + period()
+            await trio.sleep(check_s)
+
+
+#: status fields that change without changing where a call should go, so they alone never trigger a status
+_UNROUTED = {"ts_ms", "load", "refresh_s"}
 
 
 def _now_ms() -> int:

@@ -8,7 +8,7 @@ new_host(key_pair=secp256k1, listen /ip4/<host>/tcp/<port>)
   operator gives it and the peers its own swarm names (gossip, catalogs, its DHT under
   /openlora/kad/1.0.0, relay circuits); py-libp2p's connection manager redials known peers
   ConnectionConfig(max_connections_per_peer=1): with the default of 3 every connect
-  waits ~250 ms for extra connections
+  waits ~250 ms for extra connections; between LOW_WATER and HIGH_WATER connections in all
 py-libp2p listens with SO_REUSEPORT (for hole punching), so binding a port another
 process holds "succeeds" and the kernel splits incoming connections between the two:
 ``check_port_free`` refuses that before the host starts.
@@ -17,6 +17,7 @@ process holds "succeeds" and the kernel splits incoming connections between the 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 import multiaddr
@@ -24,7 +25,7 @@ from libp2p import new_host
 from libp2p.abc import IHost
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
-from libp2p.network.config import ConnectionConfig
+from libp2p.network.config import MAX_CONNECTIONS, ConnectionConfig
 from libp2p.peer.peerinfo import InvalidAddrError, PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -68,11 +69,31 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def build_host(key_pair: KeyPair, listen: multiaddr.Multiaddr) -> IHost:
-    """A libp2p host for ``key_pair`` that will listen on ``listen`` (see the module docstring).
+#: py-libp2p's yamux answers every read with a WINDOW_UPDATE frame (its PY_YAMUX_RELEASE_ON_READ default); off,
+#: it grows windows as go-yamux does, once half a window was consumed. Every GossipSub RPC then costs one frame,
+#: not two: 20 idle peers on this box went from 0.88 to 0.63 cores. Set before the first stream reads it;
+#: an operator's own setting wins.
+YAMUX_TUNING = {"PY_YAMUX_RELEASE_ON_READ": "0"}
+
+#: connections py-libp2p's connection manager keeps: it dials known peers up to midway between the two and
+#: prunes above the high one. Kubo's ConnMgr defaults (LowWater 32, HighWater 96); py-libp2p's own (100 / 300)
+#: connect a swarm of a few dozen nodes into a full mesh, which costs every node work per peer in the swarm.
+LOW_WATER, HIGH_WATER = 32, 96
+
+
+def build_host(
+    key_pair: KeyPair, listen: multiaddr.Multiaddr, low_water: int = LOW_WATER, high_water: int = HIGH_WATER
+) -> IHost:
+    """A libp2p host for ``key_pair`` that will listen on ``listen`` (see the module docstring), keeping between
+    ``low_water`` and ``high_water`` connections (``LOW_WATER``).
 
     Start it with ``async with host.run([listen])``.
+
+    Raises:
+        ValueError: ``low_water`` above ``high_water``, or negative.
     """
+    for name, value in YAMUX_TUNING.items():
+        os.environ.setdefault(name, value)
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     return new_host(
         key_pair=key_pair,
@@ -82,7 +103,10 @@ def build_host(key_pair: KeyPair, listen: multiaddr.Multiaddr) -> IHost:
         enable_mDNS=False,
         enable_upnp=False,
         bootstrap=None,
-        connection_config=ConnectionConfig(max_connections_per_peer=1),
+        connection_config=ConnectionConfig(
+            max_connections_per_peer=1, min_connections=low_water, low_watermark=low_water,
+            high_watermark=high_water, max_connections=max(high_water, MAX_CONNECTIONS),
+        ),  # fmt: skip
     )
 
 

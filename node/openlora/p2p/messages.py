@@ -44,6 +44,7 @@ MAX_EVIDENCE_BYTES = 512 * 1024  # a record, up to ~5k prompt + completion token
 MAX_RESIDENT = 256  # adapter CIDs listed in one status
 MAX_ADDRS = 8  # multiaddrs listed in one status
 MAX_FEATURES = 16  # PEFT feature names listed in one status (adapters.peft_format.FEATURES has 5)
+MAX_REFRESH_S = 600  # the longest status period a node may claim (it keeps its own entry alive 3× that)
 MAX_CATALOG_ENTRIES = 4096  # adapters in one catalog-sync answer
 MAX_CATALOG_BYTES = 16 * 1024 * 1024  # one catalog-sync answer
 _FINGERPRINT = r"^sha256:[0-9a-f]{64}$"
@@ -145,6 +146,9 @@ class NodeStatus(_Strict):
             evidence accuses, so a node and a client stop routing to it.
         features: the PEFT features beyond plain LoRA its engine serves (``adapters.peft_format.FEATURES``
             names, sorted); a status without it (an older node) serves plain LoRA only.
+        refresh_s: seconds until this node's next status at the latest (its period grows with the swarm:
+            ``Swarm``); a peer table keeps the entry for ``STATUS_MISSES`` periods. 0 (an older node): the
+            receiver's own TTL.
     """
 
     v: Literal[1]
@@ -162,6 +166,7 @@ class NodeStatus(_Strict):
     relay_service: bool = False
     node_address: Annotated[str, Field(pattern=_ADDRESS)] = ""
     features: Annotated[list[Annotated[str, Field(min_length=1, max_length=32)]], Field(max_length=MAX_FEATURES)] = []
+    refresh_s: Annotated[int, Field(ge=0, le=MAX_REFRESH_S)] = 0
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,7 @@ def status_message(
     *,
     dht: str = "off",
     relay_service: bool = False,
+    refresh_s: int = 0,
 ) -> NodeStatus:
     """The ``/openlora/1/nodes`` document for this node's ``local`` status (``reach`` is
     ``relay`` when every address is a relay circuit).
@@ -221,6 +227,7 @@ def status_message(
         relay_service=relay_service,
         node_address=local.node_address,
         features=sorted(local.features),
+        refresh_s=refresh_s,
     )
 
 

@@ -1,7 +1,7 @@
 """The peer table built from ``/openlora/1/nodes`` statuses, and client-side node selection.
 
     status (validated, signed by its peer) ──► PeerTable[peer_id] = PeerEntry   (newer ts_ms wins)
-    entries not refreshed within ttl_s ──► dropped
+    entries not refreshed within max(ttl_s, STATUS_MISSES × the period its node announced) ──► dropped
     pick_node(entries, base_fingerprint, adapter_cid, accused):
         same base only, no accused node ─► adapter resident first ─► least loaded ─► lowest fee ─► freshest
 
@@ -45,6 +45,7 @@ class PeerEntry:
         relay_service: whether it relays for nodes behind NAT.
         node_address: the account that signs its receipts and serving records ("" if it names none).
         features: PEFT features beyond plain LoRA its engine serves (empty: plain LoRA only).
+        refresh_s: seconds until its next status at the latest, as it announced (0: not announced).
     """
 
     peer_id: str
@@ -64,6 +65,7 @@ class PeerEntry:
     relay_service: bool = False
     node_address: str = ""
     features: tuple[str, ...] = ()
+    refresh_s: int = 0
 
     @classmethod
     def from_status(cls, status: NodeStatus, last_seen: float) -> PeerEntry:
@@ -86,6 +88,7 @@ class PeerEntry:
             relay_service=status.relay_service,
             node_address=status.node_address,
             features=tuple(status.features),
+            refresh_s=status.refresh_s,
         )
 
     @property
@@ -94,11 +97,16 @@ class PeerEntry:
         return (self.active + self.waiting) / max(self.max_batch, 1)
 
 
+#: statuses in a row a peer may miss before its entry is dropped (a lost message is not a departure)
+STATUS_MISSES = 3
+
+
 class PeerTable:
     """Latest status per peer, safe to read from any thread.
 
     Args:
-        ttl_s: seconds after which an entry that was not refreshed is dropped (> 0).
+        ttl_s: seconds after which an entry that was not refreshed is dropped (> 0), or after
+            ``STATUS_MISSES`` of the periods its node announced (``refresh_s``), whichever is longer.
 
     Raises:
         ValueError: ``ttl_s`` is not positive.
@@ -130,9 +138,9 @@ class PeerTable:
 
     def entries(self, now: float | None = None) -> list[PeerEntry]:
         """Live entries (expired ones are dropped), sorted by peer ID."""
-        cutoff = (time.time() if now is None else now) - self.ttl_s
+        now = time.time() if now is None else now
         with self._lock:
-            for peer in [p for p, e in self._entries.items() if e.last_seen < cutoff]:
+            for peer in [p for p, e in self._entries.items() if e.last_seen < now - max(self.ttl_s, STATUS_MISSES * e.refresh_s)]:
                 del self._entries[peer]
                 del self._statuses[peer]
             return sorted(self._entries.values(), key=lambda e: e.peer_id)
@@ -142,6 +150,11 @@ class PeerTable:
         live = self.entries(now)
         with self._lock:
             return [self._statuses[e.peer_id] for e in live if e.peer_id in self._statuses]
+
+    def __len__(self) -> int:
+        """Entries held (expired ones included until :meth:`entries` drops them)."""
+        with self._lock:
+            return len(self._entries)
 
     def get(self, peer_id: str) -> PeerEntry | None:
         """The entry of ``peer_id`` if held (expiry is applied by :meth:`entries`)."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -64,10 +65,10 @@ from .directory import request_status, serve_directory
 from .errors import SourceUnavailable, SwarmError, SwarmStartError
 from .fetch import TIER_FALLBACK, TIER_PEER, TIER_PROVIDER, BlockSource, FetchedAdapter, fetch_adapter
 from .gossip import CountingPubsub, EvidenceCheck, Gossip, build_pubsub
-from .host import build_host, check_port_free, listen_multiaddr, parse_peer_multiaddr
+from .host import HIGH_WATER, LOW_WATER, build_host, check_port_free, listen_multiaddr, parse_peer_multiaddr
 from .identity import load_or_create_identity
 from .kubo_rpc import KuboRpcSource
-from .messages import TOPIC_ADAPTERS, TOPIC_EVIDENCE, Announcement, LocalStatus, NodeStatus, encode, status_message
+from .messages import MAX_REFRESH_S, TOPIC_ADAPTERS, TOPIC_EVIDENCE, Announcement, LocalStatus, NodeStatus, encode, status_message
 from .peers import PeerEntry, PeerTable, pick_node
 from .relay import Relay, RelayInfo, is_circuit
 from .runner import TrioThread
@@ -94,15 +95,23 @@ class SwarmConfig:
             these, the node dials only a provider it fetches from, at the address the
             provider's own signed status gave (and libp2p redials peers it was connected to).
         heartbeat_s: GossipSub heartbeat.
-        status_interval_s: how often this node publishes its status.
+        status_interval_s: how often this node checks its status: published at once when what peers route by
+            changed (resident adapters, addresses, …), else every status period.
+        swarm_status_per_s: statuses per second the whole swarm publishes, at most: every node receives
+            every node's status, so each slows its period to max(status_interval_s, nodes in its table /
+            this rate) and says so in the status (``refresh_s``), which keeps its entry alive in peer tables
+            3 periods. Per-node status traffic then stays flat as the swarm grows (it grew with the swarm:
+            40 peers at a fixed 10 s saturated 2 cores).
         peer_ttl_s: a peer-table entry not refreshed for this long is dropped.
         catalog_sync_interval_s: how often the catalog is pulled again from every peer.
+        low_water / high_water: connections kept: py-libp2p's connection manager dials peers it knows
+            up to midway between the two and prunes above ``high_water`` (Kubo's ConnMgr defaults).
         bootstrap_retry_s: how often unconnected bootstrap peers are redialled.
         request_timeout_s: one dial, block request or catalog exchange.
         fetch_timeout_s: one whole adapter fetch.
         mesh_wait_s: how long a publication waits for a GossipSub mesh.
         max_messages_per_topic_per_second: per peer, before GossipSub drops and penalises
-            (each node relays every node's status: keep it above swarm size / status interval).
+            (each node relays every node's status: keep it above ``swarm_status_per_s``).
         ban_threshold: score at or below which a peer is banned (negative).
         ban_s: ban duration.
         bitswap: serve our blocks over bitswap and fetch from bitswap-only peers (Kubo).
@@ -127,8 +136,11 @@ class SwarmConfig:
     bootstrap: tuple[str, ...] = ()
     heartbeat_s: float = 1.0
     status_interval_s: float = 10.0
+    swarm_status_per_s: float = 1.0
     peer_ttl_s: float = 60.0
     catalog_sync_interval_s: float = 120.0
+    low_water: int = LOW_WATER
+    high_water: int = HIGH_WATER
     bootstrap_retry_s: float = 5.0
     request_timeout_s: float = 10.0
     fetch_timeout_s: float = 300.0
@@ -157,6 +169,7 @@ class SwarmConfig:
         for name in (
             "heartbeat_s",
             "status_interval_s",
+            "swarm_status_per_s",
             "peer_ttl_s",
             "catalog_sync_interval_s",
             "bootstrap_retry_s",
@@ -175,6 +188,8 @@ class SwarmConfig:
                 raise ValueError(f"SwarmConfig.{name} must be positive, got {getattr(self, name)!r}")
         if not self.ban_threshold < 0:
             raise ValueError(f"SwarmConfig.ban_threshold must be negative, got {self.ban_threshold!r}")
+        if not 0 <= self.low_water <= self.high_water:
+            raise ValueError(f"SwarmConfig needs 0 <= low_water <= high_water, got {self.low_water} and {self.high_water}")
         if self.ipfs_api is not None:
             KuboRpcSource(self.ipfs_api)  # raises ValueError for a bad URL
         if self.dht not in DHT_MODES:
@@ -437,7 +452,7 @@ class Swarm:
         listen = listen_multiaddr(cfg.listen_host, cfg.port)
         if cfg.listen:
             check_port_free(cfg.listen_host, cfg.port)
-        host = build_host(self._key_pair, listen)
+        host = build_host(self._key_pair, listen, self.config.low_water, self.config.high_water)
         pubsub, router = build_pubsub(host, cfg.heartbeat_s, cfg.ban_threshold, cfg.max_messages_per_topic_per_second)
         try:
             await self._serve(host, [listen] if cfg.listen else [], pubsub, router, task_status)
@@ -515,7 +530,7 @@ class Swarm:
             if dht is not None:
                 nursery.start_soon(self._join_dht, dht)
             if self._status is not None:
-                nursery.start_soon(gossip.publish_statuses, self._own_status, cfg.status_interval_s)
+                nursery.start_soon(gossip.publish_statuses, self._own_status, cfg.status_interval_s, self._status_period)
             task_status.started(self.advertised()[0])
             try:
                 await trio.sleep_forever()
@@ -540,8 +555,15 @@ class Swarm:
         dht = "off" if running.dht is None else running.dht.info.mode
         return status_message(
             self._status(), self.peer_id, self.advertised(), int(time.time() * 1000),
-            dht=dht, relay_service=self.config.relay_service,
+            dht=dht, relay_service=self.config.relay_service, refresh_s=math.ceil(self._status_period()),
         )  # fmt: skip
+
+    def _status_period(self) -> float:
+        """Seconds between this node's statuses when nothing peers route by changed (``SwarmConfig``:
+        ``swarm_status_per_s``), at most ``MAX_REFRESH_S``."""
+        cfg = self.config
+        nodes = max(len(self.peers), 1)  # its own status is in its table too
+        return min(MAX_REFRESH_S, max(cfg.status_interval_s, nodes / cfg.swarm_status_per_s))
 
     def _adapter_base(self, cid: str) -> str | None:
         record = self.catalog.get(cid)
@@ -714,13 +736,18 @@ class Swarm:
                     nursery.start_soon(self._dial, found[peer])
 
     async def _providers(self, cid: str, known: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, PeerInfo]]:
-        """Providers from the catalog (gossip, catalog sync); from the DHT when it knows none."""
+        """Providers from the catalog (gossip, catalog sync); from the DHT too when none of those can be dialled:
+        in a sparse swarm gossip names providers this node is not connected to and holds no status of (statuses
+        come once per period), and only their DHT provider records carry addresses."""
         running = self._live()
-        if known or running.dht is None:
+        if running.dht is None:
+            return known, {}
+        connected = {p.to_base58() for p in running.connected()}
+        if any(p == self.peer_id or p in connected or ((e := self.peers.get(p)) is not None and e.addrs) for p in known):
             return known, {}
         found = {p.peer_id.to_base58(): p for p in await running.dht.find_providers(adapter_key(cid))}
         log.info("DHT: %d provider(s) of %s", len(found), cid)
-        return tuple(found), found
+        return tuple(dict.fromkeys((*known, *found))), found
 
     async def _fetch(self, cid: str, timeout_s: float | None) -> FetchedAdapter:
         running = self._live()
