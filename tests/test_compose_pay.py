@@ -9,7 +9,7 @@ from chain_fixtures import base_world, make_cid, world  # noqa: F401
 
 from openlora.adapters.composition import Composition, part_token_bounds, part_tokens, split_exact
 from openlora.chain.contracts import adapter_id
-from openlora.chain.errors import InvalidVoucher, PaymentRequired
+from openlora.chain.errors import InvalidReceipt, InvalidVoucher, PaymentRequired
 from openlora.chain.ledger import Ledger
 from openlora.chain.payer import Payer
 from openlora.chain.payments import NodePayments
@@ -124,10 +124,11 @@ def test_a_refused_part_voids_the_parts_before_it_and_charges_nothing(composed):
     assert totals.committed == totals.charged == 0
 
 
-@pytest.mark.parametrize("overbilled", [0, 1], ids=["exact", "one-token-over"])
-def test_the_client_books_each_parts_receipt_only_at_its_exact_share(composed, overbilled):
+@pytest.mark.parametrize("node", ["exact", "one-token-over", "a-receipt-too-many"])
+def test_the_client_books_each_parts_receipt_only_at_its_exact_share(composed, node):
     """The SDK's side (``client.streams._Booking``): one payment per paid part, each receipt booked against its own
-    part's payment; a node that bills a part even one token over its share of the call is caught."""
+    part's payment; a node that bills a part even one token over its share of the call is caught, and one that sends
+    more receipts than the call paid for is refused before any of them is checked."""
     w, comp, terms, ledger, payments = composed
     price = payments.price_composed([(cid, terms[cid], ppm) for cid, ppm in comp.parts], 40, 10)
     payer = Payer(w.channels, w.client, w.node.address)
@@ -137,11 +138,18 @@ def test_the_client_books_each_parts_receipt_only_at_its_exact_share(composed, o
     }  # fmt: skip
     authorizations = payments.open_composed({cid: p.voucher for cid, p in paid.items()}, price)
     shares = part_tokens(45, [p.weight_ppm for p in price.parts])
-    receipts = [payments.close_call(a, t + (overbilled if i == 0 else 0)) for i, (a, t) in enumerate(zip(authorizations, shares))]
+    over = 1 if node == "one-token-over" else 0
+    receipts = [payments.close_call(a, t + (over if i == 0 else 0)) for i, (a, t) in enumerate(zip(authorizations, shares))]
     done = pb.GenerateDone(usage=pb.Usage(prompt_tokens=40, completion_tokens=5), part_receipts=map(receipt_to_pb, receipts))
     booking = _Booking(payer, paid, generate_request("q", adapter=comp.id))
+    if node == "a-receipt-too-many":
+        done.part_receipts.append(done.part_receipts[0])
+        with pytest.raises(InvalidReceipt, match="4 receipts for a call paid with 3"):
+            booking.done(done)
+        assert booking.receipts == () and payer.reserved == 0  # nothing booked, every reservation released
+        return
     problem = booking._misbilled(done, list(done.part_receipts))
-    if overbilled:
+    if over:
         assert "shares of 45 tokens" in problem
         return
     assert problem is None

@@ -260,6 +260,15 @@ def test_a_prompt_the_tokenizer_drops_whole_is_invalid_argument(stub, rpc: str) 
     assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "empty once tokenized" in e.value.details()
 
 
+def test_a_composition_of_a_hundred_thousand_parts_is_refused_by_its_count(stub) -> None:
+    """The parts are counted before they are joined, parsed or their vouchers read."""
+    part = pb.AdapterPart(cid="bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy", weight=0.5)
+    request = pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(max_new_tokens=1), adapters=[part] * 100_000)
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.Generate(request, timeout=CALL_TIMEOUT_S))
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "got 100000 in adapters" in e.value.details()
+
+
 @pytest.mark.parametrize("cid", ["b", "z", "0"])
 def test_a_lone_multibase_prefix_as_adapter_is_invalid_argument(stub, cid: str) -> None:
     request = pb.GenerateRequest(adapter=cid, prompt="hi", sampling=pb.SamplingParams(max_new_tokens=1))

@@ -421,25 +421,23 @@ class Calls:
                     served = None
                     if proof is not None and ev.reason is not FinishReason.CANCELLED:
                         served = self.attestor.attest(ids, proof, sampling, adapter, call.constraint)
-                    receipt = None
+                    receipt, parts = None, ()
                     if paid is not None:
                         # A call the engine cut short (node stopping) bills what it delivered, like a cancel.
                         completion = delivered if ev.reason is FinishReason.CANCELLED else ev.completion_tokens
                         serving = served.record.digest() if served is not None else bytes(32)
-                        receipt = self._close(paid, adapter, ev.prompt_tokens, completion, serving)
+                        receipt, parts = self._close(paid, adapter, ev.prompt_tokens, completion, serving)
                         paid = None
                     self.metrics.finished(adapter, ev.prompt_tokens, ev.completion_tokens, ev.ttft_ms, ev.itl_ms)
                     completion_ids = tuple(proof.tokens) if served is not None else ()
-                    receipt, parts = _receipts(receipt)
                     yield CallDone(ev, adapter, receipt, served, tuple(ids) if served is not None else (), completion_ids, parts)
                     return
                 elif isinstance(ev, Failed):
                     code, msg = _failure_status(ev.error, adapter)
-                    receipt = None
+                    receipt, parts = None, ()
                     if paid is not None:
-                        receipt = self._close(paid, adapter, len(ids), delivered)
+                        receipt, parts = self._close(paid, adapter, len(ids), delivered)
                         paid = None
-                    receipt, parts = _receipts(receipt)
                     raise CallError(code, msg, receipt=receipt, part_receipts=parts)
         except (asyncio.CancelledError, GeneratorExit):
             self.engine.cancel(req.request_id)
@@ -542,20 +540,24 @@ class Calls:
         prompt_tokens: int,
         completion_tokens: int,
         serving: bytes = bytes(32),
-    ) -> SignedReceipt | tuple[SignedReceipt, ...] | None:
+    ) -> tuple[SignedReceipt | None, tuple[SignedReceipt, ...]]:
         """Bills prompt + ``completion_tokens`` (nothing, voided, when no completion token was delivered); the
-        receipt binds ``serving``, the digest of the call's serving record (zeros: none). A composed call: each
-        part its share (``ChainPayments.close_composed``), the receipts of the parts billed."""
+        receipt binds ``serving``, the digest of the call's serving record (zeros: none).
+
+        Returns:
+            ``(receipt, ())`` for a plain call (``None``: voided); ``(None, part receipts)`` for a composed one, each
+            part billed its share (``ChainPayments.close_composed``).
+        """
         tokens = prompt_tokens + completion_tokens if completion_tokens else 0
         if isinstance(paid, _ComposedCall):
             closed = self.chain.payments.close_composed(paid.authorizations, paid.price, tokens, serving)
             receipts = tuple(r for r in closed if r is not None)
             self.metrics.charged.labels(self.metrics.label(adapter)).inc(sum(r.receipt.cost for r in receipts))
-            return receipts
+            return None, receipts
         receipt = self.chain.payments.close_call(paid, tokens, serving)
         if receipt is not None:
             self.metrics.charged.labels(self.metrics.label(adapter)).inc(receipt.receipt.cost)
-        return receipt
+        return receipt, ()
 
 
 @dataclass(frozen=True)
@@ -564,11 +566,6 @@ class _ComposedCall:
 
     authorizations: tuple[Authorization | None, ...]
     price: ComposedPrice
-
-
-def _receipts(closed) -> tuple[SignedReceipt | None, tuple[SignedReceipt, ...]]:
-    """``(receipt, part receipts)`` of what ``Calls._close`` returned."""
-    return (None, closed) if isinstance(closed, tuple) else (closed, ())
 
 
 def _void_if_opened(payments, opening: asyncio.Future) -> None:

@@ -39,7 +39,7 @@ from eth_utils import is_checksum_address
 
 from .. import __version__
 from ..adapters.catalog import AdapterState, CatalogEntry
-from ..adapters.composition import join_text
+from ..adapters.composition import MAX_PARTS, MIN_PARTS, join_text
 from ..adapters.manifest import parse_manifest
 from ..adapters.reasons import AdapterRejected, RejectReason
 from ..adapters.store import manifest_cid
@@ -514,10 +514,16 @@ def _adapter_ref(request: pb.GenerateRequest) -> str:
     (``cidA*0.7+cidB*0.3``, checked by ``Calls.resolve_adapter``; a weight's shortest decimal text is its value).
 
     Raises:
-        CallError: INVALID_ARGUMENT when both are set.
+        CallError: INVALID_ARGUMENT when both are set, or more parts than a composition holds (counted before any
+            part is read: a stranger's message may carry a hundred thousand).
     """
     if not request.adapters:
         return request.adapter
     if request.adapter:
         raise CallError(grpc.StatusCode.INVALID_ARGUMENT, "set either adapter or adapters (a composition), not both")
+    if len(request.adapters) > MAX_PARTS:
+        raise CallError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"a composition names {MIN_PARTS} to {MAX_PARTS} adapters; got {len(request.adapters)} in adapters",
+        )
     return join_text((part.cid, part.weight) for part in request.adapters)

@@ -48,8 +48,26 @@ from .records import AdapterInfo, ChannelState, SignedReceipt, SignedVoucher
 from .settlement import Settler
 
 
+class _TokenLimit:
+    """What a price derives from its ``prompt_tokens``, ``max_new_tokens`` and ``max_cost`` (wei)."""
+
+    prompt_tokens: int
+    max_new_tokens: int
+    max_cost: int
+
+    @property
+    def max_tokens(self) -> int:
+        """Most tokens the call can bill: prompt + max new tokens (before a composition's split)."""
+        return self.prompt_tokens + self.max_new_tokens
+
+    @property
+    def required(self) -> bool:
+        """Whether the call needs a voucher (its max cost is above 0; a composition: any part's)."""
+        return self.max_cost > 0
+
+
 @dataclass(frozen=True)
-class CallPrice:
+class CallPrice(_TokenLimit):
     """The price of one call: ``quote`` is ``None`` for a free call.
 
     Attributes:
@@ -61,19 +79,9 @@ class CallPrice:
     max_new_tokens: int
 
     @property
-    def max_tokens(self) -> int:
-        """Most tokens the call can bill: prompt + max new tokens."""
-        return self.prompt_tokens + self.max_new_tokens
-
-    @property
     def max_cost(self) -> int:
         """Most wei the call can cost (0 when free)."""
         return 0 if self.quote is None else self.quote.cost_wei(self.max_tokens)
-
-    @property
-    def required(self) -> bool:
-        """Whether the call needs a voucher (its max cost is above 0)."""
-        return self.max_cost > 0
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,7 @@ class PartPrice:
 
 
 @dataclass(frozen=True)
-class ComposedPrice:
+class ComposedPrice(_TokenLimit):
     """The price of a composed call: its parts in canonical (CID) order; prompt and generation limit in tokens."""
 
     parts: tuple[PartPrice, ...]
@@ -101,19 +109,9 @@ class ComposedPrice:
     max_new_tokens: int
 
     @property
-    def max_tokens(self) -> int:
-        """Most tokens the call can bill: prompt + max new tokens (before the split)."""
-        return self.prompt_tokens + self.max_new_tokens
-
-    @property
     def max_cost(self) -> int:
         """Most wei the call can cost, all parts together."""
         return sum(p.max_cost for p in self.parts)
-
-    @property
-    def required(self) -> bool:
-        """Whether any part needs a voucher."""
-        return self.max_cost > 0
 
 
 @dataclass(frozen=True)

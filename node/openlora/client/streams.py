@@ -178,7 +178,10 @@ class _Booking:
                 that fails the payer's checks.
         """
         receipts = [done.receipt] if done.HasField("receipt") else list(done.part_receipts)
-        problem = next((p for p in (_unbound(done, r) for r in receipts) if p is not None), None)
+        problem = None
+        if len(receipts) > len(self._payments):  # counted before a signature is checked: the node is a stranger
+            problem = f"the node sent {len(receipts)} receipts for a call paid with {len(self._payments)} voucher(s)"
+        problem = problem or next((p for p in (_unbound(done, r) for r in receipts) if p is not None), None)
         if problem is None and self._parts:
             problem = self._misbilled(done, receipts)
         if problem is not None:
@@ -206,10 +209,18 @@ class _Booking:
         return None
 
     def failed(self, error: grpc.RpcError) -> None:
-        """The call failed: the node puts the receipts of the text it delivered before in the trailers."""
+        """The call failed: the node puts the receipts of the text it delivered before in the trailers.
+
+        Raises:
+            InvalidReceipt: more receipts than the call paid for, or one that fails ``close``'s checks.
+        """
         from ..chain.wire import RECEIPT_KEY
 
-        self.close([pb.Receipt.FromString(v) for k, v in error.trailing_metadata() or () if k == RECEIPT_KEY])
+        raw = [v for k, v in error.trailing_metadata() or () if k == RECEIPT_KEY]
+        if len(raw) > len(self._payments):  # counted before a signature is checked: the node is a stranger
+            self.close(())
+            raise InvalidReceipt(f"the node sent {len(raw)} receipts for a call paid with {len(self._payments)} voucher(s)")
+        self.close([pb.Receipt.FromString(v) for v in raw])
 
     def close(self, receipts: list[pb.Receipt] | tuple[()]) -> None:
         """Book ``receipts`` (none: refused / lost), each against the payment for its adapter, unless the call is

@@ -71,8 +71,8 @@ def check_port_free(host: str, port: int) -> None:
 
 #: py-libp2p's yamux answers every read with a WINDOW_UPDATE frame (its PY_YAMUX_RELEASE_ON_READ default); off,
 #: it grows windows as go-yamux does, once half a window was consumed. Every GossipSub RPC then costs one frame,
-#: not two: 20 idle peers on this box went from 0.88 to 0.63 cores. Set before the first stream reads it;
-#: an operator's own setting wins.
+#: not two (20 idle peers at 4/8 connections on this 2-core box, py-spy on one, one run each: 0.88 cores with the
+#: default, 0.63 without). Set before the first stream reads it; an operator's own setting wins.
 YAMUX_TUNING = {"PY_YAMUX_RELEASE_ON_READ": "0"}
 
 #: connections py-libp2p's connection manager keeps: it dials known peers up to midway between the two and
