@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from eth_account import Account
+from libp2p.crypto.secp256k1 import create_new_key_pair
+from libp2p.peer.id import ID
 from openlora.adapters.manifest import (
     MANIFEST_VERSION,
     BaseRef,
@@ -47,11 +49,13 @@ from openlora.p2p import (
     SwarmNotRunning,
     SwarmStartError,
 )
-from openlora.p2p.host import parse_peer_multiaddr
+from openlora.p2p.gossip import GOSSIP_PROTOCOLS, MESH_DEGREE, MESH_HIGH, MESH_LOW, build_pubsub
+from openlora.p2p.host import build_host, listen_multiaddr, parse_peer_multiaddr
 from openlora.p2p.identity import IDENTITY_FILE
 from openlora.p2p.peers import PeerEntry
 from openlora.p2p.messages import (
     MAX_ANNOUNCEMENT_BYTES,
+    TOPIC_ADAPTERS,
     Announcement,
     LocalStatus,
     encode,
@@ -404,6 +408,30 @@ def test_a_spammer_is_rate_limited_and_scored_down(spawn, raw_peers, tmp_path: P
     wait_until(lambda: own in cids(b), "B got A's own announcement")
     print(f"\nspam: B got {len(cids(b) & set(valid))} of {len(valid)}; A scores the spammer {a.score(spammer_id):.1f}")
     assert len(cids(b) & set(valid)) < len(valid)
+
+
+def test_a_peer_the_heartbeat_prunes_is_backed_off_and_not_grafted_again() -> None:
+    """GossipSub v1.1: the pruning side backs off too. Without it the pruner re-GRAFTs at its next heartbeat,
+    the pruned peer counts a GRAFT flood per topic, and three topics reach the ban threshold."""
+    host = build_host(create_new_key_pair(), listen_multiaddr("127.0.0.1", 0))
+    pubsub, router = build_pubsub(host, 1.0, -30.0, 10.0)
+    crowd = [ID.from_pubkey(create_new_key_pair().public_key) for _ in range(MESH_HIGH + 1)]
+    newcomer = ID.from_pubkey(create_new_key_pair().public_key)
+    for peer in [*crowd, newcomer]:
+        router.peer_protocol[peer] = GOSSIP_PROTOCOLS[0]
+    router.mesh[TOPIC_ADAPTERS] = set(crowd)
+    pubsub.peer_topics[TOPIC_ADAPTERS] = set(crowd)
+
+    _, pruned = router.mesh_heartbeat()  # D_hi + 1 peers: back to D
+    assert len(pruned) == MESH_HIGH + 1 - MESH_DEGREE and len(router.mesh[TOPIC_ADAPTERS]) == MESH_DEGREE
+    assert all(router._check_back_off(peer, TOPIC_ADAPTERS) for peer in pruned)
+
+    for peer in list(router.mesh[TOPIC_ADAPTERS])[: MESH_DEGREE - MESH_LOW + 1]:  # under D_lo: it must graft
+        router.mesh[TOPIC_ADAPTERS].discard(peer)
+        pubsub.peer_topics[TOPIC_ADAPTERS].discard(peer)
+    pubsub.peer_topics[TOPIC_ADAPTERS].add(newcomer)
+    grafted, _ = router.mesh_heartbeat()
+    assert set(grafted) == {newcomer}
 
 
 # ── block exchange ──────────────────────────────────────────────────────────────────────────
