@@ -60,7 +60,7 @@ from openlora.p2p.messages import (
     LocalStatus,
     encode,
 )
-from openlora.p2p.swarm import Swarm, SwarmConfig
+from openlora.p2p.swarm import RESYNC_PEERS, Swarm, SwarmConfig
 from p2p_helpers import RawPeer, raw_peers  # noqa: F401  (fixture)
 
 FP = "sha256:" + "ab" * 32
@@ -292,6 +292,17 @@ def test_announcement_is_relayed_along_a_chain_and_a_late_node_learns_the_catalo
     took = wait_until(lambda: cid in cids(d), "late node D learned the catalog from C")
     print(f"late node catalog sync: {took * 1000:.0f} ms")
     assert d.catalog.get(cid).manifest == a.store.get(cid)
+
+
+def test_a_catalog_entry_gossip_missed_is_repaired_by_resync_with_a_few_random_peers(spawn) -> None:
+    a = spawn("a", catalog_sync_interval_s=0.3)
+    others = [spawn(name, bootstrap=(a,)) for name in "bcde"]
+    assert len(others) > RESYNC_PEERS  # A pulls a random few each interval, not all
+    wait_until(lambda: connected(a, *others), "A connected to B..E")
+    late = others[-1]
+    cid, _ = make_adapter(late.store, 100)
+    late.catalog.add(cid, late.store.get(cid), FP, "never-announced", local=True)  # after the connect-time pull
+    wait_until(lambda: cid in cids(a) and late.peer_id in a.catalog.get(cid).providers, "A pulled E's catalog again")
 
 
 def test_catalog_survives_a_restart(spawn, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """``/openlora/catalog/1.0.0``: a peer that connects learns the catalog that exists, not only
 the announcements made after it joined.
 
-    on every new connection, and every sync interval, each side pulls from the other:
+    on every new connection each side pulls from the other (and every sync interval a node pulls
+    again from a few random peers: ``swarm.RESYNC_PEERS``):
       CatalogRequest{limit} ──► CatalogResponse{entries: [{cid, manifest, have}]}
                                  (most recently learned first, cut at MAX_CATALOG_BYTES)
       each entry ──validate.verify_adapter──► ingest (kept unless declined or for another
