@@ -241,11 +241,13 @@ class DhtLookup:
         providers: base58 peer IDs that provide it (this node excluded).
         seconds: wall time of the lookup.
         queries: DHT requests this node sent for it (0: the record was held here).
+        hops: GET_PROVIDERS rounds it took (0: the record was held here).
     """
 
     providers: tuple[str, ...]
     seconds: float
     queries: int
+    hops: int
 
 
 class _PeerSource:
@@ -809,11 +811,14 @@ class Swarm:
         dht = self._live().dht
         if dht is None:
             raise SwarmError("the DHT is off on this node (SwarmConfig.dht='off')")
-        queries = dht.view.streams_opened
+        queries, rounds = dht.view.streams_opened, dht.rounds
         started = time.perf_counter()
         found = await dht.find_providers(adapter_key(cid))
         return DhtLookup(
-            tuple(p.peer_id.to_base58() for p in found), time.perf_counter() - started, dht.view.streams_opened - queries
+            tuple(p.peer_id.to_base58() for p in found),
+            time.perf_counter() - started,
+            dht.view.streams_opened - queries,
+            dht.rounds - rounds,
         )
 
     async def _find_nodes(self, base_fingerprint: str) -> list[PeerEntry]:
