@@ -5,16 +5,17 @@ sparse topology; gossip reach, DHT lookups, a fan-out fetch and churn, printed a
     ─────────────────────                           ──────────────────────────────────────────
     start peer 0, then each peer i bootstraps  ───► Swarm(data dir, BlockStore, base FP, …) on
       to --degree random earlier peers              127.0.0.1:0; answers JSON lines on stdin:
-                                                    make / announce / seen (waits for it) /
-                                                    lookup / fetch / stats / quit
+    wait until the swarm is at rest (no             make / announce / seen (waits for it) /
+      connection count changes, the peers use       lookup / fetch / stats / quit
+      under half the cores: ``Sim.settle``)
     (a) reach: --announcements peers each announce a fresh adapter; every peer notes when the
         announcement reached it (its catalog callback): delay after the publisher's clock,
         p50/p99 over every (announcement, peer); /openlora/1/adapters messages each peer
         received per announcement (duplicates included)
     (b) DHT: --lookups lookups of those CIDs, each from a peer the provider did not bootstrap
         with or from, in the DHT only (``Swarm.find_providers``: the catalog is not consulted);
-        p50/p99 time, DHT requests sent, and hops (FIND_NODE rounds of py-libp2p's walk, as its
-        own log line counts them, + the GET_PROVIDERS round; 0 when the record was held there)
+        p50/p99 time, DHT requests sent, and hops (GET_PROVIDERS rounds; 0 when the record was
+        held there)
     (c) fetch: one peer fetches a --fetch-mb MB adapter alone (the baseline), then --fetchers
         other peers fetch another one of the same size at once from its one provider (a fetcher
         asks every connected peer, so later ones can use earlier ones); time until the last
@@ -38,11 +39,11 @@ mDNS or UPnP; every child is stopped (or killed) by PID before the driver exits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import random
-import re
 import signal
 import statistics
 import subprocess
@@ -52,6 +53,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 LOW_WATER, HIGH_WATER = 32, 96  # openlora.p2p.host's (not imported here: the driver loads no libp2p)
@@ -63,32 +66,15 @@ PEER_START_S = 300.0  # one peer to start (40 Python processes share 2 cores, wi
 # cores, and a functional check must not fail on a slow moment.
 SWARM = dict(request_timeout_s=30.0, dht_timeout_s=30.0, bootstrap_retry_s=1.0)
 CALL_S = 60.0  # one query of a peer's own swarm (stats, DHT state) from its command loop
+SETTLE_POLL_S = 5.0  # how often the driver looks whether the swarm came to rest after starting
 
 
 # ── peer side ────────────────────────────────────────────────────────────────────────────────
 
 
-class _WalkRounds(logging.Handler):
-    """Counts the rounds py-libp2p's FIND_NODE walk reports in its INFO line (the library
-    returns none): hops of a DHT lookup."""
-
-    _ROUNDS = re.compile(r"Network lookup completed after (\d+) rounds")
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.rounds = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        m = self._ROUNDS.search(record.getMessage())
-        if m:
-            self.rounds += int(m.group(1))
-
-
 def run_peer(work: Path, water: tuple[int, int], bootstrap: list[str]) -> None:
     """A peer: a Swarm keeping between ``water`` connections, answering one JSON command per stdin line with one
     JSON line."""
-    import psutil
-
     from openlora.adapters.manifest import parse_manifest
     from openlora.adapters.signing import check_signature
     from openlora.content import BlockStore
@@ -96,11 +82,6 @@ def run_peer(work: Path, water: tuple[int, int], bootstrap: list[str]) -> None:
     from openlora.p2p.swarm import Swarm, SwarmConfig
 
     logging.basicConfig(level=logging.ERROR)
-    walk = _WalkRounds()
-    routing_log = logging.getLogger("libp2p.kad_dht.peer_routing")
-    routing_log.addHandler(walk)
-    routing_log.setLevel(logging.INFO)
-    routing_log.propagate = False
 
     def validate(raw: bytes):  # type: ignore[no-untyped-def]
         manifest = parse_manifest(raw)
@@ -140,10 +121,8 @@ def run_peer(work: Path, water: tuple[int, int], bootstrap: list[str]) -> None:
                 arrived.wait_for(lambda: cmd["cid"] in seen, timeout=cmd.get("wait_s", 0))
                 return {"at": seen.get(cmd["cid"])}
         if op == "lookup":
-            walk.rounds = 0
             lookup = swarm.find_providers(cmd["cid"]).result(60)
-            hops = walk.rounds + 1 if lookup.queries else 0
-            return {"providers": list(lookup.providers), "seconds": lookup.seconds, "queries": lookup.queries, "hops": hops}
+            return {"providers": list(lookup.providers), "seconds": lookup.seconds, "queries": lookup.queries, "hops": lookup.hops}
         if op == "fetch":
             fetched = swarm.fetch_adapter(cmd["cid"], timeout_s=cmd["limit_s"]).result(cmd["limit_s"] + 10)
             weights = store.cat(fetched.manifest.files[-1].cid)
@@ -281,6 +260,16 @@ class Peer:
                 self.kill()
 
 
+def _cpu_seconds(procs: list) -> float:  # type: ignore[type-arg]
+    """User + system CPU seconds the processes used so far (a process gone counts 0)."""
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            times = p.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of ``values``, nearest rank; NaN when empty."""
     if not values:
@@ -315,7 +304,7 @@ class Sim:
         return peer
 
     def start(self) -> None:
-        """Start --peers peers: peer 0, then waves of 8 bootstrapping to earlier ones."""
+        """Start --peers peers: peer 0, then waves of 8 bootstrapping to earlier ones; then wait until they settle."""
         started = time.perf_counter()
         self.peers.append(self.spawn([]))
         while len(self.peers) < self.args.peers:
@@ -324,6 +313,25 @@ class Sim:
             self.peers += list(self.pool.map(self.spawn, choices))
         self.out["start_s"] = time.perf_counter() - started
         time.sleep(self.args.settle)
+        self.out["settle_s"] = self.settle()
+
+    def settle(self) -> float:
+        """Wait until the swarm is at rest: no peer's connection count changed over SETTLE_POLL_S and the peers
+        together used under half the box's cores, or --settle-max passed. A swarm of N peers booting at once dials
+        about N²/2 connections, each with a handshake, identify, a catalog pull both ways and DHT traffic; at 40
+        peers on 2 cores that saturates the box for a minute, and figures taken then measure the boot, not the
+        swarm. Returns the seconds waited."""
+        started = time.perf_counter()
+        procs = [psutil.Process(p.proc.pid) for p in self.peers]
+        counts, busy = None, _cpu_seconds(procs)
+        while time.perf_counter() - started < self.args.settle_max:
+            time.sleep(SETTLE_POLL_S)
+            now = [a["peers"] for a in self.stats(self.peers)]
+            cpu, busy = (_cpu_seconds(procs) - busy) / SETTLE_POLL_S, _cpu_seconds(procs)
+            if now == counts and cpu < (os.cpu_count() or 1) / 2:
+                break
+            counts = now
+        return time.perf_counter() - started
 
     def stats(self, peers: list[Peer]) -> list[dict]:
         """Every peer's stats (RSS, peers, gossip count); a peer that could not answer counts as a failure."""
@@ -446,7 +454,7 @@ def table(out: dict) -> str:
     ]  # fmt: skip
     w = max(len(x[0]) for x in rows)
     head = (f"swarm_sim: {out['peers']} peers on 127.0.0.1, degree {out['degree']}, seed {out['seed']}, "
-            f"{out['cores']} cores (shared with other work); started in {out['start_s']:.0f} s")  # fmt: skip
+            f"{out['cores']} cores (shared with other work); started in {out['start_s']:.0f} s, at rest {out['settle_s']:.0f} s later")  # fmt: skip
     return "\n".join([head, *(f"  {n:<{w}}  {v:<44} {t}" for n, v, t in rows)])
 
 
@@ -467,6 +475,7 @@ def main() -> int:
     parser.add_argument("--fetchers", type=int, default=10)
     parser.add_argument("--churn", type=float, default=0.25, help="share of peers killed and replaced")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds to let joins and records settle")
+    parser.add_argument("--settle-max", type=float, default=300.0, help="longest wait for the started swarm to come to rest")
     parser.add_argument("--reach-timeout", type=float, default=30.0)
     parser.add_argument("--fetch-timeout", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=1)
