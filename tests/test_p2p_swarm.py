@@ -17,9 +17,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trio
+from trio.testing import MockClock
 from eth_account import Account
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.peer.id import ID
+from libp2p.utils.varint import encode_varint_prefixed
 from openlora.adapters.manifest import (
     MANIFEST_VERSION,
     BaseRef,
@@ -49,6 +52,7 @@ from openlora.p2p import (
     SwarmNotRunning,
     SwarmStartError,
 )
+from openlora.p2p.blocks import MAX_WANTERS, PRESENCE_CODEC, UPLOAD_CHUNK, WANTERS_S, Presence, UploadLimit, Wanters
 from openlora.p2p.gossip import GOSSIP_PROTOCOLS, MESH_DEGREE, MESH_HIGH, MESH_LOW, build_pubsub
 from openlora.p2p.host import build_host, listen_multiaddr, parse_peer_multiaddr
 from openlora.p2p.identity import IDENTITY_FILE
@@ -265,6 +269,7 @@ def test_bad_bootstrap_multiaddrs_are_refused(addr: str) -> None:
         ("port", 70000),
         ("listen_host", "localhost"),
         ("ipfs_api", "ftp://x"),
+        ("max_upload_bytes_per_s", 0),
     ],
 )
 def test_bad_config_is_refused(field: str, value: object) -> None:
@@ -468,6 +473,68 @@ def test_a_multi_block_adapter_is_fetched_and_verified(spawn) -> None:
     wait_until(lambda: c.peer_id in a.catalog.get(cid).providers, "A learned that C holds it")
     again = c.fetch_adapter(cid).result(WAIT_S)
     assert again.stats.blocks == 0  # everything local: nothing fetched
+
+
+def test_peers_fetching_one_adapter_at_once_trade_its_blocks(spawn) -> None:
+    """Fan-out: on links of 1 MB/s, four peers fetching a 2 MB adapter from one provider take
+    blocks from each other (the provider names them, each says what it holds)."""
+    limit = dict(max_upload_bytes_per_s=1e6)
+    a = spawn("a", **limit)
+    fetchers: list[Swarm] = []
+    for name in "bcde":  # each dials the provider and the fetchers before it
+        fetchers.append(spawn(name, bootstrap=(a, *fetchers), **limit))
+    wait_until(lambda: all(connected(f, a, *(g for g in fetchers if g is not f)) for f in fetchers), "all connected")
+    cid, weights = make_adapter(a.store, 2_000_000)
+    a.announce(cid).result(WAIT_S)
+    wait_until(lambda: all(cid in cids(f) for f in fetchers), "every fetcher learned the adapter")
+    started = time.perf_counter()
+    results = [f.fetch_adapter(cid) for f in fetchers]
+    fetched = [r.result(60) for r in results]
+    wall = time.perf_counter() - started
+    from_peers = sum(n for f in fetched for source, n in f.stats.by_source.items() if source != a.peer_id)
+    blocks = sum(f.stats.blocks for f in fetched)
+    print(f"\n4 fetchers of 2 MB on 1 MB/s links: {wall:.1f} s; {from_peers} of {blocks} blocks from other fetchers")
+    weights_cid = fetched[0].manifest.file("adapter_model.safetensors").cid
+    assert all(f.store.cat(weights_cid) == weights for f in fetchers)
+    assert from_peers > 0
+
+
+def test_a_presence_answer_round_trips_and_a_malformed_one_is_refused() -> None:
+    peers = [ID.from_pubkey(create_new_key_pair().public_key) for _ in range(MAX_WANTERS)]
+    answer = Presence([True, False, True, *[False] * 6, True], peers)
+    decoded = PRESENCE_CODEC.decode_response(PRESENCE_CODEC.encode_response(answer))
+    assert decoded.have[:10] == answer.have and not any(decoded.have[10:]) and decoded.wanters == peers
+    too_many = b"".join(encode_varint_prefixed(f) for f in [b"\x01", *(p.to_bytes() for p in [*peers, peers[0]])])
+    with pytest.raises(ValueError, match="at most"):
+        PRESENCE_CODEC.decode_response(too_many)
+    with pytest.raises(ValueError, match="truncated"):
+        PRESENCE_CODEC.decode_response(b"\x05\x01")
+
+
+def test_an_upload_limit_shares_its_link_block_by_block_and_wanters_are_forgotten() -> None:
+    """Virtual time (trio's autojump clock): a one-chunk answer that comes second waits for one chunk
+    of the big answer before it, not all four; a request is remembered WANTERS_S seconds."""
+    done: dict[str, float] = {}
+
+    async def main() -> None:
+        link = UploadLimit(UPLOAD_CHUNK)  # one chunk a second
+
+        async def send(name: str, n: int, after: float) -> None:
+            await trio.sleep(after)
+            await link.send(n)
+            done[name] = trio.current_time()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, "big", 4 * UPLOAD_CHUNK, 0.0)
+            nursery.start_soon(send, "small", UPLOAD_CHUNK, 0.5)
+        wanters, me, other = Wanters(), *(ID.from_pubkey(create_new_key_pair().public_key) for _ in range(2))
+        wanters.note(other, ["x", "y"])
+        assert wanters.of(["y"], me) == [other] and wanters.of(["y"], other) == [] and wanters.of(["z"], me) == []
+        await trio.sleep(WANTERS_S + 1)
+        assert wanters.of(["y"], me) == []
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))
+    assert done == {"small": 2.0, "big": 5.0}
 
 
 def test_a_provider_known_only_from_its_status_is_dialled(spawn) -> None:

@@ -12,13 +12,28 @@ penalises that peer and asks another (bitswap 1.1+ recomputes each block's CID f
 it receives, so there a wrong block is just an unsolicited one and its sender stays unknown).
 The server reads through ``BlockStore.get``, which re-verifies, so it never serves a corrupt
 block from its own disk.
+
+``/openlora/have/1.0.0``: which of these blocks do you hold, and who asked you for them lately?
+
+    request   as above (varint-prefixed binary CIDs, at most MAX_PRESENCE_CIDS)
+    response  varint-prefixed bitmap (bit i, LSB first: holds CID i), then up to MAX_WANTERS
+              varint-prefixed peer IDs that requested any of them from this node in the last
+              WANTERS_S seconds (the asker left out), latest first
+
+This is what lets ten peers fetching one adapter at once from one provider feed each other: the
+provider names the others (BitTorrent's peer exchange), and each says what it holds so far
+(bitswap's HAVE), so a fetcher takes from the provider only its share of the blocks nobody else
+has yet (``fetch``). A node may cap the bytes per second it serves blocks at (``UploadLimit``),
+as operators cap an uplink.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 from libp2p.custom_types import TProtocol
@@ -47,6 +62,15 @@ _MAX_CID_BYTES = 128
 MAX_REQUEST_BYTES = MAX_BLOCKS_PER_REQUEST * (_MAX_CID_BYTES + 2)
 MAX_RESPONSE_BYTES = MAX_BLOCKS_PER_REQUEST * (MAX_BLOCK_SIZE + 8)
 MAX_CONCURRENT_INBOUND = 16  # requests served at once (all peers); bounds memory to 16 answers
+HAVE_PROTOCOL = TProtocol("/openlora/have/1.0.0")
+MAX_PRESENCE_CIDS = 1024  # a 256 MiB file's blocks in one question
+MAX_PRESENCE_REQUEST_BYTES = MAX_PRESENCE_CIDS * (_MAX_CID_BYTES + 2)
+MAX_WANTERS = 8  # peers named per presence answer
+_MAX_PEER_ID_BYTES = 64
+MAX_PRESENCE_RESPONSE_BYTES = MAX_PRESENCE_CIDS // 8 + 4 + MAX_WANTERS * (_MAX_PEER_ID_BYTES + 2)
+WANTERS_S = 60.0  # how long a node remembers who asked it for a block
+_WANTED_CIDS = 4096  # CIDs remembered (the oldest forgotten first)
+UPLOAD_CHUNK = 256 * 1024  # bytes an answer sends before the next answer's turn on a limited link (one default block)
 
 
 class BlockCodec:
@@ -94,11 +118,121 @@ def _frames(payload: bytes, max_frame: int) -> list[bytes]:
 CODEC = BlockCodec()
 
 
-def serve_blocks(rr: RequestResponse, store: BlockStore, is_banned: Callable[[ID], bool], timeout_s: float) -> None:
-    """Answer ``/openlora/blocks/1.0.0`` requests from ``store`` on ``rr``'s host.
+@dataclass(frozen=True)
+class Presence:
+    """One peer's answer on ``/openlora/have/1.0.0``.
+
+    Attributes:
+        have: per CID asked, in order: whether the peer holds the block.
+        wanters: peers that asked that peer for any of those blocks lately (latest first).
+    """
+
+    have: list[bool]
+    wanters: list[ID]
+
+
+class PresenceCodec:
+    """``request_response`` codec for ``/openlora/have/1.0.0`` (see the module docstring)."""
+
+    def encode_request(self, cids: list[str]) -> bytes:
+        """Binary CIDs, each varint-prefixed."""
+        return CODEC.encode_request(cids)
+
+    def decode_request(self, payload: bytes) -> list[str]:
+        """Raises ValueError (bad framing, bad CID, too many CIDs)."""
+        frames = _frames(payload, _MAX_CID_BYTES)
+        if len(frames) > MAX_PRESENCE_CIDS:
+            raise ValueError(f"{len(frames)} CIDs asked about; the limit is {MAX_PRESENCE_CIDS}")
+        return [cid_text(f) for f in frames]
+
+    def encode_response(self, presence: Presence) -> bytes:
+        """The bitmap frame, then one frame per wanter."""
+        bitmap = bytearray((len(presence.have) + 7) // 8)
+        for i, held in enumerate(presence.have):
+            if held:
+                bitmap[i // 8] |= 1 << (i % 8)
+        frames = [bytes(bitmap), *(p.to_bytes() for p in presence.wanters[:MAX_WANTERS])]
+        return b"".join(encode_varint_prefixed(f) for f in frames)
+
+    def decode_response(self, payload: bytes) -> Presence:
+        """Raises ValueError (bad framing, too many wanters, a bad peer ID); the bitmap's length is
+        checked by the asker, who knows how many CIDs it asked about."""
+        frames = _frames(payload, MAX_PRESENCE_CIDS // 8 + 1)
+        if not frames or len(frames) > 1 + MAX_WANTERS:
+            raise ValueError(f"a presence answer has a bitmap and at most {MAX_WANTERS} peers, got {len(frames)} frames")
+        bitmap = frames[0]
+        return Presence([bool(bitmap[i // 8] >> (i % 8) & 1) for i in range(8 * len(bitmap))], [ID(f) for f in frames[1:]])
+
+
+PRESENCE_CODEC = PresenceCodec()
+
+
+class Wanters:
+    """Who asked this node for which blocks in the last ``keep_s`` seconds (trio clock), for at
+    most ``_WANTED_CIDS`` CIDs: the co-fetchers a presence answer names."""
+
+    def __init__(self, keep_s: float = WANTERS_S) -> None:
+        self.keep_s = keep_s
+        self._asked: OrderedDict[str, dict[ID, float]] = OrderedDict()
+
+    def note(self, peer: ID, cids: list[str]) -> None:
+        """``peer`` asked for ``cids`` now."""
+        now = trio.current_time()
+        for cid in cids:
+            self._asked.setdefault(cid, {})[peer] = now
+            self._asked.move_to_end(cid)
+        while len(self._asked) > _WANTED_CIDS:
+            self._asked.popitem(last=False)
+
+    def of(self, cids: list[str], asker: ID) -> list[ID]:
+        """Peers other than ``asker`` that asked for any of ``cids`` lately, latest first, at most
+        MAX_WANTERS."""
+        since = trio.current_time() - self.keep_s
+        latest: dict[ID, float] = {}
+        for cid in cids:
+            for peer, at in self._asked.get(cid, {}).items():
+                if peer != asker and at >= since:
+                    latest[peer] = max(at, latest.get(peer, at))
+        return sorted(latest, key=latest.__getitem__, reverse=True)[:MAX_WANTERS]
+
+
+class UploadLimit:
+    """A link of ``bytes_per_s`` for the blocks this node serves, shared by the answers in flight
+    the way an uplink is: each takes the link for one ``UPLOAD_CHUNK`` at a time, in turn, so a
+    one-block answer is not stuck behind a sixteen-block one.
+
+    Raises:
+        ValueError: ``bytes_per_s`` is not positive.
+    """
+
+    def __init__(self, bytes_per_s: float) -> None:
+        if not bytes_per_s > 0:
+            raise ValueError(f"an upload limit must be positive, got {bytes_per_s!r} bytes/s")
+        self.bytes_per_s = bytes_per_s
+        self._free_at = 0.0
+
+    async def send(self, n: int) -> None:
+        """Wait until ``n`` bytes would have left the link."""
+        while n > 0:
+            chunk = min(n, UPLOAD_CHUNK)
+            self._free_at = max(self._free_at, trio.current_time()) + chunk / self.bytes_per_s
+            await trio.sleep_until(self._free_at)
+            n -= chunk
+
+
+def serve_blocks(
+    rr: RequestResponse,
+    store: BlockStore,
+    is_banned: Callable[[ID], bool],
+    timeout_s: float,
+    upload: UploadLimit | None = None,
+) -> None:
+    """Answer ``/openlora/blocks/1.0.0`` and ``/openlora/have/1.0.0`` requests from ``store`` on
+    ``rr``'s host, block answers through ``upload`` when given.
 
     Banned peers get their stream reset. Reads run in worker threads (disk + sha2-256).
     """
+    wanters = Wanters()
 
     def read(cids: list[str]) -> list[bytes | None]:
         out: list[bytes | None] = []
@@ -112,7 +246,17 @@ def serve_blocks(rr: RequestResponse, store: BlockStore, is_banned: Callable[[ID
     async def handle(cids: list[str], ctx: RequestContext) -> list[bytes | None]:
         if is_banned(ctx.peer_id):
             raise RequestResponseError(f"peer {ctx.peer_id} is banned")
-        return await trio.to_thread.run_sync(read, cids)
+        wanters.note(ctx.peer_id, cids)
+        blocks = await trio.to_thread.run_sync(read, cids)
+        if upload is not None:
+            await upload.send(sum(len(b) for b in blocks if b is not None))
+        return blocks
+
+    async def presence(cids: list[str], ctx: RequestContext) -> Presence:
+        if is_banned(ctx.peer_id):
+            raise RequestResponseError(f"peer {ctx.peer_id} is banned")
+        held = await trio.to_thread.run_sync(lambda: [store.has(c) for c in cids])
+        return Presence(held, wanters.of(cids, ctx.peer_id))
 
     rr.set_handler(
         BLOCKS_PROTOCOL,
@@ -122,6 +266,17 @@ def serve_blocks(rr: RequestResponse, store: BlockStore, is_banned: Callable[[ID
             timeout=timeout_s,
             max_request_size=MAX_REQUEST_BYTES,
             max_response_size=MAX_RESPONSE_BYTES,
+            max_concurrent_inbound=MAX_CONCURRENT_INBOUND,
+        ),
+    )
+    rr.set_handler(
+        HAVE_PROTOCOL,
+        presence,
+        PRESENCE_CODEC,
+        RequestResponseConfig(
+            timeout=timeout_s,
+            max_request_size=MAX_PRESENCE_REQUEST_BYTES,
+            max_response_size=MAX_PRESENCE_RESPONSE_BYTES,
             max_concurrent_inbound=MAX_CONCURRENT_INBOUND,
         ),
     )
@@ -152,3 +307,27 @@ async def request_blocks(rr: RequestResponse, peer: ID, cids: list[str], timeout
     if len(blocks) != len(cids):
         raise SourceUnavailable(f"peer {peer} answered {len(blocks)} frames for {len(cids)} CIDs")
     return {c: b for c, b in zip(cids, blocks, strict=True) if b is not None}
+
+
+async def request_presence(rr: RequestResponse, peer: ID, cids: list[str], timeout_s: float) -> Presence:
+    """Ask ``peer`` which of ``cids`` (at most ``MAX_PRESENCE_CIDS``) it holds and who asked it for them.
+
+    Raises:
+        ProtocolNotSupportedError: the peer does not speak ``/openlora/have/1.0.0``.
+        SourceUnavailable: timeout, transport failure, or a malformed answer.
+        ValueError: more than ``MAX_PRESENCE_CIDS`` CIDs.
+    """
+    if len(cids) > MAX_PRESENCE_CIDS:
+        raise ValueError(f"at most {MAX_PRESENCE_CIDS} CIDs per presence request, got {len(cids)}")
+    config = RequestResponseConfig(
+        timeout=timeout_s, max_request_size=MAX_PRESENCE_REQUEST_BYTES, max_response_size=MAX_PRESENCE_RESPONSE_BYTES
+    )
+    try:
+        answer = await rr.send_request(peer, [HAVE_PROTOCOL], cids, PRESENCE_CODEC, config)
+    except ProtocolNotSupportedError:
+        raise
+    except (RequestResponseError, ContentError, ValueError) as e:
+        raise SourceUnavailable(f"presence request to {peer} failed: {e}") from e
+    if len(answer.have) != 8 * ((len(cids) + 7) // 8):
+        raise SourceUnavailable(f"peer {peer} answered a bitmap of {len(answer.have)} bits for {len(cids)} CIDs")
+    return Presence(answer.have[: len(cids)], answer.wanters)

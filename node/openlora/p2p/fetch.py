@@ -7,6 +7,12 @@
       missing = store.missing(root, size) ──► spread over the sources of the best tier left for each
                                         block (round robin, batches of 16); the root must
                                         declare ``size`` before any child is asked for
+      with a survey naming other peers fetching the same DAG, a level is fetched as a swarm
+      (BitTorrent's piece picking, bitswap's HAVE): one block per request, started when a
+      source has room; a block some co-fetcher holds ──► from the least busy of them; one nobody
+      else holds ──► a provider, rarest first, random among equals, one request in flight per
+      fetcher there (ten fetchers queue ten different blocks and then trade them); the survey
+      (who holds what now) is refreshed every SURVEY_S
       each answer: block ──store.put (sha2-256 == CID?)──► stored
                    wrong bytes / oversized ──► on_bad_block(source) and drop the source
                    absent ──► that source lacks that CID; another is asked
@@ -22,9 +28,10 @@ in the libp2p thread (trio) and in the node's asyncio loop (e.g. Kubo RPC alone)
 from __future__ import annotations
 
 import math
+import random
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -44,6 +51,7 @@ PARALLEL_PER_SOURCE = 2  # requests in flight per source
 TIER_PROVIDER = 0  # known to hold the adapter (it announced it, or said so in catalog sync)
 TIER_PEER = 1  # a peer that may hold it and answers "don't have" at once
 TIER_FALLBACK = 2  # slow to say no: bitswap-only peers (wait out a timeout), Kubo RPC
+SURVEY_S = 0.5  # how often a fetch among co-fetchers asks again who holds what
 
 
 class BlockSource(Protocol):
@@ -69,6 +77,12 @@ class BlockSource(Protocol):
 
 BadBlockHandler = Callable[[BlockSource, str, Exception], None]
 """Called with (source, cid, error) when a source offered bytes that are not that block."""
+
+Survey = Callable[[str, list[str]], Awaitable[tuple[dict[str, set[str]], int]]]
+"""Asked at the start of each DAG level, and every SURVEY_S while a level is fetched as a swarm, with
+(the DAG's root, the CIDs still missing): which sources (by name) other than providers hold each
+missing block now, and how many peers are fetching the DAG besides this one. Best effort: it
+answers ``({}, 0)`` rather than fail."""
 
 
 @dataclass
@@ -137,10 +151,18 @@ def _leaves(error: BaseException) -> list[BaseException]:
 
 
 class _DagFetch:
-    def __init__(self, store: BlockStore, sources: Sequence[BlockSource], on_bad_block: BadBlockHandler | None) -> None:
+    def __init__(
+        self,
+        store: BlockStore,
+        sources: Sequence[BlockSource],
+        on_bad_block: BadBlockHandler | None,
+        survey: Survey | None,
+    ) -> None:
         self.store = store
         self.sources = list(sources)
         self.on_bad_block = on_bad_block
+        self.survey = survey
+        self.by_name = {s.name: i for i, s in enumerate(self.sources)}
         self.limiters = [anyio.CapacityLimiter(PARALLEL_PER_SOURCE) for _ in self.sources]
         self.dead: set[int] = set()
         self.lacks: dict[str, set[int]] = defaultdict(set)
@@ -149,20 +171,89 @@ class _DagFetch:
     async def run(self, root: str, size: int | None) -> FetchStats:
         while missing := await anyio.to_thread.run_sync(self.store.missing, root, size):
             self.stats.rounds += 1
-            plan: dict[int, list[str]] = defaultdict(list)
-            for n, cid in enumerate(missing):
-                candidates = [i for i in range(len(self.sources)) if i not in self.dead and i not in self.lacks[cid]]
-                if not candidates:
-                    raise FetchFailed(self._unavailable(missing), missing)
-                best = min(self.sources[i].tier for i in candidates)
-                candidates = [i for i in candidates if self.sources[i].tier == best]
-                plan[candidates[n % len(candidates)]].append(cid)
+            holders, cofetchers = await self.survey(root, missing) if self.survey is not None else ({}, 0)
             with _first_error():
-                async with anyio.create_task_group() as tg:
-                    for i, cids in plan.items():
-                        for k in range(0, len(cids), BATCH_BLOCKS):
-                            tg.start_soon(self._batch, i, cids[k : k + BATCH_BLOCKS])
+                if cofetchers:
+                    await self._swarm(root, missing, holders)
+                else:
+                    await self._tiered(missing)
         return self.stats
+
+    async def _tiered(self, missing: list[str]) -> None:
+        plan: dict[int, list[str]] = defaultdict(list)
+        for n, cid in enumerate(missing):
+            candidates = self._usable(cid)
+            if not candidates:
+                raise FetchFailed(self._unavailable(missing), missing)
+            best = min(self.sources[i].tier for i in candidates)
+            candidates = [i for i in candidates if self.sources[i].tier == best]
+            plan[candidates[n % len(candidates)]].append(cid)
+        async with anyio.create_task_group() as tg:
+            for i, cids in plan.items():
+                for k in range(0, len(cids), BATCH_BLOCKS):
+                    tg.start_soon(self._batch, i, cids[k : k + BATCH_BLOCKS])
+
+    async def _swarm(self, root: str, missing: list[str], holders: dict[str, set[str]]) -> None:
+        # One block per request, started whenever a source has room: a block a co-fetcher holds from the
+        # least busy of them; one nobody else holds (rarest first, random among equals) from a provider,
+        # one request in flight per fetcher there, so that ten fetchers queue ten different blocks at the
+        # provider and then trade them; the survey is refreshed every SURVEY_S.
+        survey = self.survey
+        assert survey is not None
+        pending, busy = set(missing), set[str]()
+        inflight: Counter[int] = Counter()
+        known = [holders]  # the latest survey's answer (the surveyor replaces it)
+        wake = anyio.Event()
+
+        async def one(i: int, cid: str) -> None:
+            try:
+                await self._batch(i, [cid])
+            finally:
+                busy.discard(cid)
+                inflight[i] -= 1
+                if await anyio.to_thread.run_sync(self.store.has, cid):
+                    pending.discard(cid)
+                wake.set()
+
+        async def surveyor() -> None:  # beside the requests: a slow answer must not hold them up
+            while True:
+                await anyio.sleep(SURVEY_S)
+                known[0], _ = await survey(root, sorted(pending))
+                wake.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(surveyor)
+            while pending:
+                wake = anyio.Event()
+                holders = known[0]
+                idle = sorted(pending - busy)
+                for cid in sorted(random.sample(idle, len(idle)), key=lambda c: len(holders.get(c, ()))):
+                    i = self._pick(cid, holders.get(cid, set()), inflight)
+                    if i is not None:
+                        inflight[i] += 1
+                        busy.add(cid)
+                        tg.start_soon(one, i, cid)
+                if not busy:  # nothing runs and nothing could start: no source is left for these
+                    left = sorted(pending)
+                    raise FetchFailed(self._unavailable(left), left)
+                await wake.wait()
+            tg.cancel_scope.cancel()
+
+    def _pick(self, cid: str, holders: set[str], inflight: Counter[int]) -> int | None:
+        usable = self._usable(cid)
+        holding = [i for h in holders if (i := self.by_name.get(h)) in usable and inflight[i] < PARALLEL_PER_SOURCE]
+        if holding:  # at random among the least busy: every fetcher sees the same holders
+            least = min(inflight[i] for i in holding)
+            return random.choice([i for i in holding if inflight[i] == least])
+        if not usable:
+            return None
+        best = min(self.sources[i].tier for i in usable)
+        room = 1 if best == TIER_PROVIDER else PARALLEL_PER_SOURCE
+        free = [i for i in usable if self.sources[i].tier == best and inflight[i] < room]
+        return min(free, key=inflight.__getitem__) if free else None
+
+    def _usable(self, cid: str) -> list[int]:
+        return [i for i in range(len(self.sources)) if i not in self.dead and i not in self.lacks[cid]]
 
     def _unavailable(self, missing: list[str]) -> str:
         if not self.sources:
@@ -217,6 +308,7 @@ async def fetch_dag(
     on_bad_block: BadBlockHandler | None = None,
     timeout_s: float | None = None,
     size: int | None = None,
+    survey: Survey | None = None,
 ) -> FetchStats:
     """Fetch every missing block of the DAG under ``root`` into ``store``, verified.
 
@@ -230,6 +322,8 @@ async def fetch_dag(
             their own).
         size: the file's size in bytes when known (an adapter's manifest says it): the root must
             declare exactly that, checked once the root is stored and before any child is fetched.
+        survey: peers fetching the same DAG and what they hold (see ``Survey``); ``None``: every
+            block from the sources by tier.
 
     Raises:
         FetchFailed: some blocks are not available from any remaining source.
@@ -238,7 +332,7 @@ async def fetch_dag(
         SizeMismatch: the root declares another size than ``size``.
     """
     started = time.perf_counter()
-    job = _DagFetch(store, sources, on_bad_block)
+    job = _DagFetch(store, sources, on_bad_block, survey)
     with anyio.move_on_after(math.inf if timeout_s is None else timeout_s) as scope:
         stats = await job.run(root, size)
     if scope.cancelled_caught:
@@ -257,6 +351,7 @@ async def fetch_adapter(
     *,
     on_bad_block: BadBlockHandler | None = None,
     timeout_s: float | None = None,
+    survey: Survey | None = None,
 ) -> FetchedAdapter:
     """Fetch an adapter by its manifest CID: the manifest, then every block of every file.
 
@@ -269,6 +364,7 @@ async def fetch_adapter(
             any of its files is fetched.
         on_bad_block: see :func:`fetch_dag`.
         timeout_s: deadline for the whole adapter, seconds.
+        survey: see :func:`fetch_dag`.
 
     Raises:
         InvalidCID: ``cid`` is not a CIDv1 with the raw codec.
@@ -289,7 +385,7 @@ async def fetch_adapter(
     total = FetchStats()
     started = time.perf_counter()
     try:
-        return await _fetch_adapter(store, cid, sources, validate_manifest, base_fingerprint, on_bad_block, left, total)
+        return await _fetch_adapter(store, cid, sources, validate_manifest, base_fingerprint, on_bad_block, left, total, survey)
     except FetchTimeout as e:
         # fetch_dag knows only the time that was left for its part; the caller asked for ``timeout_s``.
         raise FetchTimeout(
@@ -310,8 +406,9 @@ async def _fetch_adapter(
     on_bad_block: BadBlockHandler | None,
     left: Callable[[], float | None],
     total: FetchStats,
+    survey: Survey | None,
 ) -> FetchedAdapter:
-    total.add(await fetch_dag(store, cid, sources, on_bad_block=on_bad_block, timeout_s=left()))
+    total.add(await fetch_dag(store, cid, sources, on_bad_block=on_bad_block, timeout_s=left(), survey=survey))
     raw = await anyio.to_thread.run_sync(store.get, cid)
     try:
         manifest = validate_manifest(raw)
@@ -327,7 +424,9 @@ async def _fetch_adapter(
         )
     for f in manifest.files:
         try:
-            total.add(await fetch_dag(store, f.cid, sources, on_bad_block=on_bad_block, timeout_s=left(), size=f.size))
+            total.add(
+                await fetch_dag(store, f.cid, sources, on_bad_block=on_bad_block, timeout_s=left(), size=f.size, survey=survey)
+            )
         except SizeMismatch as e:
             raise AdapterRejected(RejectReason.MANIFEST_MISMATCH, f"{f.name}: {e} (the size the manifest lists)") from None
     return FetchedAdapter(cid, raw, manifest, total)

@@ -39,6 +39,7 @@ import logging
 import math
 import random
 import time
+from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ from ..adapters.reasons import AdapterRejected, RejectReason
 from ..content.blockstore import BlockStore
 from ..content.errors import BlockNotFound
 from .bitswap import BitswapFetcher, BitswapStore, ReplyingBitswapClient
-from .blocks import BLOCKS_PROTOCOL, request_blocks, serve_blocks
+from .blocks import BLOCKS_PROTOCOL, MAX_PRESENCE_CIDS, UploadLimit, request_blocks, request_presence, serve_blocks
 from .catalog import CatalogRecord, SwarmCatalog
 from .catalog_sync import CatalogSync
 from .dht import Dht, DhtInfo, adapter_key, base_key
@@ -87,6 +88,7 @@ PROVIDE_PARALLEL = 8  # keys provided at once when joining the DHT
 # all of them, in a few intervals, and the cost per node no longer grows with its connections: pulling every
 # connected peer put 40 x 39 catalog exchanges a minute through a 40-peer swarm_sim on 2 cores, in bursts.
 RESYNC_PEERS = 3
+SURVEY_PEERS = 4  # co-fetchers asked what they hold per survey (fetch.SURVEY_S)
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,8 @@ class SwarmConfig:
         relay_max_reservations / relay_max_circuits / relay_max_circuit_bytes /
             relay_max_circuit_s: the relay service's limits: slots, relayed connections per
             reserved peer, bytes and seconds per relayed connection.
+        max_upload_bytes_per_s: the rate this node serves blocks at, bytes per second, as an uplink
+            of that speed would (``None``: as fast as it can).
     """
 
     listen_host: str = "127.0.0.1"
@@ -166,6 +170,7 @@ class SwarmConfig:
     relay_max_circuits: int = 4
     relay_max_circuit_bytes: int = 256 * 2**20
     relay_max_circuit_s: float = 600.0
+    max_upload_bytes_per_s: float | None = None
 
     def __post_init__(self) -> None:
         """Raises InvalidMultiaddr (listen address, bootstrap) or ValueError (a bound)."""
@@ -192,6 +197,8 @@ class SwarmConfig:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SwarmConfig.{name} must be positive, got {getattr(self, name)!r}")
+        if self.max_upload_bytes_per_s is not None and not self.max_upload_bytes_per_s > 0:
+            raise ValueError(f"SwarmConfig.max_upload_bytes_per_s must be positive, got {self.max_upload_bytes_per_s!r}")
         if not self.ban_threshold < 0:
             raise ValueError(f"SwarmConfig.ban_threshold must be negative, got {self.ban_threshold!r}")
         if not 0 <= self.low_water <= self.high_water:
@@ -269,6 +276,44 @@ class _PeerSource:
         if running.bitswap is None:
             raise SourceUnavailable(f"peer {self.peer} speaks neither /openlora/blocks nor bitswap here")
         return await running.bitswap.get(self.peer, cids)
+
+
+class _Survey:
+    """Who else is fetching a DAG and which of its missing blocks each holds (``fetch.Survey``): the
+    providers name the peers that asked them for those blocks lately, and those peers, once known,
+    say what they hold (``/openlora/have/1.0.0``). Only connected openlora peers count."""
+
+    def __init__(self, running: _Running, sources: list[BlockSource]) -> None:
+        self.running = running
+        self.peers = {s.name: s for s in sources if isinstance(s, _PeerSource) and s.tier != TIER_FALLBACK}
+        self.cofetchers: set[str] = set()
+
+    async def __call__(self, root: str, missing: list[str]) -> tuple[dict[str, set[str]], int]:
+        asked = [root, *missing][:MAX_PRESENCE_CIDS]
+        providers = {n for n, s in self.peers.items() if s.tier == TIER_PROVIDER}
+        holders: dict[str, set[str]] = defaultdict(set)
+
+        async def ask(name: str) -> None:
+            try:
+                answer = await request_presence(
+                    self.running.rr, self.peers[name].peer, asked, self.running.config.request_timeout_s
+                )
+            except Exception as e:  # a peer that cannot say is only not asked for blocks by name
+                log.debug("presence request to %s failed: %s: %s", name, type(e).__name__, e)
+                return
+            if name not in providers:
+                for cid, held in zip(asked, answer.have, strict=True):
+                    if held:
+                        holders[cid].add(name)
+            self.cofetchers.update(n for p in answer.wanters if (n := p.to_base58()) in self.peers and n not in providers)
+
+        # every survey asks the providers (who name new co-fetchers) and a few co-fetchers: ten fetchers asking
+        # each other every second would spend the CPU the blocks need
+        sample = random.sample(sorted(self.cofetchers), min(SURVEY_PEERS, len(self.cofetchers)))
+        async with trio.open_nursery() as nursery:
+            for name in providers.union(sample):
+                nursery.start_soon(ask, name)
+        return dict(holders), len(self.cofetchers)
 
 
 class _Running:
@@ -503,7 +548,8 @@ class Swarm:
             guard = PeerGuard(host, pubsub, router, cfg.ban_threshold, cfg.ban_s)
             await nursery.start(guard.run, cfg.heartbeat_s)
             rr = RequestResponse(host)
-            serve_blocks(rr, self.store, guard.is_banned, cfg.request_timeout_s)
+            upload = UploadLimit(cfg.max_upload_bytes_per_s) if cfg.max_upload_bytes_per_s is not None else None
+            serve_blocks(rr, self.store, guard.is_banned, cfg.request_timeout_s, upload)
             sync = CatalogSync(rr, self.catalog, guard, self.validate_manifest, self._ingest, cfg.request_timeout_s)
             gossip = Gossip(
                 pubsub, router, guard, self.validate_manifest, self._ingest, self.peers, cfg.mesh_wait_s,
@@ -772,6 +818,7 @@ class Swarm:
             self.base_fingerprint,
             on_bad_block=running.bad_block,
             timeout_s=self.config.fetch_timeout_s if timeout_s is None else timeout_s,
+            survey=_Survey(running, sources),
         )
         m = fetched.manifest
         await trio.to_thread.run_sync(
