@@ -72,9 +72,9 @@ SETTLE_POLL_S = 5.0  # how often the driver looks whether the swarm came to rest
 # ── peer side ────────────────────────────────────────────────────────────────────────────────
 
 
-def run_peer(work: Path, water: tuple[int, int], bootstrap: list[str]) -> None:
-    """A peer: a Swarm keeping between ``water`` connections, answering one JSON command per stdin line with one
-    JSON line."""
+def run_peer(work: Path, settings: dict, bootstrap: list[str]) -> None:
+    """A peer: a Swarm with ``settings`` (SwarmConfig fields: connection watermarks, upload limit), answering one
+    JSON command per stdin line with one JSON line."""
     from openlora.adapters.manifest import parse_manifest
     from openlora.adapters.signing import check_signature
     from openlora.content import BlockStore
@@ -100,7 +100,7 @@ def run_peer(work: Path, water: tuple[int, int], bootstrap: list[str]) -> None:
         work, store, FP, validate,
         status=lambda: LocalStatus(grpc_address="127.0.0.1:1", base_name="sim", base_fingerprint=FP),
         on_adapter=on_adapter,
-        config=SwarmConfig(bootstrap=tuple(bootstrap), low_water=water[0], high_water=water[1], **SWARM),  # type: ignore[arg-type]
+        config=SwarmConfig(bootstrap=tuple(bootstrap), **settings, **SWARM),  # type: ignore[arg-type]
     )  # fmt: skip
     swarm.start()
     me = psutil.Process()
@@ -191,7 +191,7 @@ def _say(obj: dict) -> None:
 class Peer:
     """One peer process, driven by JSON lines; ``ask`` is safe from one thread at a time."""
 
-    def __init__(self, index: int, work: Path, bootstrap: list[Peer], water: tuple[int, int]) -> None:
+    def __init__(self, index: int, work: Path, bootstrap: list[Peer], settings: dict) -> None:
         self.index = index
         self.bootstrap = {p.index for p in bootstrap}
         env = {**os.environ, "PYTHONPATH": str(ROOT / "node")}
@@ -199,7 +199,7 @@ class Peer:
         self.log = work / "peer.log"  # its warnings and errors: the driver shows the tail when it fails
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, __file__, "--peer", str(work), *map(str, water), *[p.multiaddr for p in bootstrap]],
+                [sys.executable, __file__, "--peer", str(work), json.dumps(settings), *[p.multiaddr for p in bootstrap]],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
             )  # fmt: skip
         self._lock = threading.Lock()
@@ -288,7 +288,10 @@ class Sim:
         self.peers: list[Peer] = []
         self.pool = ThreadPoolExecutor(max_workers=max(args.peers, args.fetchers) + 4)
         self.provided: dict[str, Peer] = {}  # CID → its provider
-        self.out: dict = {"peers": args.peers, "degree": args.degree, "water": [args.low_water, args.high_water], "seed": args.seed, "cores": os.cpu_count()}
+        self.out: dict = {"peers": args.peers, "degree": args.degree, "water": [args.low_water, args.high_water], "seed": args.seed,
+                          "cores": os.cpu_count(), "upload_mbps": args.upload_mbps}  # fmt: skip
+        self.settings = {"low_water": args.low_water, "high_water": args.high_water,
+                         "max_upload_bytes_per_s": args.upload_mbps * MB if args.upload_mbps else None}  # fmt: skip
         self.failures: list[str] = []
         self.everyone: list[Peer] = []  # every peer started, killed ones included
         self._started = 0
@@ -299,7 +302,7 @@ class Sim:
         with self._spawn_lock:
             index = self._started
             self._started += 1
-        peer = Peer(index, self.work / f"peer{index}", bootstrap, (self.args.low_water, self.args.high_water))
+        peer = Peer(index, self.work / f"peer{index}", bootstrap, self.settings)
         self.everyone.append(peer)
         return peer
 
@@ -469,6 +472,11 @@ def main() -> int:
         "the default 32 connects everyone to everyone, fewer gives a sparse swarm)",
     )  # fmt: skip
     parser.add_argument("--high-water", type=int, default=HIGH_WATER, help="connections above which a peer prunes")
+    parser.add_argument(
+        "--upload-mbps", type=float, default=0.0,
+        help="each peer serves blocks at most this many MB/s, as an uplink would (SwarmConfig.max_upload_bytes_per_s; "
+        "0: unlimited). On loopback without it a fetch is bound by the CPU, which ten fetchers share whoever serves them",
+    )  # fmt: skip
     parser.add_argument("--announcements", type=int, default=5)
     parser.add_argument("--lookups", type=int, default=40)
     parser.add_argument("--fetch-mb", type=float, default=3.7)
@@ -483,7 +491,7 @@ def main() -> int:
     parser.add_argument("--peer", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
-        run_peer(Path(args.peer[0]), (int(args.peer[1]), int(args.peer[2])), args.peer[3:])
+        run_peer(Path(args.peer[0]), json.loads(args.peer[1]), args.peer[2:])
         return 0
     if args.peers < 4 or args.fetchers + 2 > args.peers:
         parser.error("need --peers >= 4 and --fetchers <= peers - 2")
