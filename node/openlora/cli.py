@@ -210,6 +210,7 @@ def start(
     p2p_listen: Annotated[Optional[bool], typer.Option("--p2p-listen/--no-p2p-listen", help="Accept direct libp2p connections; --no-p2p-listen: behind NAT, reached only through --relay.", show_default="--p2p-listen")] = None,
     relay: Annotated[Optional[list[str]], typer.Option(help="Relay multiaddr /ip4/…/tcp/N/p2p/ID to hold a slot at, so peers reach this node through it (repeatable; OPENLORA_RELAYS comma-separated).")] = None,
     relay_service: Annotated[Optional[bool], typer.Option("--relay-service/--no-relay-service", help="Relay connections for nodes behind NAT (limited per peer and circuit).", show_default="--no-relay-service")] = None,
+    p2p_upload_mbps: Annotated[Optional[float], typer.Option(help="Serve adapter blocks to peers at most this many MB/s (unset: as fast as the link goes).")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning, error.", show_default="info")] = None,
     log_format: Annotated[Optional[str], typer.Option(help="Log lines on stderr: text, or json (one object per line).", show_default="text")] = None,
     fetch_timeout: Annotated[Optional[float], typer.Option(help="Seconds a fetch of an unknown adapter from peers may take.", show_default="60.0")] = None,

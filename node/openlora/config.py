@@ -134,6 +134,8 @@ class NodeSettings(BaseSettings):
         relays: full multiaddrs of relay peers to hold a slot at (a node behind NAT is reached
             through them); ``OPENLORA_RELAYS`` takes them comma-separated.
         relay_service: relay for nodes behind NAT (within the swarm's limits); off by default.
+        p2p_upload_mbps: the most this node serves adapter blocks at to peers, MB/s (10^6 bytes), the
+            answers in flight sharing it block by block; unset: as fast as it can.
         log_level / log_format: logging threshold; ``text`` lines or one ``json`` object per line.
         fetch_timeout_s: how long a fetch of an unknown adapter from peers may take, seconds.
         client_rate_limit_rps / client_rate_limit_burst: per-client token bucket on API calls
@@ -188,6 +190,7 @@ class NodeSettings(BaseSettings):
     p2p_listen: bool = True
     relays: Annotated[list[str], NoDecode] = []
     relay_service: bool = False
+    p2p_upload_mbps: Annotated[float, Field(gt=0)] | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     fetch_timeout_s: Annotated[float, Field(gt=0)] = 60.0

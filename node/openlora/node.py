@@ -224,6 +224,7 @@ class Node:
             config=SwarmConfig(
                 listen_host=s.host, port=s.p2p_port, bootstrap=tuple(s.bootstrap), ipfs_api=s.ipfs_api, dht=s.dht,
                 listen=s.p2p_listen, relays=tuple(s.relays), relay_service=s.relay_service,
+                max_upload_bytes_per_s=s.p2p_upload_mbps * 1e6 if s.p2p_upload_mbps is not None else None,
             ),
             check_evidence=self._check_evidence,
             accused=self.proofs.accusations.addresses,
