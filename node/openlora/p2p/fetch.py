@@ -8,11 +8,11 @@
                                         block (round robin, batches of 16); the root must
                                         declare ``size`` before any child is asked for
       with a survey naming other peers fetching the same DAG, a level is fetched as a swarm
-      (BitTorrent's piece picking, bitswap's HAVE): one block per request, started when a
-      source has room; a block some co-fetcher holds ──► from the least busy of them; one nobody
-      else holds ──► a provider, rarest first, random among equals, one request in flight per
-      fetcher there (ten fetchers queue ten different blocks and then trade them); the survey
-      (who holds what now) is refreshed every SURVEY_S
+      (BitTorrent's piece picking, bitswap's HAVE): requests start when a source has room; blocks
+      some co-fetcher holds ──► from the least busy of them, one request each; one nobody else
+      holds ──► a provider, rarest first, random among equals, one block and one request in
+      flight per fetcher there (ten fetchers queue ten different blocks and then trade them);
+      the survey (who holds what now) is refreshed every SURVEY_S
       each answer: block ──store.put (sha2-256 == CID?)──► stored
                    wrong bytes / oversized ──► on_bad_block(source) and drop the source
                    absent ──► that source lacks that CID; another is asked
@@ -51,7 +51,7 @@ PARALLEL_PER_SOURCE = 2  # requests in flight per source
 TIER_PROVIDER = 0  # known to hold the adapter (it announced it, or said so in catalog sync)
 TIER_PEER = 1  # a peer that may hold it and answers "don't have" at once
 TIER_FALLBACK = 2  # slow to say no: bitswap-only peers (wait out a timeout), Kubo RPC
-SURVEY_S = 0.5  # how often a fetch among co-fetchers asks again who holds what
+SURVEY_S = 1.0  # how often a fetch among co-fetchers asks again who holds what
 
 
 class BlockSource(Protocol):
@@ -194,10 +194,10 @@ class _DagFetch:
                     tg.start_soon(self._batch, i, cids[k : k + BATCH_BLOCKS])
 
     async def _swarm(self, root: str, missing: list[str], holders: dict[str, set[str]]) -> None:
-        # One block per request, started whenever a source has room: a block a co-fetcher holds from the
-        # least busy of them; one nobody else holds (rarest first, random among equals) from a provider,
-        # one request in flight per fetcher there, so that ten fetchers queue ten different blocks at the
-        # provider and then trade them; the survey is refreshed every SURVEY_S.
+        # Requests start whenever a source has room: the blocks a co-fetcher holds from the least busy
+        # of them, in one request; one nobody else holds (rarest first, random among equals) from a
+        # provider, one block and one request in flight per fetcher there, so that ten fetchers queue
+        # ten different blocks at the provider and then trade them; the survey is refreshed every SURVEY_S.
         survey = self.survey
         assert survey is not None
         pending, busy = set(missing), set[str]()
@@ -205,14 +205,14 @@ class _DagFetch:
         known = [holders]  # the latest survey's answer (the surveyor replaces it)
         wake = anyio.Event()
 
-        async def one(i: int, cid: str) -> None:
+        async def request(i: int, cids: list[str]) -> None:
             try:
-                await self._batch(i, [cid])
+                await self._batch(i, cids)
             finally:
-                busy.discard(cid)
+                busy.difference_update(cids)
                 inflight[i] -= 1
-                if await anyio.to_thread.run_sync(self.store.has, cid):
-                    pending.discard(cid)
+                held = await anyio.to_thread.run_sync(lambda: [c for c in cids if self.store.has(c)])
+                pending.difference_update(held)
                 wake.set()
 
         async def surveyor() -> None:  # beside the requests: a slow answer must not hold them up
@@ -227,12 +227,17 @@ class _DagFetch:
                 wake = anyio.Event()
                 holders = known[0]
                 idle = sorted(pending - busy)
+                batches: dict[int, list[str]] = defaultdict(list)
                 for cid in sorted(random.sample(idle, len(idle)), key=lambda c: len(holders.get(c, ()))):
                     i = self._pick(cid, holders.get(cid, set()), inflight)
-                    if i is not None:
+                    if i is None or len(batches[i]) >= BATCH_BLOCKS:
+                        continue
+                    if not batches[i]:
                         inflight[i] += 1
-                        busy.add(cid)
-                        tg.start_soon(one, i, cid)
+                    batches[i].append(cid)  # a co-fetcher's blocks go in one request (a provider's: one each)
+                    busy.add(cid)
+                for i, cids in batches.items():
+                    tg.start_soon(request, i, cids)
                 if not busy:  # nothing runs and nothing could start: no source is left for these
                     left = sorted(pending)
                     raise FetchFailed(self._unavailable(left), left)

@@ -23,10 +23,11 @@ Futures are ``concurrent.futures.Future``: block on ``.result(timeout)`` from a 
 (``status``, ``on_adapter``) run in worker threads, never in the libp2p loop.
 
 What runs inside (all in the trio thread): GossipSub + validators (``gossip``), peer scores and
-bans (``scoring``), ``/openlora/blocks/1.0.0`` server (``blocks``), bitswap client and server
-(``bitswap``, for Kubo and other IPFS peers), ``/openlora/catalog/1.0.0`` pulled from every
-peer on connect and from RESYNC_PEERS random peers every sync interval (``catalog_sync``), ``/openlora/nodes/1.0.0`` answered
-for clients that route by swarm (``directory``), the status loop, and the Kademlia DHT
+bans (``scoring``), ``/openlora/blocks/1.0.0`` and ``/openlora/have/1.0.0`` servers (``blocks``; a
+fetch asks the second who else fetches the adapter and what they hold: ``_Survey``), bitswap client
+and server (``bitswap``, for Kubo and other IPFS peers), ``/openlora/catalog/1.0.0`` pulled from
+every peer on connect and from RESYNC_PEERS random peers every sync interval (``catalog_sync``),
+``/openlora/nodes/1.0.0`` answered for clients that route by swarm (``directory``), the status loop, and the Kademlia DHT
 ``/openlora/kad/1.0.0`` (``dht``): once a first peer is connected the node joins it and provides
 its base and every adapter it holds; each adapter announced or fetched is provided too.
 """
