@@ -501,10 +501,11 @@ def test_peers_fetching_one_adapter_at_once_trade_its_blocks(spawn) -> None:
 
 def test_a_presence_answer_round_trips_and_a_malformed_one_is_refused() -> None:
     peers = [ID.from_pubkey(create_new_key_pair().public_key) for _ in range(MAX_WANTERS)]
-    answer = Presence([True, False, True, *[False] * 6, True], peers)
+    answer = Presence([True, False, True, *[False] * 6, True], [0, 3, 255, *[1] * 6, 7], peers)
     decoded = PRESENCE_CODEC.decode_response(PRESENCE_CODEC.encode_response(answer))
     assert decoded.have[:10] == answer.have and not any(decoded.have[10:]) and decoded.wanters == peers
-    too_many = b"".join(encode_varint_prefixed(f) for f in [b"\x01", *(p.to_bytes() for p in [*peers, peers[0]])])
+    assert decoded.asked == answer.asked
+    too_many = b"".join(encode_varint_prefixed(f) for f in [b"\x01", b"\x01", *(p.to_bytes() for p in [*peers, peers[0]])])
     with pytest.raises(ValueError, match="at most"):
         PRESENCE_CODEC.decode_response(too_many)
     with pytest.raises(ValueError, match="truncated"):
@@ -530,8 +531,9 @@ def test_an_upload_limit_shares_its_link_block_by_block_and_wanters_are_forgotte
         wanters, me, other = Wanters(), *(ID.from_pubkey(create_new_key_pair().public_key) for _ in range(2))
         wanters.note(other, ["x", "y"])
         assert wanters.of(["y"], me) == [other] and wanters.of(["y"], other) == [] and wanters.of(["z"], me) == []
+        assert wanters.count("y") == 1 and wanters.count("z") == 0
         await trio.sleep(WANTERS_S + 1)
-        assert wanters.of(["y"], me) == []
+        assert wanters.of(["y"], me) == [] and wanters.count("y") == 0
 
     trio.run(main, clock=MockClock(autojump_threshold=0))
     assert done == {"small": 2.0, "big": 5.0}

@@ -16,14 +16,15 @@ block from its own disk.
 ``/openlora/have/1.0.0``: which of these blocks do you hold, and who asked you for them lately?
 
     request   as above (varint-prefixed binary CIDs, at most MAX_PRESENCE_CIDS)
-    response  varint-prefixed bitmap (bit i, LSB first: holds CID i), then up to MAX_WANTERS
-              varint-prefixed peer IDs that requested any of them from this node in the last
-              WANTERS_S seconds (the asker left out), latest first
+    response  varint-prefixed bitmap (bit i, LSB first: holds CID i), then a varint-prefixed
+              byte per CID: how many peers asked this node for it in the last WANTERS_S seconds
+              (at most 255), then up to MAX_WANTERS varint-prefixed peer IDs that asked for any of
+              them in that time (the asker left out), latest first
 
 This is what lets ten peers fetching one adapter at once from one provider feed each other: the
-provider names the others (BitTorrent's peer exchange), and each says what it holds so far
-(bitswap's HAVE), so a fetcher takes from the provider only its share of the blocks nobody else
-has yet (``fetch``). A node may cap the bytes per second it serves blocks at (``UploadLimit``),
+provider names the others (BitTorrent's peer exchange) and says how many asked it for each block
+(copies on their way into the swarm), and each says what it holds so far (bitswap's HAVE), so a
+fetcher takes from the provider the blocks the fewest others have or asked for (``fetch``). A node may cap the bytes per second it serves blocks at (``UploadLimit``),
 as operators cap an uplink.
 """
 
@@ -67,7 +68,7 @@ MAX_PRESENCE_CIDS = 1024  # a 256 MiB file's blocks in one question
 MAX_PRESENCE_REQUEST_BYTES = MAX_PRESENCE_CIDS * (_MAX_CID_BYTES + 2)
 MAX_WANTERS = 8  # peers named per presence answer
 _MAX_PEER_ID_BYTES = 64
-MAX_PRESENCE_RESPONSE_BYTES = MAX_PRESENCE_CIDS // 8 + 4 + MAX_WANTERS * (_MAX_PEER_ID_BYTES + 2)
+MAX_PRESENCE_RESPONSE_BYTES = MAX_PRESENCE_CIDS // 8 + MAX_PRESENCE_CIDS + 8 + MAX_WANTERS * (_MAX_PEER_ID_BYTES + 2)
 WANTERS_S = 60.0  # how long a node remembers who asked it for a block
 _WANTED_CIDS = 4096  # CIDs remembered (the oldest forgotten first)
 UPLOAD_CHUNK = 256 * 1024  # bytes an answer sends before the next answer's turn on a limited link (one default block)
@@ -124,10 +125,12 @@ class Presence:
 
     Attributes:
         have: per CID asked, in order: whether the peer holds the block.
+        asked: per CID asked, in order: peers that asked that peer for it lately (at most 255).
         wanters: peers that asked that peer for any of those blocks lately (latest first).
     """
 
     have: list[bool]
+    asked: list[int]
     wanters: list[ID]
 
 
@@ -146,22 +149,24 @@ class PresenceCodec:
         return [cid_text(f) for f in frames]
 
     def encode_response(self, presence: Presence) -> bytes:
-        """The bitmap frame, then one frame per wanter."""
+        """The bitmap frame, the counts frame, then one frame per wanter."""
         bitmap = bytearray((len(presence.have) + 7) // 8)
         for i, held in enumerate(presence.have):
             if held:
                 bitmap[i // 8] |= 1 << (i % 8)
-        frames = [bytes(bitmap), *(p.to_bytes() for p in presence.wanters[:MAX_WANTERS])]
+        counts = bytes(min(n, 255) for n in presence.asked)
+        frames = [bytes(bitmap), counts, *(p.to_bytes() for p in presence.wanters[:MAX_WANTERS])]
         return b"".join(encode_varint_prefixed(f) for f in frames)
 
     def decode_response(self, payload: bytes) -> Presence:
-        """Raises ValueError (bad framing, too many wanters, a bad peer ID); the bitmap's length is
+        """Raises ValueError (bad framing, too many wanters); the bitmap's and the counts' lengths are
         checked by the asker, who knows how many CIDs it asked about."""
-        frames = _frames(payload, MAX_PRESENCE_CIDS // 8 + 1)
-        if not frames or len(frames) > 1 + MAX_WANTERS:
-            raise ValueError(f"a presence answer has a bitmap and at most {MAX_WANTERS} peers, got {len(frames)} frames")
-        bitmap = frames[0]
-        return Presence([bool(bitmap[i // 8] >> (i % 8) & 1) for i in range(8 * len(bitmap))], [ID(f) for f in frames[1:]])
+        frames = _frames(payload, MAX_PRESENCE_CIDS)
+        if not 2 <= len(frames) <= 2 + MAX_WANTERS:
+            raise ValueError(f"a presence answer has a bitmap, counts and at most {MAX_WANTERS} peers, got {len(frames)} frames")
+        bitmap, counts = frames[0], frames[1]
+        have = [bool(bitmap[i // 8] >> (i % 8) & 1) for i in range(8 * len(bitmap))]
+        return Presence(have, list(counts), [ID(f) for f in frames[2:]])
 
 
 PRESENCE_CODEC = PresenceCodec()
@@ -183,6 +188,11 @@ class Wanters:
             self._asked.move_to_end(cid)
         while len(self._asked) > _WANTED_CIDS:
             self._asked.popitem(last=False)
+
+    def count(self, cid: str) -> int:
+        """Peers that asked for ``cid`` lately."""
+        since = trio.current_time() - self.keep_s
+        return sum(1 for at in self._asked.get(cid, {}).values() if at >= since)
 
     def of(self, cids: list[str], asker: ID) -> list[ID]:
         """Peers other than ``asker`` that asked for any of ``cids`` lately, latest first, at most
@@ -256,7 +266,7 @@ def serve_blocks(
         if is_banned(ctx.peer_id):
             raise RequestResponseError(f"peer {ctx.peer_id} is banned")
         held = await trio.to_thread.run_sync(lambda: [store.has(c) for c in cids])
-        return Presence(held, wanters.of(cids, ctx.peer_id))
+        return Presence(held, [wanters.count(c) for c in cids], wanters.of(cids, ctx.peer_id))
 
     rr.set_handler(
         BLOCKS_PROTOCOL,
@@ -328,6 +338,8 @@ async def request_presence(rr: RequestResponse, peer: ID, cids: list[str], timeo
         raise
     except (RequestResponseError, ContentError, ValueError) as e:
         raise SourceUnavailable(f"presence request to {peer} failed: {e}") from e
-    if len(answer.have) != 8 * ((len(cids) + 7) // 8):
-        raise SourceUnavailable(f"peer {peer} answered a bitmap of {len(answer.have)} bits for {len(cids)} CIDs")
-    return Presence(answer.have[: len(cids)], answer.wanters)
+    if len(answer.have) != 8 * ((len(cids) + 7) // 8) or len(answer.asked) != len(cids):
+        raise SourceUnavailable(
+            f"peer {peer} answered {len(answer.have)} bits and {len(answer.asked)} counts for {len(cids)} CIDs"
+        )
+    return Presence(answer.have[: len(cids)], answer.asked, answer.wanters)

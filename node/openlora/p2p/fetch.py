@@ -78,11 +78,31 @@ class BlockSource(Protocol):
 BadBlockHandler = Callable[[BlockSource, str, Exception], None]
 """Called with (source, cid, error) when a source offered bytes that are not that block."""
 
-Survey = Callable[[str, list[str]], Awaitable[tuple[dict[str, set[str]], int]]]
+
+
+@dataclass(frozen=True)
+class Census:
+    """What a survey found about the blocks still missing.
+
+    Attributes:
+        holders: CID → names of sources other than providers that hold it now.
+        asked: CID → peers that asked a provider for it lately (copies on their way into the swarm).
+        cofetchers: peers fetching the DAG besides this one.
+    """
+
+    holders: dict[str, set[str]] = field(default_factory=dict)
+    asked: dict[str, int] = field(default_factory=dict)
+    cofetchers: int = 0
+
+    def rarity(self, cid: str) -> int:
+        """Copies of ``cid`` in the swarm or on their way there, as far as this census knows."""
+        return len(self.holders.get(cid, ())) + self.asked.get(cid, 0)
+
+
+Survey = Callable[[str, list[str]], Awaitable[Census]]
 """Asked at the start of each DAG level, and every SURVEY_S while a level is fetched as a swarm, with
-(the DAG's root, the CIDs still missing): which sources (by name) other than providers hold each
-missing block now, and how many peers are fetching the DAG besides this one. Best effort: it
-answers ``({}, 0)`` rather than fail."""
+(the DAG's root, the CIDs still missing). Best effort: it answers an empty ``Census`` rather than
+fail."""
 
 
 @dataclass
@@ -171,10 +191,10 @@ class _DagFetch:
     async def run(self, root: str, size: int | None) -> FetchStats:
         while missing := await anyio.to_thread.run_sync(self.store.missing, root, size):
             self.stats.rounds += 1
-            holders, cofetchers = await self.survey(root, missing) if self.survey is not None else ({}, 0)
+            census = await self.survey(root, missing) if self.survey is not None else Census()
             with _first_error():
-                if cofetchers:
-                    await self._swarm(root, missing, holders)
+                if census.cofetchers:
+                    await self._swarm(root, missing, census)
                 else:
                     await self._tiered(missing)
         return self.stats
@@ -193,16 +213,16 @@ class _DagFetch:
                 for k in range(0, len(cids), BATCH_BLOCKS):
                     tg.start_soon(self._batch, i, cids[k : k + BATCH_BLOCKS])
 
-    async def _swarm(self, root: str, missing: list[str], holders: dict[str, set[str]]) -> None:
+    async def _swarm(self, root: str, missing: list[str], census: Census) -> None:
         # Requests start whenever a source has room: the blocks a co-fetcher holds from the least busy
-        # of them, in one request; one nobody else holds (rarest first, random among equals) from a
-        # provider, one block and one request in flight per fetcher there, so that ten fetchers queue
+        # of them, in one request; one nobody else holds (rarest first: fewest holders and fewest
+        # peers who asked the provider for it, random among equals) from a provider, one block and one request in flight per fetcher there, so that ten fetchers queue
         # ten different blocks at the provider and then trade them; the survey is refreshed every SURVEY_S.
         survey = self.survey
         assert survey is not None
         pending, busy = set(missing), set[str]()
         inflight: Counter[int] = Counter()
-        known = [holders]  # the latest survey's answer (the surveyor replaces it)
+        known = [census]  # the latest survey's answer (the surveyor replaces it)
         wake = anyio.Event()
 
         async def request(i: int, cids: list[str]) -> None:
@@ -218,18 +238,18 @@ class _DagFetch:
         async def surveyor() -> None:  # beside the requests: a slow answer must not hold them up
             while True:
                 await anyio.sleep(SURVEY_S)
-                known[0], _ = await survey(root, sorted(pending))
+                known[0] = await survey(root, sorted(pending))
                 wake.set()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(surveyor)
             while pending:
                 wake = anyio.Event()
-                holders = known[0]
+                now = known[0]
                 idle = sorted(pending - busy)
                 batches: dict[int, list[str]] = defaultdict(list)
-                for cid in sorted(random.sample(idle, len(idle)), key=lambda c: len(holders.get(c, ()))):
-                    i = self._pick(cid, holders.get(cid, set()), inflight)
+                for cid in sorted(random.sample(idle, len(idle)), key=now.rarity):
+                    i = self._pick(cid, now.holders.get(cid, set()), inflight)
                     if i is None or len(batches[i]) >= BATCH_BLOCKS:
                         continue
                     if not batches[i]:

@@ -66,7 +66,7 @@ from .catalog_sync import CatalogSync
 from .dht import Dht, DhtInfo, adapter_key, base_key
 from .directory import request_status, serve_directory
 from .errors import SourceUnavailable, SwarmError, SwarmStartError
-from .fetch import TIER_FALLBACK, TIER_PEER, TIER_PROVIDER, BlockSource, FetchedAdapter, fetch_adapter
+from .fetch import TIER_FALLBACK, TIER_PEER, TIER_PROVIDER, BlockSource, Census, FetchedAdapter, fetch_adapter
 from .gossip import CountingPubsub, EvidenceCheck, Gossip, build_pubsub
 from .host import HIGH_WATER, LOW_WATER, build_host, check_port_free, listen_multiaddr, parse_peer_multiaddr
 from .identity import load_or_create_identity
@@ -289,10 +289,11 @@ class _Survey:
         self.peers = {s.name: s for s in sources if isinstance(s, _PeerSource) and s.tier != TIER_FALLBACK}
         self.cofetchers: set[str] = set()
 
-    async def __call__(self, root: str, missing: list[str]) -> tuple[dict[str, set[str]], int]:
+    async def __call__(self, root: str, missing: list[str]) -> Census:
         asked = [root, *missing][:MAX_PRESENCE_CIDS]
         providers = {n for n, s in self.peers.items() if s.tier == TIER_PROVIDER}
         holders: dict[str, set[str]] = defaultdict(set)
+        requested: dict[str, int] = {}
 
         async def ask(name: str) -> None:
             try:
@@ -302,7 +303,10 @@ class _Survey:
             except Exception as e:  # a peer that cannot say is only not asked for blocks by name
                 log.debug("presence request to %s failed: %s: %s", name, type(e).__name__, e)
                 return
-            if name not in providers:
+            if name in providers:
+                for cid, n in zip(asked, answer.asked, strict=True):
+                    requested[cid] = max(n, requested.get(cid, 0))
+            else:
                 for cid, held in zip(asked, answer.have, strict=True):
                     if held:
                         holders[cid].add(name)
@@ -314,7 +318,7 @@ class _Survey:
         async with trio.open_nursery() as nursery:
             for name in providers.union(sample):
                 nursery.start_soon(ask, name)
-        return dict(holders), len(self.cofetchers)
+        return Census(dict(holders), requested, len(self.cofetchers))
 
 
 class _Running:
