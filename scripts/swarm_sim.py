@@ -17,9 +17,9 @@ sparse topology; gossip reach, DHT lookups, a fan-out fetch and churn, printed a
         p50/p99 time, DHT requests sent, and hops (GET_PROVIDERS rounds; 0 when the record was
         held there)
     (c) fetch: one peer fetches a --fetch-mb MB adapter alone (the baseline), then --fetchers
-        other peers fetch another one of the same size at once from its one provider (a fetcher
-        asks every connected peer, so later ones can use earlier ones); time until the last
-        has every block, bytes compared
+        other peers fetch another one of the same size at once from its one provider (the
+        provider names the others, so they trade blocks: ``/openlora/have/1.0.0``); time until
+        the last has every block, bytes compared; --upload-mbps limits what each peer serves
     (d) churn: --churn of the peers are SIGKILLed and as many new ones join (each bootstraps to
         random survivors); then lookups again, of CIDs whose provider is alive (an adapter of a
         survivor, and one of each newcomer), from random live peers: every one must find a live
