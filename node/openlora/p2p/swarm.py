@@ -27,9 +27,10 @@ bans (``scoring``), ``/openlora/blocks/1.0.0`` and ``/openlora/have/1.0.0`` serv
 fetch asks the second who else fetches the adapter and what they hold: ``_Survey``), bitswap client
 and server (``bitswap``, for Kubo and other IPFS peers), ``/openlora/catalog/1.0.0`` pulled from
 every peer on connect and from RESYNC_PEERS random peers every sync interval (``catalog_sync``),
-``/openlora/nodes/1.0.0`` answered for clients that route by swarm (``directory``), the status loop, and the Kademlia DHT
-``/openlora/kad/1.0.0`` (``dht``): once a first peer is connected the node joins it and provides
-its base and every adapter it holds; each adapter announced or fetched is provided too.
+``/openlora/nodes/1.0.0`` answered for clients that route by swarm (``directory``), the status
+loop, and the Kademlia DHT ``/openlora/kad/1.0.0`` (``dht``): once a first peer is connected the
+node joins it and provides its base and every adapter it holds; each adapter announced or fetched
+is provided too.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ JOIN_POLL_S = 0.1  # how often a node with no peer yet looks for its first one (
 PROVIDE_PARALLEL = 8  # keys provided at once when joining the DHT
 # Anti-entropy: peers pulled again each sync interval. A few random ones repair what gossip missed as surely as
 # all of them, in a few intervals, and the cost per node no longer grows with its connections: pulling every
-# connected peer put 40 x 39 catalog exchanges a minute through a 40-peer swarm_sim on 2 cores, in bursts.
+# connected peer put 40 x 39 catalog exchanges every 120 s through a 40-peer swarm_sim on 2 cores.
 RESYNC_PEERS = 3
 SURVEY_PEERS = 4  # co-fetchers asked what they hold per survey (fetch.SURVEY_S)
 
