@@ -84,10 +84,7 @@ class BlockCodec:
 
     def decode_request(self, payload: bytes) -> list[str]:
         """Raises ValueError (bad framing, bad CID, too many CIDs)."""
-        frames = _frames(payload, _MAX_CID_BYTES)
-        if len(frames) > MAX_BLOCKS_PER_REQUEST:
-            raise ValueError(f"{len(frames)} CIDs requested; the limit is {MAX_BLOCKS_PER_REQUEST}")
-        return [cid_text(f) for f in frames]
+        return _decode_cids(payload, MAX_BLOCKS_PER_REQUEST)
 
     def encode_response(self, blocks: list[bytes | None]) -> bytes:
         """One frame per block (see the module docstring)."""
@@ -104,6 +101,13 @@ class BlockCodec:
             else:
                 raise ValueError(f"bad block frame status {frame[:1].hex() or 'empty'}")
         return out
+
+
+def _decode_cids(payload: bytes, limit: int) -> list[str]:
+    frames = _frames(payload, _MAX_CID_BYTES)
+    if len(frames) > limit:
+        raise ValueError(f"{len(frames)} CIDs in one request; the limit is {limit}")
+    return [cid_text(f) for f in frames]
 
 
 def _frames(payload: bytes, max_frame: int) -> list[bytes]:
@@ -143,10 +147,7 @@ class PresenceCodec:
 
     def decode_request(self, payload: bytes) -> list[str]:
         """Raises ValueError (bad framing, bad CID, too many CIDs)."""
-        frames = _frames(payload, _MAX_CID_BYTES)
-        if len(frames) > MAX_PRESENCE_CIDS:
-            raise ValueError(f"{len(frames)} CIDs asked about; the limit is {MAX_PRESENCE_CIDS}")
-        return [cid_text(f) for f in frames]
+        return _decode_cids(payload, MAX_PRESENCE_CIDS)
 
     def encode_response(self, presence: Presence) -> bytes:
         """The bitmap frame, the counts frame, then one frame per wanter."""
@@ -268,28 +269,39 @@ def serve_blocks(
         held = await trio.to_thread.run_sync(lambda: [store.has(c) for c in cids])
         return Presence(held, [wanters.count(c) for c in cids], wanters.of(cids, ctx.peer_id))
 
-    rr.set_handler(
-        BLOCKS_PROTOCOL,
-        handle,
-        CODEC,
-        RequestResponseConfig(
-            timeout=timeout_s,
-            max_request_size=MAX_REQUEST_BYTES,
-            max_response_size=MAX_RESPONSE_BYTES,
-            max_concurrent_inbound=MAX_CONCURRENT_INBOUND,
-        ),
+    rr.set_handler(BLOCKS_PROTOCOL, handle, CODEC, _config(BLOCKS_PROTOCOL, timeout_s))
+    rr.set_handler(HAVE_PROTOCOL, presence, PRESENCE_CODEC, _config(HAVE_PROTOCOL, timeout_s))
+
+
+#: protocol → (its CIDs per request at most, request bytes at most, answer bytes at most)
+_LIMITS = {
+    BLOCKS_PROTOCOL: (MAX_BLOCKS_PER_REQUEST, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES),
+    HAVE_PROTOCOL: (MAX_PRESENCE_CIDS, MAX_PRESENCE_REQUEST_BYTES, MAX_PRESENCE_RESPONSE_BYTES),
+}
+
+
+def _config(protocol: TProtocol, timeout_s: float) -> RequestResponseConfig:
+    # max_concurrent_inbound bounds the answers this node serves at once; a request's config does not use it
+    _, request_bytes, response_bytes = _LIMITS[protocol]
+    return RequestResponseConfig(
+        timeout=timeout_s,
+        max_request_size=request_bytes,
+        max_response_size=response_bytes,
+        max_concurrent_inbound=MAX_CONCURRENT_INBOUND,
     )
-    rr.set_handler(
-        HAVE_PROTOCOL,
-        presence,
-        PRESENCE_CODEC,
-        RequestResponseConfig(
-            timeout=timeout_s,
-            max_request_size=MAX_PRESENCE_REQUEST_BYTES,
-            max_response_size=MAX_PRESENCE_RESPONSE_BYTES,
-            max_concurrent_inbound=MAX_CONCURRENT_INBOUND,
-        ),
-    )
+
+
+async def _ask(rr: RequestResponse, peer: ID, protocol: TProtocol, codec: object, cids: list[str], timeout_s: float):  # type: ignore[no-untyped-def]
+    """One request of ``cids`` on ``protocol``, its answer decoded by ``codec`` (see the public callers)."""
+    limit = _LIMITS[protocol][0]
+    if len(cids) > limit:
+        raise ValueError(f"at most {limit} CIDs per {protocol} request, got {len(cids)}")
+    try:
+        return await rr.send_request(peer, [protocol], cids, codec, _config(protocol, timeout_s))
+    except ProtocolNotSupportedError:
+        raise
+    except (RequestResponseError, ContentError, ValueError) as e:
+        raise SourceUnavailable(f"{protocol} request to {peer} failed: {e}") from e
 
 
 async def request_blocks(rr: RequestResponse, peer: ID, cids: list[str], timeout_s: float) -> dict[str, bytes]:
@@ -303,17 +315,7 @@ async def request_blocks(rr: RequestResponse, peer: ID, cids: list[str], timeout
         SourceUnavailable: timeout, transport failure, or a malformed answer.
         ValueError: more than ``MAX_BLOCKS_PER_REQUEST`` CIDs.
     """
-    if len(cids) > MAX_BLOCKS_PER_REQUEST:
-        raise ValueError(f"at most {MAX_BLOCKS_PER_REQUEST} CIDs per request, got {len(cids)}")
-    config = RequestResponseConfig(
-        timeout=timeout_s, max_request_size=MAX_REQUEST_BYTES, max_response_size=MAX_RESPONSE_BYTES
-    )
-    try:
-        blocks = await rr.send_request(peer, [BLOCKS_PROTOCOL], cids, CODEC, config)
-    except ProtocolNotSupportedError:
-        raise
-    except (RequestResponseError, ContentError, ValueError) as e:
-        raise SourceUnavailable(f"block request to {peer} failed: {e}") from e
+    blocks = await _ask(rr, peer, BLOCKS_PROTOCOL, CODEC, cids, timeout_s)
     if len(blocks) != len(cids):
         raise SourceUnavailable(f"peer {peer} answered {len(blocks)} frames for {len(cids)} CIDs")
     return {c: b for c, b in zip(cids, blocks, strict=True) if b is not None}
@@ -327,17 +329,7 @@ async def request_presence(rr: RequestResponse, peer: ID, cids: list[str], timeo
         SourceUnavailable: timeout, transport failure, or a malformed answer.
         ValueError: more than ``MAX_PRESENCE_CIDS`` CIDs.
     """
-    if len(cids) > MAX_PRESENCE_CIDS:
-        raise ValueError(f"at most {MAX_PRESENCE_CIDS} CIDs per presence request, got {len(cids)}")
-    config = RequestResponseConfig(
-        timeout=timeout_s, max_request_size=MAX_PRESENCE_REQUEST_BYTES, max_response_size=MAX_PRESENCE_RESPONSE_BYTES
-    )
-    try:
-        answer = await rr.send_request(peer, [HAVE_PROTOCOL], cids, PRESENCE_CODEC, config)
-    except ProtocolNotSupportedError:
-        raise
-    except (RequestResponseError, ContentError, ValueError) as e:
-        raise SourceUnavailable(f"presence request to {peer} failed: {e}") from e
+    answer: Presence = await _ask(rr, peer, HAVE_PROTOCOL, PRESENCE_CODEC, cids, timeout_s)
     if len(answer.have) != 8 * ((len(cids) + 7) // 8) or len(answer.asked) != len(cids):
         raise SourceUnavailable(
             f"peer {peer} answered {len(answer.have)} bits and {len(answer.asked)} counts for {len(cids)} CIDs"
