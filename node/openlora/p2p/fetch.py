@@ -222,30 +222,28 @@ class _DagFetch:
         assert survey is not None
         pending, busy = set(missing), set[str]()
         inflight: Counter[int] = Counter()
-        known = [census]  # the latest survey's answer (the surveyor replaces it)
         wake = anyio.Event()
 
         async def request(i: int, cids: list[str]) -> None:
             try:
-                await self._batch(i, cids)
+                pending.difference_update(await self._batch(i, cids))
             finally:
                 busy.difference_update(cids)
                 inflight[i] -= 1
-                held = await anyio.to_thread.run_sync(lambda: [c for c in cids if self.store.has(c)])
-                pending.difference_update(held)
                 wake.set()
 
         async def surveyor() -> None:  # beside the requests: a slow answer must not hold them up
+            nonlocal census
             while True:
                 await anyio.sleep(SURVEY_S)
-                known[0] = await survey(root, sorted(pending))
+                census = await survey(root, sorted(pending))
                 wake.set()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(surveyor)
             while pending:
                 wake = anyio.Event()
-                now = known[0]
+                now = census
                 idle = sorted(pending - busy)
                 batches: dict[int, list[str]] = defaultdict(list)
                 for cid in sorted(random.sample(idle, len(idle)), key=now.rarity):
@@ -297,16 +295,18 @@ class _DagFetch:
             self.dead.add(i)
             self.stats.dropped.append(self.sources[i].name)
 
-    async def _batch(self, i: int, cids: list[str]) -> None:
+    async def _batch(self, i: int, cids: list[str]) -> list[str]:
+        """Ask source ``i`` for ``cids``; returns those it stored (verified)."""
         source = self.sources[i]
+        stored: list[str] = []
         async with self.limiters[i]:
             if i in self.dead:
-                return
+                return stored
             try:
                 offered = await source.get_blocks(cids)
             except SourceUnavailable:
                 self._drop(i)
-                return
+                return stored
         for cid in cids:
             block = offered.get(cid)
             if block is None:
@@ -320,9 +320,11 @@ class _DagFetch:
                 if self.on_bad_block is not None:
                     self.on_bad_block(source, cid, e)
                 continue
+            stored.append(cid)
             self.stats.blocks += 1
             self.stats.bytes += len(block)
             self.stats.by_source[source.name] = self.stats.by_source.get(source.name, 0) + 1
+        return stored
 
 
 async def fetch_dag(
