@@ -252,9 +252,9 @@ class Dht:
         # py-libp2p 0.8.1's ProviderStore.find_providers first walks FIND_NODE to the key, then asks
         # GET_PROVIDERS of candidate after candidate, ALPHA at a time, until ``count`` providers are in
         # hand: for an adapter with one provider that is every peer near the key, each batch waiting
-        # for its slowest peer (p99 4.3 s in a 40-peer swarm_sim). As Kubo does, this asks
-        # GET_PROVIDERS from the start (answers name closer peers, so the walk comes with it), and
-        # it ends as soon as one answer names providers.
+        # for its slowest peer (lookup p99 4.3 s in one 40-peer swarm_sim run before this). As Kubo
+        # does, this asks GET_PROVIDERS from the start (answers name closer peers, so the walk comes
+        # with it), and it ends as soon as one answer names providers.
         store = self.kad.provider_store
         held = store.get_providers(key)
         if held:
