@@ -12,7 +12,10 @@ from libp2p.bitswap import BitswapClient, MemoryBlockStore
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.tools.anyio_service import background_trio_service
 
+from libp2p.request_response import RequestResponse
+
 from openlora.content import cid_text, parse_cid
+from openlora.p2p.blocks import Presence, request_blocks, request_presence
 from openlora.p2p.gossip import build_pubsub
 from openlora.p2p.host import build_host, listen_multiaddr, parse_peer_multiaddr
 from openlora.p2p.messages import TOPIC_ADAPTERS, TOPIC_EVIDENCE
@@ -101,6 +104,20 @@ class RawPeer:
             peer = parse_peer_multiaddr(addr).peer_id
             got = await session.get_blocks_batch([bytes(parse_cid(c)) for c in cids], peer_id=peer, timeout=10)
             return {cid_text(k): v for k, v in got.items()}
+
+        return self.thread.call(go, timeout=30)
+
+    def request_blocks(self, addr: str, cids: list[str]) -> dict[str, bytes]:
+        """Ask the peer of ``addr`` for ``cids`` on ``/openlora/blocks`` (as any stranger may)."""
+        return self._request(request_blocks, addr, cids)
+
+    def request_presence(self, addr: str, cids: list[str]) -> Presence:
+        """Ask the peer of ``addr`` on ``/openlora/have`` what it holds of ``cids``."""
+        return self._request(request_presence, addr, cids)
+
+    def _request(self, ask: Callable, addr: str, cids: list[str]):  # type: ignore[no-untyped-def]
+        async def go():  # type: ignore[no-untyped-def]
+            return await ask(RequestResponse(self.host), parse_peer_multiaddr(addr).peer_id, cids, 10.0)
 
         return self.thread.call(go, timeout=30)
 

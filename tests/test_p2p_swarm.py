@@ -500,6 +500,23 @@ def test_peers_fetching_one_adapter_at_once_trade_its_blocks(spawn) -> None:
     assert from_peers > 0 and not any(f.stats.dropped for f in fetched)
 
 
+def test_only_a_peer_that_was_sent_blocks_is_named_as_a_co_fetcher(spawn, raw_peers, tmp_path: Path) -> None:
+    """A stranger that asks for blocks the node lacks is not named in presence answers (it would push real
+    wanters out and be asked for blocks by fetchers); one that was sent blocks is."""
+    a = spawn("a")
+    held, _ = make_adapter(a.store, 1000)
+    lacked, _ = make_adapter(BlockStore(tmp_path / "elsewhere"), 1000, seed=5)
+    hostile, fetcher = raw_peers(), raw_peers()
+    for peer in (hostile, fetcher):
+        peer.connect(a.multiaddr)
+    assert hostile.request_blocks(a.multiaddr, [lacked]) == {}
+    answer = fetcher.request_presence(a.multiaddr, [lacked])
+    assert answer.wanters == [] and answer.asked == [0]
+    assert held in hostile.request_blocks(a.multiaddr, [held])
+    answer = fetcher.request_presence(a.multiaddr, [held])
+    assert [p.to_base58() for p in answer.wanters] == [hostile.host.get_id().to_base58()] and answer.asked == [1]
+
+
 def test_a_presence_answer_round_trips_and_a_malformed_one_is_refused() -> None:
     peers = [ID.from_pubkey(create_new_key_pair().public_key) for _ in range(MAX_WANTERS)]
     answer = Presence([True, False, True, *[False] * 6, True], [0, 3, 255, *[1] * 6, 7], peers)

@@ -231,19 +231,38 @@ class UploadLimit:
             n -= chunk
 
 
+@dataclass
+class Served:
+    """What this node's block answers carried since it started serving.
+
+    Attributes:
+        blocks: blocks sent.
+        bytes: their bytes.
+    """
+
+    blocks: int = 0
+    bytes: int = 0
+
+
 def serve_blocks(
     rr: RequestResponse,
     store: BlockStore,
     is_banned: Callable[[ID], bool],
     timeout_s: float,
     upload: UploadLimit | None = None,
-) -> None:
+) -> Served:
     """Answer ``/openlora/blocks/1.0.0`` and ``/openlora/have/1.0.0`` requests from ``store`` on
     ``rr``'s host, block answers through ``upload`` when given.
 
-    Banned peers get their stream reset. Reads run in worker threads (disk + sha2-256).
+    Banned peers get their stream reset. Reads run in worker threads (disk + sha2-256). A peer is
+    noted as a wanter (a co-fetcher that presence answers name) only for blocks it was sent: asking
+    for blocks this node lacks names nobody.
+
+    Returns:
+        The counters of what is served, updated as answers go out.
     """
     wanters = Wanters()
+    served = Served()
 
     def read(cids: list[str]) -> list[bytes | None]:
         out: list[bytes | None] = []
@@ -257,10 +276,13 @@ def serve_blocks(
     async def handle(cids: list[str], ctx: RequestContext) -> list[bytes | None]:
         if is_banned(ctx.peer_id):
             raise RequestResponseError(f"peer {ctx.peer_id} is banned")
-        wanters.note(ctx.peer_id, cids)
         blocks = await trio.to_thread.run_sync(read, cids)
+        sent = [(c, len(b)) for c, b in zip(cids, blocks, strict=True) if b is not None]
+        wanters.note(ctx.peer_id, [c for c, _ in sent])
         if upload is not None:
-            await upload.send(sum(len(b) for b in blocks if b is not None))
+            await upload.send(sum(n for _, n in sent))
+        served.blocks += len(sent)
+        served.bytes += sum(n for _, n in sent)
         return blocks
 
     async def presence(cids: list[str], ctx: RequestContext) -> Presence:
@@ -271,6 +293,7 @@ def serve_blocks(
 
     rr.set_handler(BLOCKS_PROTOCOL, handle, CODEC, _config(BLOCKS_PROTOCOL, timeout_s))
     rr.set_handler(HAVE_PROTOCOL, presence, PRESENCE_CODEC, _config(HAVE_PROTOCOL, timeout_s))
+    return served
 
 
 #: protocol → (its CIDs per request at most, request bytes at most, answer bytes at most)

@@ -61,7 +61,15 @@ from ..adapters.reasons import AdapterRejected, RejectReason
 from ..content.blockstore import BlockStore
 from ..content.errors import BlockNotFound
 from .bitswap import BitswapFetcher, BitswapStore, ReplyingBitswapClient
-from .blocks import BLOCKS_PROTOCOL, MAX_PRESENCE_CIDS, UploadLimit, request_blocks, request_presence, serve_blocks
+from .blocks import (
+    BLOCKS_PROTOCOL,
+    MAX_PRESENCE_CIDS,
+    Served,
+    UploadLimit,
+    request_blocks,
+    request_presence,
+    serve_blocks,
+)
 from .catalog import CatalogRecord, SwarmCatalog
 from .catalog_sync import CatalogSync
 from .dht import Dht, DhtInfo, adapter_key, base_key
@@ -230,6 +238,8 @@ class SwarmStats:
         declined: valid announcements/entries this node does not keep (another base, over its
             size limit: relayed all the same).
         bad_blocks: blocks refused during fetches.
+        blocks_served: blocks this node sent on ``/openlora/blocks`` (bitswap not counted).
+        bytes_served: their bytes.
         banned: peers banned now.
         gossip_received: pubsub messages peers pushed to this node, by topic (duplicates included).
     """
@@ -238,6 +248,8 @@ class SwarmStats:
     adapters_learned: int = 0
     declined: int = 0
     bad_blocks: int = 0
+    blocks_served: int = 0
+    bytes_served: int = 0
     banned: tuple[str, ...] = ()
     gossip_received: dict[str, int] = field(default_factory=dict)
 
@@ -326,7 +338,14 @@ class _Running:
     """The parts that exist while the trio loop runs (all used from that loop only)."""
 
     def __init__(
-        self, swarm: Swarm, host: IHost, gossip: Gossip, guard: PeerGuard, rr: RequestResponse, sync: CatalogSync
+        self,
+        swarm: Swarm,
+        host: IHost,
+        gossip: Gossip,
+        guard: PeerGuard,
+        rr: RequestResponse,
+        sync: CatalogSync,
+        served: Served,
     ) -> None:
         self.swarm = swarm
         self.config = swarm.config
@@ -341,6 +360,7 @@ class _Running:
         self.nursery: trio.Nursery | None = None
         self.bitswap_only: set[ID] = set()
         self.bad_blocks = 0
+        self.served = served
 
     async def speaks_openlora(self, peer: ID) -> bool:
         """Whether ``peer`` lists ``/openlora/blocks`` in its identify answer (waited for up to
@@ -555,14 +575,14 @@ class Swarm:
             await nursery.start(guard.run, cfg.heartbeat_s)
             rr = RequestResponse(host)
             upload = UploadLimit(cfg.max_upload_bytes_per_s) if cfg.max_upload_bytes_per_s is not None else None
-            serve_blocks(rr, self.store, guard.is_banned, cfg.request_timeout_s, upload)
+            served = serve_blocks(rr, self.store, guard.is_banned, cfg.request_timeout_s, upload)
             sync = CatalogSync(rr, self.catalog, guard, self.validate_manifest, self._ingest, cfg.request_timeout_s)
             gossip = Gossip(
                 pubsub, router, guard, self.validate_manifest, self._ingest, self.peers, cfg.mesh_wait_s,
                 self._check_evidence,
             )  # fmt: skip
             await nursery.start(gossip.run)
-            running = _Running(self, host, gossip, guard, rr, sync)
+            running = _Running(self, host, gossip, guard, rr, sync, served)
             running.relay, running.dht, running.nursery = relay, dht, nursery
             if cfg.bitswap:
                 bitswap_store = BitswapStore(self.store)
@@ -855,6 +875,8 @@ class Swarm:
             adapters_learned=self._learned,
             declined=self._declined,
             bad_blocks=running.bad_blocks,
+            blocks_served=running.served.blocks,
+            bytes_served=running.served.bytes,
             banned=tuple(sorted(p.to_base58() for p in running.guard.banned())),
             gossip_received=dict(running.gossip.pubsub.received),
         )
