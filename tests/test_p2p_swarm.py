@@ -494,10 +494,33 @@ def test_peers_fetching_one_adapter_at_once_trade_its_blocks(spawn) -> None:
     wall = time.perf_counter() - started
     from_peers = sum(n for f in fetched for source, n in f.stats.by_source.items() if source != a.peer_id)
     blocks = sum(f.stats.blocks for f in fetched)
-    print(f"\n4 fetchers of 2 MB on 1 MB/s links: {wall:.1f} s; {from_peers} of {blocks} blocks from other fetchers")
+    copies = a.stats().bytes_served / 2_000_000
+    print(f"\n4 fetchers of 2 MB on 1 MB/s links: {wall:.1f} s; {from_peers} of {blocks} blocks from other fetchers; provider uploaded {copies:.2f} copies")
     weights_cid = fetched[0].manifest.file("adapter_model.safetensors").cid
     assert all(f.store.cat(weights_cid) == weights for f in fetchers)
     assert from_peers > 0 and not any(f.stats.dropped for f in fetched)
+    assert copies < 1.5  # each block from the provider about once (before stripes: 1.9 to 2.5 copies)
+
+
+def test_a_fetch_that_started_alone_trades_with_fetchers_who_came_later(spawn) -> None:
+    """B starts alone on the provider's 1 MB/s link; C, D and E start a second later. B's survey,
+    refreshed every second, names them, and B takes blocks from them too."""
+    limit = dict(max_upload_bytes_per_s=1e6, request_timeout_s=30.0)
+    a = spawn("a", **limit)
+    fetchers: list[Swarm] = []
+    for name in "bcde":
+        fetchers.append(spawn(name, bootstrap=(a, *fetchers), **limit))
+    wait_until(lambda: all(connected(f, a, *(g for g in fetchers if g is not f)) for f in fetchers), "all connected")
+    cid, weights = make_adapter(a.store, 6_000_000)
+    a.announce(cid).result(WAIT_S)
+    wait_until(lambda: all(cid in cids(f) for f in fetchers), "every fetcher learned the adapter")
+    first = fetchers[0].fetch_adapter(cid)
+    time.sleep(1.0)
+    later = [f.fetch_adapter(cid) for f in fetchers[1:]]
+    b, *_ = [r.result(60) for r in (first, *later)]
+    print(f"\nB, alone for 1 s: {b.stats.seconds:.1f} s; blocks by source {sorted(b.stats.by_source.values())}")
+    assert fetchers[0].store.cat(b.manifest.file("adapter_model.safetensors").cid) == weights
+    assert set(b.stats.by_source) - {a.peer_id}, "B took every block from the provider"
 
 
 def test_only_a_peer_that_was_sent_blocks_is_named_as_a_co_fetcher(spawn, raw_peers, tmp_path: Path) -> None:
@@ -511,21 +534,27 @@ def test_only_a_peer_that_was_sent_blocks_is_named_as_a_co_fetcher(spawn, raw_pe
         peer.connect(a.multiaddr)
     assert hostile.request_blocks(a.multiaddr, [lacked]) == {}
     answer = fetcher.request_presence(a.multiaddr, [lacked])
-    assert answer.wanters == [] and answer.asked == [0]
+    assert answer.wanters == [] and answer.copies == [0] and answer.sent_to == [0]
     assert held in hostile.request_blocks(a.multiaddr, [held])
     answer = fetcher.request_presence(a.multiaddr, [held])
-    assert [p.to_base58() for p in answer.wanters] == [hostile.host.get_id().to_base58()] and answer.asked == [1]
+    assert [p.to_base58() for p in answer.wanters] == [hostile.host.get_id().to_base58()]
+    assert answer.copies == [1] and answer.sent_to == [0b1]  # the block went to the first peer named
 
 
 def test_a_presence_answer_round_trips_and_a_malformed_one_is_refused() -> None:
     peers = [ID.from_pubkey(create_new_key_pair().public_key) for _ in range(MAX_WANTERS)]
-    answer = Presence([True, False, True, *[False] * 6, True], [0, 3, 255, *[1] * 6, 7], peers)
+    answer = Presence([True, False, True, *[False] * 6, True], [0, 3, 255, *[1] * 6, 7], [0, 5, 255, *[1] * 6, 128], peers)
     decoded = PRESENCE_CODEC.decode_response(PRESENCE_CODEC.encode_response(answer))
     assert decoded.have[:10] == answer.have and not any(decoded.have[10:]) and decoded.wanters == peers
-    assert decoded.asked == answer.asked
-    too_many = b"".join(encode_varint_prefixed(f) for f in [b"\x01", b"\x01", *(p.to_bytes() for p in [*peers, peers[0]])])
+    assert decoded.copies == answer.copies and decoded.sent_to == answer.sent_to
+
+    def frames(*parts: bytes) -> bytes:
+        return b"".join(encode_varint_prefixed(f) for f in parts)
+
     with pytest.raises(ValueError, match="at most"):
-        PRESENCE_CODEC.decode_response(too_many)
+        PRESENCE_CODEC.decode_response(frames(b"\x01", b"\x01", b"\x00", *(p.to_bytes() for p in [*peers, peers[0]])))
+    with pytest.raises(ValueError, match="beyond the 2 named"):  # bit 2 of a mask, two peers named
+        PRESENCE_CODEC.decode_response(frames(b"\x01", b"\x01", b"\x04", *(p.to_bytes() for p in peers[:2])))
     with pytest.raises(ValueError, match="truncated"):
         PRESENCE_CODEC.decode_response(b"\x05\x01")
 

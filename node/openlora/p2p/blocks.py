@@ -13,25 +13,27 @@ it receives, so there a wrong block is just an unsolicited one and its sender st
 The server reads through ``BlockStore.get``, which re-verifies, so it never serves a corrupt
 block from its own disk.
 
-``/openlora/have/1.0.0``: which of these blocks do you hold, and who asked you for them lately?
+``/openlora/have/1.0.0``: which of these blocks do you hold, and whom did you send them lately?
 
     request   as above (varint-prefixed binary CIDs, at most MAX_PRESENCE_CIDS)
     response  varint-prefixed bitmap (bit i, LSB first: holds CID i), then a varint-prefixed
-              byte per CID: how many peers asked this node for it in the last WANTERS_S seconds
-              (at most 255), then up to MAX_WANTERS varint-prefixed peer IDs that asked for any of
-              them in that time (the asker left out), latest first
+              byte per CID: to how many peers this node sent it in the last WANTERS_S seconds
+              (at most 255), then a varint-prefixed byte per CID: to which of the peers named
+              next (bit k: the k-th), then up to MAX_WANTERS varint-prefixed peer IDs it sent any
+              of them to in that time (the asker left out), latest first
 
 This is what lets ten peers fetching one adapter at once from one provider feed each other: the
-provider names the others (BitTorrent's peer exchange) and says how many asked it for each block
-(copies on their way into the swarm), and each says what it holds so far (bitswap's HAVE), so a
-fetcher takes from the provider the blocks the fewest others have or asked for (``fetch``). A node may cap the bytes per second it serves blocks at (``UploadLimit``),
-as operators cap an uplink.
+provider names the others and which block went to whom (BitTorrent's peer exchange), and each
+says what it holds so far (bitswap's HAVE) and whom it passed blocks on to, so a fetcher knows
+where each copy is and takes from the provider only blocks nobody has (``fetch``). A node may cap
+the bytes per second it serves blocks at (``UploadLimit``), as operators cap an uplink.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,8 +70,8 @@ MAX_PRESENCE_CIDS = 1024  # a 256 MiB file's blocks in one question
 MAX_PRESENCE_REQUEST_BYTES = MAX_PRESENCE_CIDS * (_MAX_CID_BYTES + 2)
 MAX_WANTERS = 8  # peers named per presence answer
 _MAX_PEER_ID_BYTES = 64
-MAX_PRESENCE_RESPONSE_BYTES = MAX_PRESENCE_CIDS // 8 + MAX_PRESENCE_CIDS + 8 + MAX_WANTERS * (_MAX_PEER_ID_BYTES + 2)
-WANTERS_S = 60.0  # how long a node remembers who asked it for a block
+MAX_PRESENCE_RESPONSE_BYTES = MAX_PRESENCE_CIDS // 8 + 2 * MAX_PRESENCE_CIDS + 12 + MAX_WANTERS * (_MAX_PEER_ID_BYTES + 2)
+WANTERS_S = 60.0  # how long a node remembers whom it sent a block
 _WANTED_CIDS = 4096  # CIDs remembered (the oldest forgotten first)
 UPLOAD_CHUNK = 256 * 1024  # bytes an answer sends before the next answer's turn on a limited link (one default block)
 
@@ -129,12 +131,14 @@ class Presence:
 
     Attributes:
         have: per CID asked, in order: whether the peer holds the block.
-        asked: per CID asked, in order: peers that asked that peer for it lately (at most 255).
-        wanters: peers that asked that peer for any of those blocks lately (latest first).
+        copies: per CID asked, in order: to how many peers that peer sent it lately (at most 255).
+        sent_to: per CID asked, in order: a bitmask over ``wanters`` (bit k: sent to ``wanters[k]``).
+        wanters: peers that peer sent any of those blocks to lately (latest first).
     """
 
     have: list[bool]
-    asked: list[int]
+    copies: list[int]
+    sent_to: list[int]
     wanters: list[ID]
 
 
@@ -150,39 +154,45 @@ class PresenceCodec:
         return _decode_cids(payload, MAX_PRESENCE_CIDS)
 
     def encode_response(self, presence: Presence) -> bytes:
-        """The bitmap frame, the counts frame, then one frame per wanter."""
+        """The bitmap frame, the counts frame, the masks frame, then one frame per wanter."""
         bitmap = bytearray((len(presence.have) + 7) // 8)
         for i, held in enumerate(presence.have):
             if held:
                 bitmap[i // 8] |= 1 << (i % 8)
-        counts = bytes(min(n, 255) for n in presence.asked)
-        frames = [bytes(bitmap), counts, *(p.to_bytes() for p in presence.wanters[:MAX_WANTERS])]
+        counts = bytes(min(n, 255) for n in presence.copies)
+        masks = bytes(presence.sent_to)
+        frames = [bytes(bitmap), counts, masks, *(p.to_bytes() for p in presence.wanters[:MAX_WANTERS])]
         return b"".join(encode_varint_prefixed(f) for f in frames)
 
     def decode_response(self, payload: bytes) -> Presence:
-        """Raises ValueError (bad framing, too many wanters); the bitmap's and the counts' lengths are
-        checked by the asker, who knows how many CIDs it asked about."""
+        """Raises ValueError (bad framing, too many wanters, a mask naming a peer beyond those named);
+        the bitmap's, counts' and masks' lengths are checked by the asker, who knows how many CIDs it
+        asked about."""
         frames = _frames(payload, MAX_PRESENCE_CIDS)
-        if not 2 <= len(frames) <= 2 + MAX_WANTERS:
-            raise ValueError(f"a presence answer has a bitmap, counts and at most {MAX_WANTERS} peers, got {len(frames)} frames")
-        bitmap, counts = frames[0], frames[1]
+        if not 3 <= len(frames) <= 3 + MAX_WANTERS:
+            raise ValueError(
+                f"a presence answer has a bitmap, counts, masks and at most {MAX_WANTERS} peers, got {len(frames)} frames"
+            )
+        bitmap, counts, masks, wanters = frames[0], frames[1], frames[2], frames[3:]
+        if any(m >> len(wanters) for m in masks):
+            raise ValueError(f"a presence mask names a peer beyond the {len(wanters)} named")
         have = [bool(bitmap[i // 8] >> (i % 8) & 1) for i in range(8 * len(bitmap))]
-        return Presence(have, list(counts), [ID(f) for f in frames[2:]])
+        return Presence(have, list(counts), list(masks), [ID(f) for f in wanters])
 
 
 PRESENCE_CODEC = PresenceCodec()
 
 
 class Wanters:
-    """Who asked this node for which blocks in the last ``keep_s`` seconds (trio clock), for at
-    most ``_WANTED_CIDS`` CIDs: the co-fetchers a presence answer names."""
+    """Whom this node sent which blocks in the last ``keep_s`` seconds (trio clock), for at most
+    ``_WANTED_CIDS`` CIDs: the co-fetchers a presence answer names, and where the copies went."""
 
     def __init__(self, keep_s: float = WANTERS_S) -> None:
         self.keep_s = keep_s
         self._asked: OrderedDict[str, dict[ID, float]] = OrderedDict()
 
     def note(self, peer: ID, cids: list[str]) -> None:
-        """``peer`` asked for ``cids`` now."""
+        """``peer`` was sent ``cids`` now."""
         now = trio.current_time()
         for cid in cids:
             self._asked.setdefault(cid, {})[peer] = now
@@ -191,13 +201,12 @@ class Wanters:
             self._asked.popitem(last=False)
 
     def count(self, cid: str) -> int:
-        """Peers that asked for ``cid`` lately."""
+        """Peers sent ``cid`` lately."""
         since = trio.current_time() - self.keep_s
         return sum(1 for at in self._asked.get(cid, {}).values() if at >= since)
 
     def of(self, cids: list[str], asker: ID) -> list[ID]:
-        """Peers other than ``asker`` that asked for any of ``cids`` lately, latest first, at most
-        MAX_WANTERS."""
+        """Peers other than ``asker`` sent any of ``cids`` lately, latest first, at most MAX_WANTERS."""
         since = trio.current_time() - self.keep_s
         latest: dict[ID, float] = {}
         for cid in cids:
@@ -205,6 +214,15 @@ class Wanters:
                 if peer != asker and at >= since:
                     latest[peer] = max(at, latest.get(peer, at))
         return sorted(latest, key=latest.__getitem__, reverse=True)[:MAX_WANTERS]
+
+    def masks(self, cids: list[str], named: list[ID]) -> list[int]:
+        """Per CID: bit k set when ``named[k]`` was sent it lately."""
+        since = trio.current_time() - self.keep_s
+        out = []
+        for cid in cids:
+            sent = self._asked.get(cid, {})
+            out.append(sum(1 << k for k, peer in enumerate(named) if sent.get(peer, -math.inf) >= since))
+        return out
 
 
 class UploadLimit:
@@ -278,9 +296,9 @@ def serve_blocks(
             raise RequestResponseError(f"peer {ctx.peer_id} is banned")
         blocks = await trio.to_thread.run_sync(read, cids)
         sent = [(c, len(b)) for c, b in zip(cids, blocks, strict=True) if b is not None]
-        wanters.note(ctx.peer_id, [c for c, _ in sent])
         if upload is not None:
             await upload.send(sum(n for _, n in sent))
+        wanters.note(ctx.peer_id, [c for c, _ in sent])  # once on the link: then the peer holds them
         served.blocks += len(sent)
         served.bytes += sum(n for _, n in sent)
         return blocks
@@ -289,7 +307,8 @@ def serve_blocks(
         if is_banned(ctx.peer_id):
             raise RequestResponseError(f"peer {ctx.peer_id} is banned")
         held = await trio.to_thread.run_sync(lambda: [store.has(c) for c in cids])
-        return Presence(held, [wanters.count(c) for c in cids], wanters.of(cids, ctx.peer_id))
+        named = wanters.of(cids, ctx.peer_id)
+        return Presence(held, [wanters.count(c) for c in cids], wanters.masks(cids, named), named)
 
     rr.set_handler(BLOCKS_PROTOCOL, handle, CODEC, _config(BLOCKS_PROTOCOL, timeout_s))
     rr.set_handler(HAVE_PROTOCOL, presence, PRESENCE_CODEC, _config(HAVE_PROTOCOL, timeout_s))
@@ -345,7 +364,7 @@ async def request_blocks(rr: RequestResponse, peer: ID, cids: list[str], timeout
 
 
 async def request_presence(rr: RequestResponse, peer: ID, cids: list[str], timeout_s: float) -> Presence:
-    """Ask ``peer`` which of ``cids`` (at most ``MAX_PRESENCE_CIDS``) it holds and who asked it for them.
+    """Ask ``peer`` which of ``cids`` (at most ``MAX_PRESENCE_CIDS``) it holds and whom it sent them.
 
     Raises:
         ProtocolNotSupportedError: the peer does not speak ``/openlora/have/1.0.0``.
@@ -353,8 +372,9 @@ async def request_presence(rr: RequestResponse, peer: ID, cids: list[str], timeo
         ValueError: more than ``MAX_PRESENCE_CIDS`` CIDs.
     """
     answer: Presence = await _ask(rr, peer, HAVE_PROTOCOL, PRESENCE_CODEC, cids, timeout_s)
-    if len(answer.have) != 8 * ((len(cids) + 7) // 8) or len(answer.asked) != len(cids):
+    if len(answer.have) != 8 * ((len(cids) + 7) // 8) or not len(answer.copies) == len(answer.sent_to) == len(cids):
         raise SourceUnavailable(
-            f"peer {peer} answered {len(answer.have)} bits and {len(answer.asked)} counts for {len(cids)} CIDs"
+            f"peer {peer} answered {len(answer.have)} bits, {len(answer.copies)} counts and {len(answer.sent_to)} masks "
+            f"for {len(cids)} CIDs"
         )
-    return Presence(answer.have[: len(cids)], answer.asked, answer.wanters)
+    return Presence(answer.have[: len(cids)], answer.copies, answer.sent_to, answer.wanters)

@@ -7,12 +7,17 @@
       missing = store.missing(root, size) ──► spread over the sources of the best tier left for each
                                         block (round robin, batches of 16); the root must
                                         declare ``size`` before any child is asked for
-      with a survey naming other peers fetching the same DAG, a level is fetched as a swarm
-      (BitTorrent's piece picking, bitswap's HAVE): requests start when a source has room; blocks
-      some co-fetcher holds ──► from the least busy of them, one request each; one nobody else
-      holds ──► a provider, rarest first, random among equals, one block and one request in
-      flight per fetcher there (ten fetchers queue ten different blocks and then trade them);
-      the survey (who holds what now) is refreshed every SURVEY_S
+      with a survey (who else fetches this DAG, who holds what; refreshed every SURVEY_S), a level
+      is fetched as a swarm (BitTorrent's piece picking, bitswap's HAVE); requests start when a
+      source has room. Alone: a provider gets SOLO_BLOCKS per request. Among co-fetchers:
+        a block some co-fetcher holds ──► one of them at random, one block per request, at most
+                                          TRADE_INFLIGHT such requests at once (short queues)
+        a block nobody holds, in this fetcher's stripe of the level (the fetchers, ordered by peer
+                                          ID, deal the level's blocks out like cards) ──► a provider,
+                                          one block and one request at a time, so ten fetchers ask
+                                          it for ten different blocks and then trade them
+        any other block ──► wait for a copy to show up (its stripe's owner asks for it); idle
+                                          for STALL_S ──► a provider
       each answer: block ──store.put (sha2-256 == CID?)──► stored
                    wrong bytes / oversized ──► on_bad_block(source) and drop the source
                    absent ──► that source lacks that CID; another is asked
@@ -51,7 +56,10 @@ PARALLEL_PER_SOURCE = 2  # requests in flight per source
 TIER_PROVIDER = 0  # known to hold the adapter (it announced it, or said so in catalog sync)
 TIER_PEER = 1  # a peer that may hold it and answers "don't have" at once
 TIER_FALLBACK = 2  # slow to say no: bitswap-only peers (wait out a timeout), Kubo RPC
-SURVEY_S = 1.0  # how often a fetch among co-fetchers asks again who holds what
+SOLO_BLOCKS = 4  # blocks per request to a provider while no co-fetcher is known
+TRADE_INFLIGHT = 2  # among co-fetchers: requests in flight to them, so that each holder's queue stays short
+STALL_S = 2.0  # among co-fetchers, idle this long: a provider is asked for any block
+SURVEY_S = 1.0  # how often a fetch asks again who else is fetching and who holds what
 
 
 class BlockSource(Protocol):
@@ -86,17 +94,20 @@ class Census:
 
     Attributes:
         holders: CID → names of sources other than providers that hold it now.
-        asked: CID → peers that asked a provider for it lately (copies on their way into the swarm).
+        sent: CID → peers a provider sent it to lately (copies in the swarm).
         cofetchers: peers fetching the DAG besides this one.
+        rank: this fetcher's place among itself and its co-fetchers ordered by peer ID (0 …
+            ``cofetchers``): the stripe of the level's blocks it asks a provider for first.
     """
 
     holders: dict[str, set[str]] = field(default_factory=dict)
-    asked: dict[str, int] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=dict)
     cofetchers: int = 0
+    rank: int = 0
 
     def rarity(self, cid: str) -> int:
         """Copies of ``cid`` in the swarm or on their way there, as far as this census knows."""
-        return len(self.holders.get(cid, ())) + self.asked.get(cid, 0)
+        return max(len(self.holders.get(cid, ())), self.sent.get(cid, 0))
 
 
 Survey = Callable[[str, list[str]], Awaitable[Census]]
@@ -186,17 +197,17 @@ class _DagFetch:
         self.limiters = [anyio.CapacityLimiter(PARALLEL_PER_SOURCE) for _ in self.sources]
         self.dead: set[int] = set()
         self.lacks: dict[str, set[int]] = defaultdict(set)
+        self.stripe: dict[str, int] = {}  # the level's CIDs in a common order (see Census.rank)
         self.stats = FetchStats()
 
     async def run(self, root: str, size: int | None) -> FetchStats:
         while missing := await anyio.to_thread.run_sync(self.store.missing, root, size):
             self.stats.rounds += 1
-            census = await self.survey(root, missing) if self.survey is not None else Census()
             with _first_error():
-                if census.cofetchers:
-                    await self._swarm(root, missing, census)
-                else:
+                if self.survey is None:
                     await self._tiered(missing)
+                else:
+                    await self._swarm(root, missing, await self.survey(root, missing))
         return self.stats
 
     async def _tiered(self, missing: list[str]) -> None:
@@ -214,22 +225,24 @@ class _DagFetch:
                     tg.start_soon(self._batch, i, cids[k : k + BATCH_BLOCKS])
 
     async def _swarm(self, root: str, missing: list[str], census: Census) -> None:
-        # Requests start whenever a source has room: the blocks a co-fetcher holds from the least busy
-        # of them, in one request; one nobody else holds (rarest first: fewest holders and fewest
-        # peers who asked the provider for it, random among equals) from a provider, one block and one request in flight per fetcher there, so that ten fetchers queue
-        # ten different blocks at the provider and then trade them; the survey is refreshed every SURVEY_S.
+        # See the module docstring. The survey is refreshed beside the requests, so a fetch that started
+        # alone learns of co-fetchers who came later; a request ending or a new census wakes the planner.
         survey = self.survey
         assert survey is not None
         pending, busy = set(missing), set[str]()
+        self.stripe = {cid: n for n, cid in enumerate(sorted(missing))}
         inflight: Counter[int] = Counter()
         wake = anyio.Event()
+        moved = anyio.current_time()  # when a request last started or ended
 
         async def request(i: int, cids: list[str]) -> None:
+            nonlocal moved
             try:
                 pending.difference_update(await self._batch(i, cids))
             finally:
                 busy.difference_update(cids)
                 inflight[i] -= 1
+                moved = anyio.current_time()
                 wake.set()
 
         async def surveyor() -> None:  # beside the requests: a slow answer must not hold them up
@@ -243,37 +256,81 @@ class _DagFetch:
             tg.start_soon(surveyor)
             while pending:
                 wake = anyio.Event()
-                now = census
-                idle = sorted(pending - busy)
-                batches: dict[int, list[str]] = defaultdict(list)
-                for cid in sorted(random.sample(idle, len(idle)), key=now.rarity):
-                    i = self._pick(cid, now.holders.get(cid, set()), inflight)
-                    if i is None or len(batches[i]) >= BATCH_BLOCKS:
-                        continue
-                    if not batches[i]:
+                stalled = not busy and anyio.current_time() - moved >= STALL_S
+                while batches := self._plan(sorted(pending - busy), census, inflight, stalled):
+                    moved = anyio.current_time()
+                    for i, cids in batches.items():
                         inflight[i] += 1
-                    batches[i].append(cid)  # a co-fetcher's blocks go in one request (a provider's: one each)
-                    busy.add(cid)
-                for i, cids in batches.items():
-                    tg.start_soon(request, i, cids)
-                if not busy:  # nothing runs and nothing could start: no source is left for these
-                    left = sorted(pending)
-                    raise FetchFailed(self._unavailable(left), left)
-                await wake.wait()
+                        busy.update(cids)
+                        tg.start_soon(request, i, cids)
+                if not busy and (left := [cid for cid in sorted(pending) if not self._usable(cid)]):
+                    raise FetchFailed(self._unavailable(left), left)  # nothing runs, and no source is left for these
+                await wake.wait()  # a request ends, or the survey is refreshed
             tg.cancel_scope.cancel()
 
-    def _pick(self, cid: str, holders: set[str], inflight: Counter[int]) -> int | None:
+    def _plan(self, idle: list[str], census: Census, inflight: Counter[int], stalled: bool) -> dict[int, list[str]]:
+        """At most one new request per source with room (see ``_room`` and ``_pick``)."""
+        batches: dict[int, list[str]] = defaultdict(list)
+
+        def order(cid: str) -> tuple[int, ...]:
+            # a provider's blocks rarest first, this fetcher's stripe first among equals; co-fetchers' blocks in
+            # random order, so that fetchers seeing the same census spread over the holders instead of queueing
+            # at the holder of the rarest
+            return (0,) if census.holders.get(cid) else (1, census.rarity(cid), not self._mine(cid, census))
+
+        for cid in sorted(random.sample(idle, len(idle)), key=order):
+            holding = [i for h in census.holders.get(cid, ()) if (i := self.by_name.get(h)) is not None]
+            i = self._pick(cid, holding, census, inflight, batches, stalled)
+            if i is not None:
+                batches[i].append(cid)
+        return batches
+
+    def _room(self, i: int, census: Census) -> tuple[int, int]:
+        """(requests in flight, blocks per request) source ``i`` may have. Among co-fetchers, a
+        provider or a peer gets one block and one request at a time: answers come back a block at
+        a time, and a copy moves on as soon as it lands. Alone, a provider gets SOLO_BLOCKS per
+        request: few enough that a fetch which learns of co-fetchers midway has little stuck in one
+        slow answer; other sources get whole batches."""
+        tier = self.sources[i].tier
+        if census.cofetchers and tier in (TIER_PROVIDER, TIER_PEER):
+            return 1, 1
+        return PARALLEL_PER_SOURCE, SOLO_BLOCKS if tier == TIER_PROVIDER else BATCH_BLOCKS
+
+    def _pick(
+        self,
+        cid: str,
+        holding: list[int],
+        census: Census,
+        inflight: Counter[int],
+        batches: dict[int, list[str]],
+        stalled: bool,
+    ) -> int | None:
         usable = self._usable(cid)
-        holding = [i for h in holders if (i := self.by_name.get(h)) in usable and inflight[i] < PARALLEL_PER_SOURCE]
-        if holding:  # at random among the least busy: every fetcher sees the same holders
-            least = min(inflight[i] for i in holding)
-            return random.choice([i for i in holding if inflight[i] == least])
+
+        def room(i: int) -> bool:
+            requests, blocks = self._room(i, census)
+            return len(batches[i]) < blocks if i in batches else inflight[i] < requests
+
+        holding = [i for i in holding if i in usable]
+        trading = sum(inflight[i] + (i in batches) for i in range(len(self.sources)) if self.sources[i].tier != TIER_PROVIDER)
+        free = [i for i in holding if room(i)] if trading < TRADE_INFLIGHT else []
+        if free:  # at random among the least busy: every fetcher sees about the same holders
+            least = min(inflight[i] for i in free)
+            return random.choice([i for i in free if inflight[i] == least])
         if not usable:
             return None
         best = min(self.sources[i].tier for i in usable)
-        room = 1 if best == TIER_PROVIDER else PARALLEL_PER_SOURCE
-        free = [i for i in usable if self.sources[i].tier == best and inflight[i] < room]
-        return min(free, key=inflight.__getitem__) if free else None
+        if best == TIER_PROVIDER and census.cofetchers and len(self.stripe) > 1 and not stalled:
+            if census.rarity(cid) or not self._mine(cid, census):
+                # the provider's link is for blocks nobody has, each asked for once: co-fetchers that see the same
+                # census and pick at the same moment would pick the same ones, so each takes its stripe and waits
+                # for the others' copies (a level of one block: no stripes, nothing to wait for)
+                return None
+        free = [i for i in usable if self.sources[i].tier == best and room(i)]
+        return min(free, key=lambda i: (inflight[i], len(batches.get(i, ())))) if free else None
+
+    def _mine(self, cid: str, census: Census) -> bool:
+        return self.stripe[cid] % (census.cofetchers + 1) == census.rank
 
     def _usable(self, cid: str) -> list[int]:
         return [i for i in range(len(self.sources)) if i not in self.dead and i not in self.lacks[cid]]

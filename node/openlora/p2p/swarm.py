@@ -294,19 +294,21 @@ class _PeerSource:
 
 class _Survey:
     """Who else is fetching a DAG and which of its missing blocks each holds (``fetch.Survey``): the
-    providers name the peers that asked them for those blocks lately, and those peers, once known,
-    say what they hold (``/openlora/have/1.0.0``). Only connected openlora peers count."""
+    providers name the peers they sent those blocks lately and which went to whom, and those peers,
+    once known, say what they hold and whom they passed blocks on to (``/openlora/have/1.0.0``),
+    SURVEY_PEERS per survey, those asked longest ago first. A co-fetcher known to hold a block stays
+    known for the fetch (it keeps its blocks). Only connected openlora peers count."""
 
     def __init__(self, running: _Running, sources: list[BlockSource]) -> None:
         self.running = running
         self.peers = {s.name: s for s in sources if isinstance(s, _PeerSource) and s.tier != TIER_FALLBACK}
-        self.cofetchers: set[str] = set()
+        self.cofetchers: dict[str, float] = {}  # name → when last asked (trio clock)
+        self.holders: dict[str, set[str]] = defaultdict(set)  # a holder stays one while the fetch runs
 
     async def __call__(self, root: str, missing: list[str]) -> Census:
         asked = [root, *missing][:MAX_PRESENCE_CIDS]
         providers = {n for n, s in self.peers.items() if s.tier == TIER_PROVIDER}
-        holders: dict[str, set[str]] = defaultdict(set)
-        requested: dict[str, int] = {}
+        sent: dict[str, int] = {}
 
         async def ask(name: str) -> None:
             try:
@@ -316,22 +318,29 @@ class _Survey:
             except Exception as e:  # a peer that cannot say is only not asked for blocks by name
                 log.debug("presence request to %s failed: %s: %s", name, type(e).__name__, e)
                 return
-            if name in providers:
-                for cid, n in zip(asked, answer.asked, strict=True):
-                    requested[cid] = max(n, requested.get(cid, 0))
-            else:
-                for cid, held in zip(asked, answer.have, strict=True):
-                    if held:
-                        holders[cid].add(name)
-            self.cofetchers.update(n for p in answer.wanters if (n := p.to_base58()) in self.peers and n not in providers)
+            named = [p.to_base58() for p in answer.wanters]
+            for n in named:
+                if n in self.peers and n not in providers:
+                    self.cofetchers.setdefault(n, -math.inf)
+            for cid, held, copies, mask in zip(asked, answer.have, answer.copies, answer.sent_to, strict=True):
+                if name in providers:
+                    sent[cid] = max(copies, sent.get(cid, 0))
+                elif held:
+                    self.holders[cid].add(name)
+                self.holders[cid].update(n for k, n in enumerate(named) if mask >> k & 1 and n in self.cofetchers)
 
-        # every survey asks the providers (who name new co-fetchers) and a few co-fetchers: ten fetchers asking
-        # each other every second would spend the CPU the blocks need
-        sample = random.sample(sorted(self.cofetchers), min(SURVEY_PEERS, len(self.cofetchers)))
+        # every survey asks the providers (who name new co-fetchers) and the few co-fetchers asked longest ago:
+        # ten fetchers asking each other every second would spend the CPU the blocks need
+        oldest = sorted(self.cofetchers, key=lambda n: (self.cofetchers[n], random.random()))[:SURVEY_PEERS]
+        for name in oldest:
+            self.cofetchers[name] = trio.current_time()
         async with trio.open_nursery() as nursery:
-            for name in providers.union(sample):
+            for name in providers.union(oldest):
                 nursery.start_soon(ask, name)
-        return Census(dict(holders), requested, len(self.cofetchers))
+        me = self.running.host.get_id().to_base58()
+        rank = sorted([me, *self.cofetchers]).index(me)
+        held = {c: set(self.holders[c]) for c in missing if c in self.holders}
+        return Census(held, sent, len(self.cofetchers), rank)
 
 
 class _Running:
