@@ -130,8 +130,9 @@ def run_peer(work: Path, settings: dict, bootstrap: list[str]) -> None:
                     "sources": len(fetched.stats.by_source), "digest": _digest(weights)}  # fmt: skip
         if op == "stats":
             info = swarm.dht_info(CALL_S)
-            return {"rss": me.memory_info().rss, "peers": len(swarm.connected_peers(CALL_S)),
-                    "gossip": swarm.stats(CALL_S).gossip_received.get(TOPIC_ADAPTERS, 0), "routing": info.routing_table if info else 0}  # fmt: skip
+            stats = swarm.stats(CALL_S)
+            return {"rss": me.memory_info().rss, "peers": len(swarm.connected_peers(CALL_S)), "served": stats.bytes_served,
+                    "gossip": stats.gossip_received.get(TOPIC_ADAPTERS, 0), "routing": info.routing_table if info else 0}  # fmt: skip
         raise ValueError(f"unknown op {op!r}")
 
     _say({"peer_id": swarm.peer_id, "multiaddr": swarm.multiaddr})
@@ -396,16 +397,19 @@ class Sim:
         others = self.rng.sample([p for p in self.peers if p is not provider], self.args.fetchers + 1)
         timeout = self.args.fetch_timeout
         solo = others[0].ask(timeout_s=timeout + 20, op="fetch", cid=solo_cid, limit_s=timeout)
+        served = provider.call(op="stats")["served"]
         started = time.perf_counter()
         many = list(self.pool.map(lambda p: p.ask(timeout_s=timeout + 20, op="fetch", cid=many_cid, limit_s=timeout), others[1:]))
         wall = time.perf_counter() - started
+        served = provider.call(op="stats")["served"] - served
         errors = [r["error"] for r in [solo, *many] if "error" in r]
         digests = {r["digest"] for r in [solo, *many] if "digest" in r}
         expected = _digest(random.Random(2).randbytes(size)), _digest(random.Random(1).randbytes(size))
         equal = not errors and digests <= set(expected) and all(r["weights"] == size for r in [solo, *many])
         self.out["fetch"] = {"mb": self.args.fetch_mb, "one_s": solo.get("seconds"), "fetchers": self.args.fetchers, "all_s": wall,
                              "ratio": wall / solo["seconds"] if "seconds" in solo else float("nan"),
-                             "multi_source": sum(1 for r in many if r.get("sources", 0) > 1), "bytes_equal": equal}  # fmt: skip
+                             "multi_source": sum(1 for r in many if r.get("sources", 0) > 1), "bytes_equal": equal,
+                             "provider_copies": served / size}  # fmt: skip
         if not equal:
             self.failures.append(f"fan-out fetch: bytes differ or fetches failed: {errors[:3]}")
 
@@ -451,6 +455,7 @@ def table(out: dict) -> str:
         (f"one fetch of {f['mb']} MB", f"{f['one_s']:.2f} s" if f["one_s"] else "failed", ""),
         (f"{f['fetchers']} fetches at once from 1 provider (until the last)", f"{f['all_s']:.2f} s = {f['ratio']:.1f}× one", "≤ 3×"),
         ("fetchers that used more than one peer; bytes equal", f"{f['multi_source']} of {f['fetchers']}; {f['bytes_equal']}", "equal"),
+        ("the provider uploaded, for those fetches", f"{f['provider_copies']:.1f} copies of the adapter", ""),
         (f"churn: killed / joined", f"{c['killed']} / {c['joined']}", "25 %"),
         ("lookups after churn that found a live provider", f"{a['lookups'] - a['failed']} of {a['lookups']} (p99 {a['p99_ms']:.0f} ms)", "all"),
         ("peer RSS max; growth over churn max / mean", f"{c['rss_max_mib']:.0f} MiB; {c['rss_growth_max_mib']:+.1f} / {c['rss_growth_mean_mib']:+.1f} MiB", "bounded"),
