@@ -561,7 +561,8 @@ def test_a_presence_answer_round_trips_and_a_malformed_one_is_refused() -> None:
 
 def test_an_upload_limit_shares_its_link_block_by_block_and_wanters_are_forgotten() -> None:
     """Virtual time (trio's autojump clock): a one-chunk answer that comes second waits for one chunk
-    of the big answer before it, not all four; a request is remembered WANTERS_S seconds."""
+    of the big answer before it, not all four; a block being sent counts as a copy on its way, is
+    named as held once sent, and is forgotten after WANTERS_S seconds."""
     done: dict[str, float] = {}
 
     async def main() -> None:
@@ -579,6 +580,9 @@ def test_an_upload_limit_shares_its_link_block_by_block_and_wanters_are_forgotte
         wanters.note(other, ["x", "y"])
         assert wanters.of(["y"], me) == [other] and wanters.of(["y"], other) == [] and wanters.of(["z"], me) == []
         assert wanters.count("y") == 1 and wanters.count("z") == 0
+        assert wanters.masks(["x", "y"], [me, other]) == [0, 0]  # being sent: on its way, not held yet
+        wanters.note(other, ["y"], sent=True)
+        assert wanters.masks(["x", "y"], [me, other]) == [0, 0b10] and wanters.count("y") == 1
         await trio.sleep(WANTERS_S + 1)
         assert wanters.of(["y"], me) == [] and wanters.count("y") == 0
 

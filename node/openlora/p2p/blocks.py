@@ -17,10 +17,11 @@ block from its own disk.
 
     request   as above (varint-prefixed binary CIDs, at most MAX_PRESENCE_CIDS)
     response  varint-prefixed bitmap (bit i, LSB first: holds CID i), then a varint-prefixed
-              byte per CID: to how many peers this node sent it in the last WANTERS_S seconds
-              (at most 255), then a varint-prefixed byte per CID: to which of the peers named
-              next (bit k: the k-th), then up to MAX_WANTERS varint-prefixed peer IDs it sent any
-              of them to in that time (the asker left out), latest first
+              byte per CID: to how many peers this node sent it in the last WANTERS_S seconds or is
+              sending it (at most 255), then a varint-prefixed byte per CID: which of the peers
+              named next hold it from this node (bit k: the k-th), then up to MAX_WANTERS
+              varint-prefixed peer IDs it sent or is sending any of them to (the asker left
+              out), latest first
 
 This is what lets ten peers fetching one adapter at once from one provider feed each other: the
 provider names the others and which block went to whom (BitTorrent's peer exchange), and each
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,9 +131,10 @@ class Presence:
 
     Attributes:
         have: per CID asked, in order: whether the peer holds the block.
-        copies: per CID asked, in order: to how many peers that peer sent it lately (at most 255).
-        sent_to: per CID asked, in order: a bitmask over ``wanters`` (bit k: sent to ``wanters[k]``).
-        wanters: peers that peer sent any of those blocks to lately (latest first).
+        copies: per CID asked, in order: to how many peers that peer sent it lately or is sending it
+            (at most 255).
+        sent_to: per CID asked, in order: a bitmask over ``wanters`` (bit k: ``wanters[k]`` was sent it).
+        wanters: peers that peer sent or is sending any of those blocks (latest first).
     """
 
     have: list[bool]
@@ -184,45 +185,48 @@ PRESENCE_CODEC = PresenceCodec()
 
 
 class Wanters:
-    """Whom this node sent which blocks in the last ``keep_s`` seconds (trio clock), for at most
-    ``_WANTED_CIDS`` CIDs: the co-fetchers a presence answer names, and where the copies went."""
+    """Whom this node is sending or sent which blocks in the last ``keep_s`` seconds (trio clock),
+    for at most ``_WANTED_CIDS`` CIDs: the co-fetchers a presence answer names, the copies on their
+    way into the swarm, and where the copies already went."""
 
     def __init__(self, keep_s: float = WANTERS_S) -> None:
         self.keep_s = keep_s
-        self._asked: OrderedDict[str, dict[ID, float]] = OrderedDict()
+        self._asked: OrderedDict[str, dict[ID, tuple[float, bool]]] = OrderedDict()  # cid → peer → (when, sent)
 
-    def note(self, peer: ID, cids: list[str]) -> None:
-        """``peer`` was sent ``cids`` now."""
+    def note(self, peer: ID, cids: list[str], sent: bool = False) -> None:
+        """``peer`` is being sent ``cids`` now, or (``sent``) they have left the link."""
         now = trio.current_time()
         for cid in cids:
-            self._asked.setdefault(cid, {})[peer] = now
+            self._asked.setdefault(cid, {})[peer] = (now, sent)
             self._asked.move_to_end(cid)
         while len(self._asked) > _WANTED_CIDS:
             self._asked.popitem(last=False)
 
     def count(self, cid: str) -> int:
-        """Peers sent ``cid`` lately."""
-        since = trio.current_time() - self.keep_s
-        return sum(1 for at in self._asked.get(cid, {}).values() if at >= since)
+        """Peers sent ``cid`` lately or being sent it."""
+        return len(self._recent(cid))
 
     def of(self, cids: list[str], asker: ID) -> list[ID]:
-        """Peers other than ``asker`` sent any of ``cids`` lately, latest first, at most MAX_WANTERS."""
-        since = trio.current_time() - self.keep_s
+        """Peers other than ``asker`` sent (or being sent) any of ``cids`` lately, latest first, at
+        most MAX_WANTERS."""
         latest: dict[ID, float] = {}
         for cid in cids:
-            for peer, at in self._asked.get(cid, {}).items():
-                if peer != asker and at >= since:
+            for peer, (at, _) in self._recent(cid).items():
+                if peer != asker:
                     latest[peer] = max(at, latest.get(peer, at))
         return sorted(latest, key=latest.__getitem__, reverse=True)[:MAX_WANTERS]
 
     def masks(self, cids: list[str], named: list[ID]) -> list[int]:
-        """Per CID: bit k set when ``named[k]`` was sent it lately."""
-        since = trio.current_time() - self.keep_s
+        """Per CID: bit k set when ``named[k]`` holds it (it left the link to them lately)."""
         out = []
         for cid in cids:
-            sent = self._asked.get(cid, {})
-            out.append(sum(1 << k for k, peer in enumerate(named) if sent.get(peer, -math.inf) >= since))
+            recent = self._recent(cid)
+            out.append(sum(1 << k for k, peer in enumerate(named) if recent.get(peer, (0.0, False))[1]))
         return out
+
+    def _recent(self, cid: str) -> dict[ID, tuple[float, bool]]:
+        since = trio.current_time() - self.keep_s
+        return {peer: entry for peer, entry in self._asked.get(cid, {}).items() if entry[0] >= since}
 
 
 class UploadLimit:
@@ -296,9 +300,10 @@ def serve_blocks(
             raise RequestResponseError(f"peer {ctx.peer_id} is banned")
         blocks = await trio.to_thread.run_sync(read, cids)
         sent = [(c, len(b)) for c, b in zip(cids, blocks, strict=True) if b is not None]
+        wanters.note(ctx.peer_id, [c for c, _ in sent])
         if upload is not None:
             await upload.send(sum(n for _, n in sent))
-        wanters.note(ctx.peer_id, [c for c, _ in sent])  # once on the link: then the peer holds them
+        wanters.note(ctx.peer_id, [c for c, _ in sent], sent=True)  # off the link: the peer holds them
         served.blocks += len(sent)
         served.bytes += sum(n for _, n in sent)
         return blocks

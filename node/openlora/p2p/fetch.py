@@ -12,11 +12,11 @@
       source has room. Alone: a provider gets SOLO_BLOCKS per request. Among co-fetchers:
         a block some co-fetcher holds ──► one of them at random, one block per request, at most
                                           TRADE_INFLIGHT such requests at once (short queues)
-        a block nobody holds, in this fetcher's stripe of the level (the fetchers, ordered by peer
-                                          ID, deal the level's blocks out like cards) ──► a provider,
-                                          one block and one request at a time, so ten fetchers ask
-                                          it for ten different blocks and then trade them
-        any other block ──► wait for a copy to show up (its stripe's owner asks for it); idle
+        a block nobody holds that is this fetcher's to get (``Census.mine``: each block falls to one
+                                          fetcher, by hashing) ──► a provider, one block and one
+                                          request at a time, so ten fetchers ask it for ten
+                                          different blocks and then trade them
+        any other block ──► wait for a copy to show up (the fetcher it falls to asks for it); idle
                                           for STALL_S ──► a provider
       each answer: block ──store.put (sha2-256 == CID?)──► stored
                    wrong bytes / oversized ──► on_bad_block(source) and drop the source
@@ -32,6 +32,7 @@ in the libp2p thread (trio) and in the node's asyncio loop (e.g. Kubo RPC alone)
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -95,15 +96,24 @@ class Census:
     Attributes:
         holders: CID → names of sources other than providers that hold it now.
         sent: CID → peers a provider sent it to lately (copies in the swarm).
-        cofetchers: peers fetching the DAG besides this one.
-        rank: this fetcher's place among itself and its co-fetchers ordered by peer ID (0 …
-            ``cofetchers``): the stripe of the level's blocks it asks a provider for first.
+        cofetchers: names of the peers fetching the DAG besides this one.
+        me: this fetcher's name among them.
     """
 
     holders: dict[str, set[str]] = field(default_factory=dict)
     sent: dict[str, int] = field(default_factory=dict)
-    cofetchers: int = 0
-    rank: int = 0
+    cofetchers: tuple[str, ...] = ()
+    me: str = ""
+
+    def mine(self, cid: str) -> bool:
+        """Whether ``cid`` falls to this fetcher to get from a provider: to the fetcher whose name
+        hashes highest with it (rendezvous hashing, Thaler & Ravishankar 1998), so fetchers that
+        know different subsets of each other disagree only about the blocks of those they miss."""
+
+        def weight(name: str) -> bytes:
+            return hashlib.sha256(f"{cid} {name}".encode()).digest()
+
+        return not self.cofetchers or max((self.me, *self.cofetchers), key=weight) == self.me
 
     def rarity(self, cid: str) -> int:
         """Copies of ``cid`` in the swarm or on their way there, as far as this census knows."""
@@ -197,7 +207,7 @@ class _DagFetch:
         self.limiters = [anyio.CapacityLimiter(PARALLEL_PER_SOURCE) for _ in self.sources]
         self.dead: set[int] = set()
         self.lacks: dict[str, set[int]] = defaultdict(set)
-        self.stripe: dict[str, int] = {}  # the level's CIDs in a common order (see Census.rank)
+        self.level = 0  # blocks in the level being fetched
         self.stats = FetchStats()
 
     async def run(self, root: str, size: int | None) -> FetchStats:
@@ -230,7 +240,7 @@ class _DagFetch:
         survey = self.survey
         assert survey is not None
         pending, busy = set(missing), set[str]()
-        self.stripe = {cid: n for n, cid in enumerate(sorted(missing))}
+        self.level = len(missing)
         inflight: Counter[int] = Counter()
         wake = anyio.Event()
         moved = anyio.current_time()  # when a request last started or ended
@@ -273,10 +283,10 @@ class _DagFetch:
         batches: dict[int, list[str]] = defaultdict(list)
 
         def order(cid: str) -> tuple[int, ...]:
-            # a provider's blocks rarest first, this fetcher's stripe first among equals; co-fetchers' blocks in
+            # a provider's blocks rarest first, this fetcher's own first among equals; co-fetchers' blocks in
             # random order, so that fetchers seeing the same census spread over the holders instead of queueing
             # at the holder of the rarest
-            return (0,) if census.holders.get(cid) else (1, census.rarity(cid), not self._mine(cid, census))
+            return (0,) if census.holders.get(cid) else (1, census.rarity(cid), not census.mine(cid))
 
         for cid in sorted(random.sample(idle, len(idle)), key=order):
             holding = [i for h in census.holders.get(cid, ()) if (i := self.by_name.get(h)) is not None]
@@ -320,17 +330,14 @@ class _DagFetch:
         if not usable:
             return None
         best = min(self.sources[i].tier for i in usable)
-        if best == TIER_PROVIDER and census.cofetchers and len(self.stripe) > 1 and not stalled:
-            if census.rarity(cid) or not self._mine(cid, census):
+        if best == TIER_PROVIDER and census.cofetchers and self.level > 1 and not stalled:
+            if census.rarity(cid) or not census.mine(cid):
                 # the provider's link is for blocks nobody has, each asked for once: co-fetchers that see the same
-                # census and pick at the same moment would pick the same ones, so each takes its stripe and waits
-                # for the others' copies (a level of one block: no stripes, nothing to wait for)
+                # census and pick at the same moment would pick the same ones, so each takes the blocks that fall
+                # to it and waits for the others' copies (a level of one block: nothing to share out)
                 return None
         free = [i for i in usable if self.sources[i].tier == best and room(i)]
         return min(free, key=lambda i: (inflight[i], len(batches.get(i, ())))) if free else None
-
-    def _mine(self, cid: str, census: Census) -> bool:
-        return self.stripe[cid] % (census.cofetchers + 1) == census.rank
 
     def _usable(self, cid: str) -> list[int]:
         return [i for i in range(len(self.sources)) if i not in self.dead and i not in self.lacks[cid]]

@@ -337,10 +337,8 @@ class _Survey:
         async with trio.open_nursery() as nursery:
             for name in providers.union(oldest):
                 nursery.start_soon(ask, name)
-        me = self.running.host.get_id().to_base58()
-        rank = sorted([me, *self.cofetchers]).index(me)
         held = {c: set(self.holders[c]) for c in missing if c in self.holders}
-        return Census(held, sent, len(self.cofetchers), rank)
+        return Census(held, sent, tuple(self.cofetchers), self.running.host.get_id().to_base58())
 
 
 class _Running:
