@@ -300,14 +300,25 @@ def test_announcement_is_relayed_along_a_chain_and_a_late_node_learns_the_catalo
 
 
 def test_a_catalog_entry_gossip_missed_is_repaired_by_resync_with_a_few_random_peers(spawn) -> None:
+    """E holds one unannounced entry when it meets A: A learns it from the connect-time pull. Then E adds
+    another, which only a later pull of E (resync) can bring; A has four peers and pulls three a round."""
+
+    def hold(swarm: Swarm, seed: int) -> str:
+        cid, _ = make_adapter(swarm.store, 100, seed=seed)
+        swarm.catalog.add(cid, swarm.store.get(cid), FP, "never-announced", local=True)
+        return cid
+
     a = spawn("a", catalog_sync_interval_s=0.3)
-    others = [spawn(name, bootstrap=(a,)) for name in "bcde"]
+    alone = spawn("e")
+    first = hold(alone, seed=1)
+    alone.stop()
+    late = spawn("e", bootstrap=(a,))  # the same data dir: it starts with the first entry
+    wait_until(lambda: first in cids(a), "A pulled E's catalog when they connected")
+    others = [*(spawn(name, bootstrap=(a,)) for name in "bcd"), late]
     assert len(others) > RESYNC_PEERS  # A pulls a random few each interval, not all
     wait_until(lambda: connected(a, *others), "A connected to B..E")
-    late = others[-1]
-    cid, _ = make_adapter(late.store, 100)
-    late.catalog.add(cid, late.store.get(cid), FP, "never-announced", local=True)  # after the connect-time pull
-    wait_until(lambda: cid in cids(a) and late.peer_id in a.catalog.get(cid).providers, "A pulled E's catalog again")
+    second = hold(late, seed=2)  # after every connect-time pull of A's
+    wait_until(lambda: second in cids(a) and late.peer_id in a.catalog.get(second).providers, "A pulled E's catalog again")
 
 
 def test_catalog_survives_a_restart(spawn, tmp_path: Path) -> None:
