@@ -277,8 +277,9 @@ def serve_blocks(
     ``rr``'s host, block answers through ``upload`` when given.
 
     Banned peers get their stream reset. Reads run in worker threads (disk + sha2-256). A peer is
-    noted as a wanter (a co-fetcher that presence answers name) only for blocks it was sent: asking
-    for blocks this node lacks names nobody.
+    noted as a wanter (a co-fetcher that presence answers name) only for blocks it is being sent,
+    and as holding them once they have left the link: asking for blocks this node lacks names
+    nobody.
 
     Returns:
         The counters of what is served, updated as answers go out.

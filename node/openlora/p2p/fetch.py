@@ -95,7 +95,7 @@ class Census:
 
     Attributes:
         holders: CID → names of sources other than providers that hold it now.
-        sent: CID → peers a provider sent it to lately (copies in the swarm).
+        sent: CID → peers a provider sent it to lately or is sending it (copies in the swarm).
         cofetchers: names of the peers fetching the DAG besides this one.
         me: this fetcher's name among them.
     """
