@@ -13,15 +13,14 @@ it receives, so there a wrong block is just an unsolicited one and its sender st
 The server reads through ``BlockStore.get``, which re-verifies, so it never serves a corrupt
 block from its own disk.
 
-``/openlora/have/1.0.0``: which of these blocks do you hold, and whom did you send them lately?
+``/openlora/have/2.0.0``: which of these blocks do you hold, and whom did you send them lately?
 
     request   as above (varint-prefixed binary CIDs, at most MAX_PRESENCE_CIDS)
     response  varint-prefixed bitmap (bit i, LSB first: holds CID i), then a varint-prefixed
-              byte per CID: to how many peers this node sent it in the last WANTERS_S seconds or is
-              sending it (at most 255), then a varint-prefixed byte per CID: which of the peers
-              named next hold it from this node (bit k: the k-th), then up to MAX_WANTERS
-              varint-prefixed peer IDs it sent or is sending any of them to (the asker left
-              out), latest first
+              byte per CID: to how many peers this node is sending it now (at most 255), then a
+              varint-prefixed byte per CID: which of the peers named next it sent it to (bit k:
+              the k-th), then up to MAX_WANTERS varint-prefixed peer IDs it sent or is sending
+              any of them to in the last WANTERS_S seconds (the asker left out), latest first
 
 This is what lets ten peers fetching one adapter at once from one provider feed each other: the
 provider names the others and which block went to whom (BitTorrent's peer exchange), and each
@@ -65,7 +64,7 @@ _MAX_CID_BYTES = 128
 MAX_REQUEST_BYTES = MAX_BLOCKS_PER_REQUEST * (_MAX_CID_BYTES + 2)
 MAX_RESPONSE_BYTES = MAX_BLOCKS_PER_REQUEST * (MAX_BLOCK_SIZE + 8)
 MAX_CONCURRENT_INBOUND = 16  # requests served at once (all peers); bounds memory to 16 answers
-HAVE_PROTOCOL = TProtocol("/openlora/have/1.0.0")
+HAVE_PROTOCOL = TProtocol("/openlora/have/2.0.0")
 MAX_PRESENCE_CIDS = 1024  # a 256 MiB file's blocks in one question
 MAX_PRESENCE_REQUEST_BYTES = MAX_PRESENCE_CIDS * (_MAX_CID_BYTES + 2)
 MAX_WANTERS = 8  # peers named per presence answer
@@ -127,12 +126,11 @@ CODEC = BlockCodec()
 
 @dataclass(frozen=True)
 class Presence:
-    """One peer's answer on ``/openlora/have/1.0.0``.
+    """One peer's answer on ``/openlora/have/2.0.0``.
 
     Attributes:
         have: per CID asked, in order: whether the peer holds the block.
-        copies: per CID asked, in order: to how many peers that peer sent it lately or is sending it
-            (at most 255).
+        copies: per CID asked, in order: to how many peers that peer is sending it now (at most 255).
         sent_to: per CID asked, in order: a bitmask over ``wanters`` (bit k: ``wanters[k]`` was sent it).
         wanters: peers that peer sent or is sending any of those blocks (latest first).
     """
@@ -144,7 +142,7 @@ class Presence:
 
 
 class PresenceCodec:
-    """``request_response`` codec for ``/openlora/have/1.0.0`` (see the module docstring)."""
+    """``request_response`` codec for ``/openlora/have/2.0.0`` (see the module docstring)."""
 
     def encode_request(self, cids: list[str]) -> bytes:
         """Binary CIDs, each varint-prefixed."""
@@ -194,17 +192,22 @@ class Wanters:
         self._asked: OrderedDict[str, dict[ID, tuple[float, bool]]] = OrderedDict()  # cid → peer → (when, sent)
 
     def note(self, peer: ID, cids: list[str], sent: bool = False) -> None:
-        """``peer`` is being sent ``cids`` now, or (``sent``) they have left the link."""
+        """``peer`` is being sent ``cids`` now, or (``sent``) their answer has passed the upload
+        limit (at once without one) and is being written: from then on presence answers name
+        ``peer`` as holding them, a little early on a slow link."""
         now = trio.current_time()
         for cid in cids:
-            self._asked.setdefault(cid, {})[peer] = (now, sent)
+            peers = self._asked.setdefault(cid, {})
+            peers[peer] = (now, sent)
+            for old in [p for p, (at, _) in peers.items() if at < now - self.keep_s]:
+                del peers[old]  # a block asked for all the time stays, so its peers are pruned here
             self._asked.move_to_end(cid)
         while len(self._asked) > _WANTED_CIDS:
             self._asked.popitem(last=False)
 
     def count(self, cid: str) -> int:
-        """Peers sent ``cid`` lately or being sent it."""
-        return len(self._recent(cid))
+        """Peers being sent ``cid`` now (copies on their way; those sent are named in ``masks``)."""
+        return sum(1 for _, sent in self._recent(cid).values() if not sent)
 
     def of(self, cids: list[str], asker: ID) -> list[ID]:
         """Peers other than ``asker`` sent (or being sent) any of ``cids`` lately, latest first, at
@@ -273,7 +276,7 @@ def serve_blocks(
     timeout_s: float,
     upload: UploadLimit | None = None,
 ) -> Served:
-    """Answer ``/openlora/blocks/1.0.0`` and ``/openlora/have/1.0.0`` requests from ``store`` on
+    """Answer ``/openlora/blocks/1.0.0`` and ``/openlora/have/2.0.0`` requests from ``store`` on
     ``rr``'s host, block answers through ``upload`` when given.
 
     Banned peers get their stream reset. Reads run in worker threads (disk + sha2-256). A peer is
@@ -304,7 +307,7 @@ def serve_blocks(
         wanters.note(ctx.peer_id, [c for c, _ in sent])
         if upload is not None:
             await upload.send(sum(n for _, n in sent))
-        wanters.note(ctx.peer_id, [c for c, _ in sent], sent=True)  # off the link: the peer holds them
+        wanters.note(ctx.peer_id, [c for c, _ in sent], sent=True)
         served.blocks += len(sent)
         served.bytes += sum(n for _, n in sent)
         return blocks
@@ -373,7 +376,7 @@ async def request_presence(rr: RequestResponse, peer: ID, cids: list[str], timeo
     """Ask ``peer`` which of ``cids`` (at most ``MAX_PRESENCE_CIDS``) it holds and whom it sent them.
 
     Raises:
-        ProtocolNotSupportedError: the peer does not speak ``/openlora/have/1.0.0``.
+        ProtocolNotSupportedError: the peer does not speak ``/openlora/have/2.0.0``.
         SourceUnavailable: timeout, transport failure, or a malformed answer.
         ValueError: more than ``MAX_PRESENCE_CIDS`` CIDs.
     """

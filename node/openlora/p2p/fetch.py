@@ -12,7 +12,7 @@
       source has room. Alone: a provider gets SOLO_BLOCKS per request. Among co-fetchers:
         a block some co-fetcher holds ──► one of them at random, one block per request, at most
                                           TRADE_INFLIGHT such requests at once (short queues)
-        a block nobody holds that is this fetcher's to get (``Census.mine``: each block falls to one
+        a block nobody holds or is being sent, this fetcher's to get (``Census.mine``: each falls to one
                                           fetcher, by hashing) ──► a provider, one block and one
                                           request at a time, so ten fetchers ask it for ten
                                           different blocks and then trade them
@@ -58,8 +58,8 @@ TIER_PROVIDER = 0  # known to hold the adapter (it announced it, or said so in c
 TIER_PEER = 1  # a peer that may hold it and answers "don't have" at once
 TIER_FALLBACK = 2  # slow to say no: bitswap-only peers (wait out a timeout), Kubo RPC
 SOLO_BLOCKS = 4  # blocks per request to a provider while no co-fetcher is known
-TRADE_INFLIGHT = 2  # among co-fetchers: requests in flight to them, so that each holder's queue stays short
-STALL_S = 2.0  # among co-fetchers, idle this long: a provider is asked for any block
+TRADE_INFLIGHT = 2  # among co-fetchers: requests in flight to sources other than providers (short holder queues)
+STALL_S = 2.0  # among co-fetchers, nothing in flight this long: a provider is asked for any block, one at a time
 SURVEY_S = 1.0  # how often a fetch asks again who else is fetching and who holds what
 
 
@@ -94,8 +94,9 @@ class Census:
     """What a survey found about the blocks still missing.
 
     Attributes:
-        holders: CID → names of sources other than providers that hold it now.
-        sent: CID → peers a provider sent it to lately or is sending it (copies in the swarm).
+        holders: CID → names of sources other than providers seen to hold it during this fetch
+            (by their own answer, or named by the peer that sent it to them).
+        sent: CID → peers a provider is sending it to now (copies on their way into the swarm).
         cofetchers: names of the peers fetching the DAG besides this one.
         me: this fetcher's name among them.
     """
@@ -117,7 +118,7 @@ class Census:
 
     def rarity(self, cid: str) -> int:
         """Copies of ``cid`` in the swarm or on their way there, as far as this census knows."""
-        return max(len(self.holders.get(cid, ())), self.sent.get(cid, 0))
+        return len(self.holders.get(cid, ())) + self.sent.get(cid, 0)
 
 
 Survey = Callable[[str, list[str]], Awaitable[Census]]
@@ -331,7 +332,7 @@ class _DagFetch:
             return None
         best = min(self.sources[i].tier for i in usable)
         if best == TIER_PROVIDER and census.cofetchers and self.level > 1 and not stalled:
-            if census.rarity(cid) or not census.mine(cid):
+            if holding or census.sent.get(cid) or not census.mine(cid):
                 # the provider's link is for blocks nobody has, each asked for once: co-fetchers that see the same
                 # census and pick at the same moment would pick the same ones, so each takes the blocks that fall
                 # to it and waits for the others' copies (a level of one block: nothing to share out)

@@ -23,7 +23,7 @@ Futures are ``concurrent.futures.Future``: block on ``.result(timeout)`` from a 
 (``status``, ``on_adapter``) run in worker threads, never in the libp2p loop.
 
 What runs inside (all in the trio thread): GossipSub + validators (``gossip``), peer scores and
-bans (``scoring``), ``/openlora/blocks/1.0.0`` and ``/openlora/have/1.0.0`` servers (``blocks``; a
+bans (``scoring``), ``/openlora/blocks/1.0.0`` and ``/openlora/have/2.0.0`` servers (``blocks``; a
 fetch asks the second who else fetches the adapter and what they hold: ``_Survey``), bitswap client
 and server (``bitswap``, for Kubo and other IPFS peers), ``/openlora/catalog/1.0.0`` pulled from
 every peer on connect and from RESYNC_PEERS random peers every sync interval (``catalog_sync``),
@@ -295,9 +295,10 @@ class _PeerSource:
 class _Survey:
     """Who else is fetching a DAG and which of its missing blocks each holds (``fetch.Survey``): the
     providers name the peers they sent those blocks lately and which went to whom, and those peers,
-    once known, say what they hold and whom they passed blocks on to (``/openlora/have/1.0.0``),
+    once known, say what they hold and whom they passed blocks on to (``/openlora/have/2.0.0``),
     SURVEY_PEERS per survey, those asked longest ago first. A co-fetcher known to hold a block stays
-    known for the fetch (it keeps its blocks). Only connected openlora peers count."""
+    known for the fetch (it keeps its blocks; one that then fails or says no is dropped or skipped by
+    the fetch). Only openlora peers connected when the fetch started count."""
 
     def __init__(self, running: _Running, sources: list[BlockSource]) -> None:
         self.running = running
@@ -337,7 +338,7 @@ class _Survey:
         async with trio.open_nursery() as nursery:
             for name in providers.union(oldest):
                 nursery.start_soon(ask, name)
-        held = {c: set(self.holders[c]) for c in missing if c in self.holders}
+        held = {c: set(self.holders[c]) for c in missing if self.holders.get(c)}
         return Census(held, sent, tuple(self.cofetchers), self.running.host.get_id().to_base58())
 
 
