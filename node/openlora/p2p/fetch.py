@@ -32,6 +32,7 @@ in the libp2p thread (trio) and in the node's asyncio loop (e.g. Kubo RPC alone)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -110,15 +111,17 @@ class Census:
         """Whether ``cid`` falls to this fetcher to get from a provider: to the fetcher whose name
         hashes highest with it (rendezvous hashing, Thaler & Ravishankar 1998), so fetchers that
         know different subsets of each other disagree only about the blocks of those they miss."""
-
-        def weight(name: str) -> bytes:
-            return hashlib.sha256(f"{cid} {name}".encode()).digest()
-
-        return not self.cofetchers or max((self.me, *self.cofetchers), key=weight) == self.me
+        return not self.cofetchers or max((self.me, *self.cofetchers), key=lambda n: _weight(cid, n)) == self.me
 
     def rarity(self, cid: str) -> int:
         """Copies of ``cid`` in the swarm or on their way there, as far as this census knows."""
         return len(self.holders.get(cid, ())) + self.sent.get(cid, 0)
+
+
+@functools.lru_cache(maxsize=65536)
+def _weight(cid: str, name: str) -> bytes:
+    # asked for every missing block and fetcher at each planning pass (twice); the answer never changes
+    return hashlib.sha256(f"{cid} {name}".encode()).digest()
 
 
 Survey = Callable[[str, list[str]], Awaitable[Census]]
